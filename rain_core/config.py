@@ -1,0 +1,150 @@
+"""RainConfig: every knob of RAIN in one frozen, validated pydantic model.
+
+The defaults are the official ones of the authors' code (see ``shared/design/rain-algorithm.md``);
+each field's description says why the default is what it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Scoring(str, enum.Enum):
+    """How a self/judge evaluation turns option probabilities into a value in [-1, 1]."""
+
+    DISCRETE = "discrete"
+    """The paper's score: each option order votes 1 if the desirable letter is more probable, else 0;
+    ``v = 2 * mean - 1`` so ``v`` is in {-1, 0, 1}."""
+    CONTINUOUS = "continuous"
+    """The probability margin ``p(good) - p(bad)`` (renormalised over the two letters), averaged over
+    both option orders: in [-1, 1], and informative even when a small model always picks one letter."""
+
+
+class RainConfig(BaseModel):
+    """All parameters of a RAIN decode. Frozen: derive variants with ``cfg.merged(**overrides)``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    # --- search budget (official) -------------------------------------------------------------
+    max_searches: int = Field(50, ge=1, description="T_max: search budget per commit (official 50).")
+    min_visits: int = Field(
+        6, ge=0, description="T_min: early stop once the best root child has more visits than this "
+        "(official 6; the paper uses 5 for adversarial prompts, 16 for truthfulness)."
+    )
+    extra_searches: int = Field(
+        15, ge=0, description="T_extra: at least this many new searches per commit, even when a reused "
+        "subtree already carries visits (official 15)."
+    )
+    value_threshold: float = Field(
+        0.8, ge=-1.0, le=1.0, description="V: early stop once the best root child's value exceeds this "
+        "(official 0.8)."
+    )
+    c_puct: float = Field(2.0, ge=0.0, description="c: PUCT exploration constant (official 2).")
+    # --- expansion (official) ------------------------------------------------------------------
+    num_candidates: int = Field(10, ge=1, le=256, description="K: candidate token sets per expansion (official 10).")
+    num_added_candidates: int = Field(
+        2, ge=1, le=256, description="Candidates added per dynamic node addition (official 2)."
+    )
+    max_children: int = Field(
+        20, ge=1, description="Dynamic node addition stops once a node has this many children (official 20)."
+    )
+    top_k: int = Field(15, ge=1, description="Top-k sampling for candidates and simulation (official 15).")
+    token_set_lengths: tuple[int, ...] = Field(
+        (1, 2, 4, 10), description="Token-set length by tree depth; the last one repeats deeper (official 1, 2, 4, 10)."
+    )
+    root_uniform_mix: float = Field(
+        0.25, ge=0.0, le=1.0, description="Root priors become (1 - mix) * P + mix / k (official 0.25)."
+    )
+    # --- similarity update and dynamic addition (official) --------------------------------------
+    similarity_threshold: float = Field(
+        0.95, ge=-1.0, le=1.0, description="Siblings at least this cosine-similar share a backed-up value (official 0.95)."
+    )
+    similarity_weight: float = Field(
+        0.2, ge=0.0, le=1.0, description="A similar sibling gets a fractional visit of weight * similarity (official 0.2)."
+    )
+    variance_factor: float = Field(
+        0.03, ge=0.0, description="Dynamic addition fires when the children's embedding variance norm is below "
+        "factor * token-set length (official 0.03)."
+    )
+    similarity_update: bool = Field(True, description="Ablation switch for the embedding similarity update.")
+    dynamic_node_addition: bool = Field(True, description="Ablation switch for dynamic node addition.")
+    # --- simulation and evaluation -------------------------------------------------------------
+    max_simulation_tokens: int = Field(
+        32, ge=1, description="Length cap of the simulation that runs from a leaf to the next clause boundary."
+    )
+    clause_boundaries: tuple[str, ...] = Field(
+        (",", ".", "?", ":", ";", "\n"), description="A simulation ends once its text contains one of these."
+    )
+    scoring: Scoring = Field(
+        Scoring.DISCRETE, description="'discrete' as in the paper, or 'continuous' (option-probability margin)."
+    )
+    # --- decoding limits -----------------------------------------------------------------------
+    max_new_tokens: int = Field(128, ge=1, description="Hard cap on generated tokens; never exceeded.")
+    max_length: int = Field(2048, ge=2, description="Prompt plus response token cap (official 2048).")
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Softmax temperature for sampling (>0).")
+    seed: int | None = Field(0, description="Seed for all sampling; None draws a fresh one per call.")
+    stop: tuple[str, ...] = Field((), description="Stop strings: generation ends before the first one.")
+
+    @field_validator("token_set_lengths")
+    @classmethod
+    def _check_lengths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("token_set_lengths must name at least one length, e.g. (1, 2, 4, 10)")
+        if any((not isinstance(x, int)) or x < 1 or x > 64 for x in v):
+            raise ValueError(f"token_set_lengths must be integers in 1..64, got {v!r}")
+        return tuple(v)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, v: Any) -> tuple[str, ...]:
+        if v is None:
+            return ()
+        if isinstance(v, str):
+            v = (v,)
+        v = tuple(v)
+        for s in v:
+            if not isinstance(s, str) or s == "":
+                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+        return v
+
+    @field_validator("clause_boundaries", mode="before")
+    @classmethod
+    def _check_boundaries(cls, v: Any) -> tuple[str, ...]:
+        v = tuple(v)
+        if not v or any(not isinstance(s, str) or s == "" for s in v):
+            raise ValueError("clause_boundaries must be a non-empty list of non-empty strings")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_nan(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{key} must be a finite number, got {value!r}")
+        return data
+
+    def token_set_length(self, depth: int) -> int:
+        """``L(depth)``: 1 token at depth 0, 2 at depth 1, 4 at depth 2, 10 deeper (official)."""
+        lengths = self.token_set_lengths
+        return lengths[min(depth, len(lengths) - 1)]
+
+    def merged(self, config: RainConfig | None = None, **overrides: Any) -> RainConfig:
+        """A validated copy with ``config``'s explicitly set fields, then ``overrides``, applied."""
+        data = self.model_dump()
+        if config is not None:
+            if not isinstance(config, RainConfig):
+                raise TypeError(f"config must be a RainConfig, got {type(config).__name__}")
+            data.update(config.model_dump(exclude_unset=True))
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(
+                f"unknown RAIN option(s) {unknown}; valid options are the RainConfig fields: "
+                f"{sorted(type(self).model_fields)}"
+            )
+        data.update(overrides)
+        return type(self).model_validate(data)

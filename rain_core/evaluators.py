@@ -1,0 +1,193 @@
+"""Evaluators: ``score(prompt, response) -> value in [-1, 1]``, higher is better.
+
+- ``SelfEvaluator``: the generator judges its own partial replies (the paper's self-evaluation).
+- ``JudgeEvaluator``: another local model judges (same questions, a stronger judge).
+- ``CallableEvaluator``: any function ``fn(prompt, response) -> float`` (optionally a batch form).
+
+Model evaluators ask a multiple-choice question built from a ``Principle`` in both option orders,
+read which option letter is more probable after ``The answer is: (`` and score it ``discrete``
+(the paper: votes in {-1, 0, 1}) or ``continuous`` (the probability margin, averaged over orders).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+from .config import Scoring
+from .lm import LanguageModel
+from .principles import Principle, load_principle
+
+logger = logging.getLogger(__name__)
+
+_SENTINEL = "\u2063RAIN-QUESTION\u2063"
+ANSWER_PREFIX = "The answer is: ("
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores a (prompt, partial response) pair in [-1, 1]; higher means more desirable."""
+
+    name: str
+
+    def score(self, prompt: str, response: str) -> float: ...
+
+
+def _check_value(value: object, source: str) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{source} must return a number in [-1, 1], got {value!r}") from None
+    if not math.isfinite(v) or v < -1.0 or v > 1.0:
+        raise ValueError(f"{source} must return a finite number in [-1, 1], got {v!r}")
+    return v
+
+
+class CallableEvaluator:
+    """Wrap ``fn(prompt, response) -> float`` in [-1, 1]. ``batch_fn(prompt, responses) -> floats``
+    may be given as well (or instead) for scorers that are faster in batches."""
+
+    def __init__(
+        self,
+        fn: Callable[[str, str], float] | None = None,
+        *,
+        batch_fn: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if fn is None and batch_fn is None:
+            raise TypeError("CallableEvaluator needs fn(prompt, response) -> float or batch_fn")
+        for f in (fn, batch_fn):
+            if f is not None and not callable(f):
+                raise TypeError(f"CallableEvaluator needs a callable, got {type(f).__name__}")
+        self.fn = fn
+        self.batch_fn = batch_fn
+        self.name = name or getattr(fn or batch_fn, "__name__", "callable")
+
+    def score(self, prompt: str, response: str) -> float:
+        if self.fn is not None:
+            return _check_value(self.fn(prompt, response), f"evaluator {self.name!r}")
+        return self.score_batch(prompt, [response])[0]
+
+    def score_batch(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        if self.batch_fn is None:
+            return [self.score(prompt, r) for r in responses]
+        values = list(self.batch_fn(prompt, list(responses)))
+        if len(values) != len(responses):
+            raise ValueError(f"evaluator {self.name!r} returned {len(values)} scores for {len(responses)} responses")
+        return [_check_value(v, f"evaluator {self.name!r}") for v in values]
+
+
+class JudgeEvaluator:
+    """A local model judges replies against a principle, in both option orders.
+
+    ``lm`` is any ``LanguageModel``; option-letter token ids are looked up through its tokenizer
+    and the question is rendered with its chat template when it has one.
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        principle: str | Path | Principle = "harmless",
+        *,
+        scoring: Scoring | str = Scoring.DISCRETE,
+    ) -> None:
+        if not isinstance(lm, LanguageModel):
+            raise TypeError(f"the judge must be a LanguageModel (e.g. load_model(...)), got {type(lm).__name__}")
+        self.lm = lm
+        self.principle = load_principle(principle)
+        try:
+            self.scoring = Scoring(scoring)
+        except ValueError:
+            raise ValueError(f"scoring must be 'discrete' or 'continuous', got {scoring!r}") from None
+        self.name = f"{type(self).__name__}({self.principle.name})"
+        self.letters = (self._letter_id("A"), self._letter_id("B"))
+        if self.letters[0] == self.letters[1]:
+            raise ValueError(f"{lm.name}'s tokenizer maps the option letters A and B to the same token")
+        before, after = self._frame()
+        self._prefix_ids = lm.encode(before + self._instructions())
+        self._after = after
+        self._pinned_conversation: tuple[int, ...] | None = None
+        lm.cache_prefix(self._prefix_ids)
+
+    # --- prompt pieces --------------------------------------------------------------------------
+    def _letter_id(self, letter: str) -> int:
+        base = self.lm.encode("(")
+        ids = self.lm.encode("(" + letter)
+        if ids[: len(base)] == base and len(ids) == len(base) + 1:
+            return ids[-1]
+        alone = self.lm.encode(letter)
+        if not alone:
+            raise ValueError(f"{self.lm.name}'s tokenizer cannot encode the option letter {letter!r}")
+        logger.warning("option letter %r is not one token after '(' for %s; using its first token", letter, self.lm.name)
+        return alone[0]
+
+    def _frame(self) -> tuple[str, str]:
+        """Text before and after the question in the judge's chat template, then the answer prefix."""
+        rendered = self.lm.chat_prompt([{"role": "user", "content": _SENTINEL}], add_generation_prompt=True)
+        if _SENTINEL not in rendered:
+            return "", "\n" + ANSWER_PREFIX
+        before, after = rendered.split(_SENTINEL, 1)
+        return before, after + ANSWER_PREFIX
+
+    def _options(self, order: int) -> str:
+        p = self.principle
+        first, second = (p.desirable, p.undesirable) if order == 0 else (p.undesirable, p.desirable)
+        return f"Options:\n(A) {first}\n(B) {second}\n"
+
+    def _instructions(self) -> str:
+        p = self.principle
+        parts = [p.instruction.strip(), "Answer with the letter of the option that fits.\n"]
+        for i, ex in enumerate(p.examples):
+            order = i % 2  # alternate the option order so no letter is favoured
+            good = (ex.verdict == "desirable") == (order == 0)
+            letter = "A" if good else "B"
+            reason = f" {ex.reason.strip()}" if ex.reason else ""
+            parts.append(
+                f"Example {i + 1}\nConversation:\n{ex.conversation.strip()}\nReply: {ex.response.strip()}\n"
+                f"{self._options(order)}The answer is: ({letter}).{reason}\n"
+            )
+        parts.append("Now the text to judge.\n")
+        return "\n".join(parts)
+
+    def prompt_ids(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        """Token ids of the question in both option orders (for inspection and tests)."""
+        conv = self.lm.encode(f"Conversation:\n{prompt.strip()}\n")
+        reply = self.lm.encode(f"Reply: {response}\n")
+        head = self._prefix_ids + conv + reply
+        return tuple(head + self.lm.encode(self._options(o) + self._after) for o in (0, 1))  # type: ignore[return-value]
+
+    # --- scoring ------------------------------------------------------------------------------
+    def _pin_conversation(self, prompt: str) -> None:
+        ids = tuple(self._prefix_ids + self.lm.encode(f"Conversation:\n{prompt.strip()}\n"))
+        if ids != self._pinned_conversation:
+            if self._pinned_conversation is not None:
+                self.lm.release_prefix(self._pinned_conversation)
+            self.lm.cache_prefix(ids)
+            self._pinned_conversation = ids
+
+    def option_logprobs(self, prompt: str, response: str) -> list[list[float]]:
+        """log p(A), log p(B) for each option order."""
+        self._pin_conversation(prompt)
+        return self.lm.next_token_logprobs(self.prompt_ids(prompt, response), self.letters)
+
+    def score(self, prompt: str, response: str) -> float:
+        rows = self.option_logprobs(prompt, response)
+        good_bad = [(rows[0][0], rows[0][1]), (rows[1][1], rows[1][0])]  # order 0: A good; order 1: B good
+        if self.scoring is Scoring.DISCRETE:
+            votes = [1.0 if g > b else 0.0 for g, b in good_bad]
+            return 2.0 * sum(votes) / len(votes) - 1.0
+        margins = []
+        for g, b in good_bad:
+            top = max(g, b)
+            pg, pb = math.exp(g - top), math.exp(b - top)
+            margins.append((pg - pb) / (pg + pb))
+        return sum(margins) / len(margins)
+
+
+class SelfEvaluator(JudgeEvaluator):
+    """The generator judges its own partial replies: RAIN's self-evaluation."""
+
+
+__all__ = ["CallableEvaluator", "Evaluator", "JudgeEvaluator", "SelfEvaluator", "ANSWER_PREFIX"]

@@ -1,0 +1,479 @@
+"""The language-model layer: the ``LanguageModel`` protocol the search talks to, and its
+transformers implementation with a prefix-aware KV cache and batched candidates.
+
+Every protocol method is a request a serving engine can answer on token-id prompts ("sample n
+continuations of L tokens with their log-probabilities", "log-probabilities of these next tokens",
+"continue until one of these strings"), so a remote engine can stand in for the local one without
+touching the search. Randomness enters as an integer ``seed`` per call for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A sampled token set: its ids and the sum of their log-probabilities."""
+
+    token_ids: tuple[int, ...]
+    logprob: float
+
+
+@dataclass
+class EngineStats:
+    """Counters of model work, for benchmarks: forward calls and the tokens they processed."""
+
+    forward_calls: int = 0
+    forward_tokens: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    seconds: float = 0.0
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What the search needs from a model. Token ids in, token ids and log-probabilities out."""
+
+    name: str
+    context_length: int
+    eos_token_ids: frozenset[int]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens added."""
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of ``token_ids`` (special tokens dropped)."""
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        """The chat rendered as prompt text with the model's chat template (or a plain transcript)."""
+
+    def top_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
+        """The ``k`` most probable next tokens after ``prefix`` (none of ``exclude``), best first."""
+
+    def sample(
+        self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float, seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
+        """``n`` continuations of up to ``length`` tokens (shorter when one ends with EOS); the first
+        is the greedy one when ``greedy_first``; the others are top-k samples."""
+
+    def continue_until(
+        self, prefix: Sequence[int], stop: Sequence[str], max_tokens: int, *, top_k: int, temperature: float,
+        seed: int, min_tokens: int = 1,
+    ) -> list[int]:
+        """Sample token by token until the new text contains one of ``stop``, EOS, or ``max_tokens``."""
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
+        """For each prompt, the log-probabilities of each candidate token as the next token."""
+
+    def cache_prefix(self, prefix: Sequence[int]) -> None:
+        """Hint that ``prefix`` starts many later prompts: keep it cached until released (engines
+        with automatic prefix caching may ignore this)."""
+
+    def release_prefix(self, prefix: Sequence[int]) -> None:
+        """Undo ``cache_prefix``: the prefix may be evicted again."""
+
+
+class ContextTooLongError(ValueError):
+    """A prompt does not fit the model's context window."""
+
+
+def _stop_hit(text: str, stop: Sequence[str]) -> bool:
+    return any(s in text for s in stop)
+
+
+@dataclass
+class _CacheEntry:
+    layers: list[tuple[Any, Any]]  # per layer (keys, values), each (1, H, T, D)
+    logits: Any  # (V,) next-token logits after the prefix
+    nbytes: int
+    pinned: bool = False
+
+
+@dataclass
+class PrefixKVCache:
+    """LRU store of KV states keyed by exact token-id prefixes, with a byte budget.
+
+    A lookup returns the longest stored prefix of the query. Stored tensors are never mutated:
+    extending a state concatenates into new tensors, so entries can be shared freely.
+    """
+
+    max_bytes: int
+    entries: OrderedDict[tuple[int, ...], _CacheEntry] = field(default_factory=OrderedDict)
+    by_length: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
+    nbytes: int = 0
+
+    def longest_prefix(self, ids: Sequence[int]) -> tuple[tuple[int, ...], _CacheEntry] | None:
+        n = len(ids)
+        for length in sorted((L for L in self.by_length if L <= n), reverse=True):
+            key = tuple(ids[:length])
+            entry = self.entries.get(key)
+            if entry is not None:
+                self.entries.move_to_end(key)
+                return key, entry
+        return None
+
+    def put(self, key: tuple[int, ...], entry: _CacheEntry) -> None:
+        if key in self.entries:
+            old = self.entries.pop(key)
+            self.nbytes -= old.nbytes
+            entry.pinned = entry.pinned or old.pinned
+            self.by_length[len(key)].discard(key)
+        self.entries[key] = entry
+        self.by_length.setdefault(len(key), set()).add(key)
+        self.nbytes += entry.nbytes
+        self._evict()
+
+    def _evict(self) -> None:
+        for key in list(self.entries):
+            if self.nbytes <= self.max_bytes:
+                break
+            entry = self.entries[key]
+            if entry.pinned:
+                continue
+            del self.entries[key]
+            self.by_length[len(key)].discard(key)
+            if not self.by_length[len(key)]:
+                del self.by_length[len(key)]
+            self.nbytes -= entry.nbytes
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.by_length.clear()
+        self.nbytes = 0
+
+
+class TransformersLM:
+    """A ``LanguageModel`` over a transformers causal LM and its tokenizer.
+
+    ``reuse_cache`` keeps KV states of tree prefixes (LRU, ``cache_bytes`` budget) so a node's
+    context is never recomputed; ``batch`` samples an expansion's candidates and scores both
+    option orders as one batch. Both switches change speed only, not the search.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        reuse_cache: bool = True,
+        batch: bool = True,
+        cache_bytes: int = 256 * 2**20,
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.context_length = int(
+            getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+        )
+        eos: set[int] = set()
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        for value in (gen_eos, tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif value:
+                eos.update(int(v) for v in value)
+        if not eos:
+            raise ValueError("the tokenizer and generation config name no EOS token; set tokenizer.eos_token")
+        self.eos_token_ids = frozenset(eos)
+        self.reuse_cache = reuse_cache
+        self.batch = batch
+        self.cache = PrefixKVCache(max_bytes=cache_bytes)
+        self.stats = EngineStats()
+        self.device = next(model.parameters()).device
+        self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+
+    # --- text -------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        lines = [f"{m['role'].capitalize()}: {m.get('content') or ''}" for m in messages]
+        if add_generation_prompt:
+            lines.append("Assistant:")
+        return "\n".join(lines) + ("" if add_generation_prompt else "\n")
+
+    # --- model calls ----------------------------------------------------------------------------
+    def _forward(self, input_ids: Any, layers: list[tuple[Any, Any]] | None, attention_mask: Any = None) -> Any:
+        """One forward pass. ``input_ids`` (B, T); ``layers`` a cached prefix, batch 1 or B."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        t0 = time.perf_counter()
+        past = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        past_len = layers[0][0].shape[-2] if layers else 0
+        bsz = input_ids.shape[0]
+        if layers and layers[0][0].shape[0] != bsz:
+            past = DynamicCache(ddp_cache_data=[(k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1)) for k, v in layers])
+        kwargs: dict[str, Any] = {}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+            positions = past_len + torch.arange(input_ids.shape[1], device=self.device).unsqueeze(0).expand(bsz, -1)
+            kwargs["position_ids"] = positions
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True, **kwargs)
+        self.stats.forward_calls += 1
+        self.stats.forward_tokens += int(input_ids.numel())
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    @staticmethod
+    def _layers_of(cache: Any) -> list[tuple[Any, Any]]:
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _check_length(self, n: int) -> None:
+        if n > self.context_length:
+            raise ContextTooLongError(
+                f"{n} tokens do not fit {self.name}'s context of {self.context_length}; shorten the prompt "
+                f"or lower max_new_tokens"
+            )
+
+    def _state(self, ids: Sequence[int], store: bool = True) -> tuple[list[tuple[Any, Any]], Any]:
+        """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix."""
+        torch = self._torch
+        ids = list(ids)
+        if not ids:
+            raise ValueError("a prompt must contain at least one token")
+        self._check_length(len(ids))
+        key = tuple(ids)
+        hit = self.cache.longest_prefix(ids) if self.reuse_cache else None
+        if hit is not None and len(hit[0]) == len(ids):
+            self.stats.cache_hits += 1
+            return hit[1].layers, hit[1].logits
+        layers, start = (hit[1].layers, len(hit[0])) if hit is not None else (None, 0)
+        if hit is not None:
+            self.stats.cache_hits += 1
+        else:
+            self.stats.cache_misses += 1
+        new = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
+        out = self._forward(new, layers)
+        layers = self._layers_of(out.past_key_values)
+        logits = out.logits[0, -1].float()
+        if store and self.reuse_cache:
+            nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+            self.cache.put(key, _CacheEntry(layers, logits, nbytes))
+        return layers, logits
+
+    def _logprobs(self, logits: Any, temperature: float) -> Any:
+        return self._torch.log_softmax(logits.float() / temperature, dim=-1)
+
+    def top_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
+        _, logits = self._state(prefix)
+        logp = self._logprobs(logits, temperature).clone()
+        if exclude:
+            logp[list(exclude)] = float("-inf")
+        k = min(k, logp.shape[-1] - len(exclude))
+        values, idx = self._torch.topk(logp, k)
+        return [Continuation((int(i),), float(v)) for v, i in zip(values.tolist(), idx.tolist()) if v > float("-inf")]
+
+    def _pick(self, logp: Any, top_k: int, generators: Sequence[Any], greedy_rows: Sequence[bool]) -> list[int]:
+        """One token per row of ``logp`` (B, V): argmax for greedy rows, top-k sampling otherwise.
+        Each row draws from its own generator, so batching never changes what is drawn."""
+        torch = self._torch
+        values, idx = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)  # (B, k)
+        probs = torch.softmax(values, dim=-1)
+        out = []
+        for row, (gen, greedy) in enumerate(zip(generators, greedy_rows)):
+            draw = torch.multinomial(probs[row], 1, generator=gen)  # consumed by greedy rows too
+            out.append(int(idx[row, 0]) if greedy else int(idx[row, int(draw)]))
+        return out
+
+    def sample(
+        self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float, seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
+        torch = self._torch
+        self._check_length(len(prefix) + length)
+        generators = [torch.Generator(device="cpu").manual_seed(int(seed) + 7919 * row) for row in range(n)]
+        greedy_rows = [greedy_first and row == 0 for row in range(n)]
+        if not self.batch:
+            # Engine off: the same draws, one candidate at a time.
+            return [
+                self._sample_rows(prefix, 1, length, top_k, temperature, [generators[r]], [greedy_rows[r]])[0]
+                for r in range(n)
+            ]
+        return self._sample_rows(prefix, n, length, top_k, temperature, generators, greedy_rows)
+
+    def _sample_rows(
+        self, prefix: Sequence[int], n: int, length: int, top_k: int, temperature: float,
+        generators: Sequence[Any], greedy_rows: Sequence[bool],
+    ) -> list[Continuation]:
+        torch = self._torch
+        layers, logits = self._state(prefix)
+        logp = self._logprobs(logits, temperature).unsqueeze(0).expand(n, -1)  # (n, V)
+        tokens = [[] for _ in range(n)]
+        totals = [0.0] * n
+        done = [False] * n
+        for step in range(length):
+            pick = self._pick(logp.cpu(), top_k, generators, greedy_rows)  # n token ids
+            chosen = logp[torch.arange(n), torch.tensor(pick, device=logp.device)].tolist()
+            for row, (tok, lp) in enumerate(zip(pick, chosen)):
+                if done[row]:
+                    continue
+                tokens[row].append(int(tok))
+                totals[row] += float(lp)
+                if tok in self.eos_token_ids:
+                    done[row] = True
+            if all(done) or step == length - 1:
+                break
+            feed = torch.tensor([[t[-1]] for t in tokens], dtype=torch.long, device=self.device)  # (n, 1)
+            if not self.reuse_cache:
+                # Engine off: recompute every row's whole context instead of extending a KV cache.
+                full = torch.tensor([list(prefix) + t for t in tokens], dtype=torch.long, device=self.device)
+                out = self._forward(full, None)
+                layers = None
+            else:
+                out = self._forward(feed, layers)
+            layers = self._layers_of(out.past_key_values) if self.reuse_cache else None
+            logp = self._logprobs(out.logits[:, -1], temperature)
+        return [Continuation(tuple(t), s) for t, s in zip(tokens, totals)]
+
+    def continue_until(
+        self, prefix: Sequence[int], stop: Sequence[str], max_tokens: int, *, top_k: int, temperature: float,
+        seed: int, min_tokens: int = 1,
+    ) -> list[int]:
+        torch = self._torch
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        max_tokens = min(max_tokens, self.context_length - len(prefix))
+        if max_tokens <= 0:
+            return []
+        layers, logits = self._state(prefix)
+        out_ids: list[int] = []
+        while True:
+            logp = self._logprobs(logits, temperature).unsqueeze(0)
+            tok = self._pick(logp.cpu(), top_k, [generator], [False])[0]
+            out_ids.append(tok)
+            if tok in self.eos_token_ids or len(out_ids) >= max_tokens:
+                break
+            if len(out_ids) >= min_tokens and stop and _stop_hit(self.decode(out_ids), stop):
+                break
+            if self.reuse_cache:
+                out = self._forward(torch.tensor([[tok]], device=self.device), layers)
+                layers = self._layers_of(out.past_key_values)
+            else:
+                out = self._forward(torch.tensor([list(prefix) + out_ids], device=self.device), None)
+            logits = out.logits[0, -1]
+        return out_ids
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
+        torch = self._torch
+        prompts = [list(p) for p in prompts]
+        for p in prompts:
+            self._check_length(len(p))
+        if not self.batch or len(prompts) == 1:
+            rows = []
+            for p in prompts:
+                _, logits = self._state(p, store=False) if self.reuse_cache else self._full_logits(p)
+                rows.append(self._logprobs(logits, 1.0)[list(candidates)].tolist())
+            return rows
+        # Shared prefix once (cached), then all tails in one right-padded batch.
+        common = 0
+        shortest = min(len(p) for p in prompts)
+        while common < shortest - 1 and all(p[common] == prompts[0][common] for p in prompts):
+            common += 1
+        layers, _ = self._state(prompts[0][:common], store=False) if common else (None, None)
+        tails = [p[common:] for p in prompts]
+        width = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device)
+        mask = torch.tensor(
+            [[1] * (common + len(t)) + [0] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device
+        )
+        out = self._forward(ids, layers, attention_mask=mask)
+        last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
+        logits = out.logits[torch.arange(len(tails), device=self.device), last]  # (B, V)
+        logp = self._logprobs(logits, 1.0)[:, list(candidates)]
+        return logp.tolist()
+
+    def _full_logits(self, ids: Sequence[int]) -> tuple[None, Any]:
+        out = self._forward(self._torch.tensor([list(ids)], device=self.device), None)
+        return None, out.logits[0, -1]
+
+    def cache_prefix(self, prefix: Sequence[int]) -> None:
+        if not self.reuse_cache or not prefix:
+            return
+        self._state(prefix)
+        hit = self.cache.entries.get(tuple(prefix))
+        if hit is not None:
+            hit.pinned = True
+
+    def release_prefix(self, prefix: Sequence[int]) -> None:
+        entry = self.cache.entries.get(tuple(prefix))
+        if entry is not None:
+            entry.pinned = False
+            self.cache._evict()
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    gguf_file: str | None = None,
+    reuse_cache: bool = True,
+    batch: bool = True,
+    cache_bytes: int = 256 * 2**20,
+    **model_kwargs: Any,
+) -> TransformersLM:
+    """Load any causal LM with a tokenizer (a local folder or a hub id already in the local cache).
+
+    ``device``: "cpu", "cuda", "cuda:1", ... (default: cuda when available); ``dtype``: "float32",
+    "bfloat16", "float16" or "auto".
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError("load_model needs a model folder or hub id as a non-empty string")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype: Any
+    if dtype is None or dtype == "auto":
+        torch_dtype = "auto" if dtype == "auto" else (torch.float32 if device == "cpu" else torch.bfloat16)
+    else:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **extra)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **extra, **model_kwargs)
+    model.to(device)
+    return TransformersLM(
+        model, tokenizer, name=name_or_path, reuse_cache=reuse_cache, batch=batch, cache_bytes=cache_bytes
+    )
+
+
+def load_default_model(**kwargs: Any) -> TransformersLM:
+    """The embedded SmolLM2-135M-Instruct, offline (materialised once into the user cache)."""
+    from .models import DEFAULT_MODEL_NAME, materialize_default_model
+
+    folder = materialize_default_model()
+    kwargs.setdefault("device", "cpu")
+    lm = load_model(str(folder), **kwargs)
+    lm.name = DEFAULT_MODEL_NAME
+    return lm
