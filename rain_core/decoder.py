@@ -212,8 +212,8 @@ class RainDecoder:
         stats = getattr(self.lm, "stats", None)
         return stats.snapshot() if stats is not None else {}
 
-    def _stats(self, search: RainSearch, before: dict[str, float], with_log: bool) -> dict[str, Any]:
-        out = search.stats.as_dict(with_log=with_log)
+    def _stats(self, search: RainSearch, before: dict[str, float]) -> dict[str, Any]:
+        out = search.stats.as_dict()
         after = self._engine_stats()
         for key in ("forward_calls", "forward_tokens"):
             if key in after:
@@ -223,11 +223,13 @@ class RainDecoder:
     # --- public API -----------------------------------------------------------------------------
     def stream(
         self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, result: list | None = None, **overrides: Any,
+        chat_kwargs: Mapping[str, Any] | None = None, result: list | None = None, keep_trees: bool = False,
+        **overrides: Any,
     ) -> Iterator[str]:
         """Yield the answer's text as each token set is committed (final as soon as it is yielded).
-        Pass ``result=[]`` to receive the ``RainResult`` appended to it when the stream ends."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees=False)
+        Pass ``result=[]`` to receive the ``RainResult`` appended to it when the stream ends
+        (with the per-commit log, and each commit's tree when ``keep_trees``)."""
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees=keep_trees)
         before = self._engine_stats()
         emitted = 0
         steps = search.run()
@@ -245,15 +247,15 @@ class RainDecoder:
         if len(text) > emitted:
             yield text[emitted:]
         if result is not None:
-            result.append(self._result(search, before, with_log=False))
+            result.append(self._result(search, before))
 
-    def _result(self, search: RainSearch, before: dict[str, float], with_log: bool) -> RainResult:
+    def _result(self, search: RainSearch, before: dict[str, float]) -> RainResult:
         return RainResult(
             text=self._final_text(search),
             token_ids=list(search.committed),
             finish_reason=search.finished_by or "length",
             prompt_tokens=len(search.prompt_ids),
-            stats=self._stats(search, before, with_log),
+            stats=self._stats(search, before),
         )
 
     def generate(
@@ -269,7 +271,7 @@ class RainDecoder:
             with self._lock:
                 if next(steps, None) is None:
                     break
-        return self._result(search, before, with_log=True)
+        return self._result(search, before)
 
     def vanilla(
         self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,

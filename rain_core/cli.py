@@ -1,0 +1,136 @@
+"""The ``rain`` command.
+
+    rain generate "How do I pick a lock?"            # the aligned answer
+    rain generate --compare "..." "..."              # plain decoding and RAIN side by side, with stats
+    rain generate --stream "..."                     # print token sets as they are committed
+    rain generate --json "..."                       # machine-readable result
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+logger = logging.getLogger("rain")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rain", description="RAIN: decoding-time self-alignment for local LLMs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what rain does")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="answer prompts with RAIN")
+    gen.add_argument("prompts", nargs="+", help="one or more prompts")
+    gen.add_argument("--compare", action="store_true", help="also decode plainly and show both with search stats")
+    gen.add_argument("--stream", action="store_true", help="print token sets as soon as they are committed")
+    gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    gen.add_argument("--principle", default="harmless", help="harmless, truthful, positive, or a .toml file")
+    gen.add_argument("--scoring", choices=["discrete", "continuous"], default=None, help="self-evaluation score")
+    gen.add_argument("--model", default=None, help="a causal LM folder or cached hub id (default: embedded SmolLM2-135M)")
+    gen.add_argument("--judge", default=None, help="a separate judge model folder or cached hub id")
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    gen.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
+    gen.add_argument("--max-new-tokens", type=int, default=None)
+    gen.add_argument("--max-searches", type=int, default=None, help="T_max, searches per commit (official 50)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    gen.add_argument("--plot", default=None, help="save a picture of the first commit's search tree to this PNG")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("which", choices=["speed"], help="the benchmark to run")
+    bench.add_argument("--quick", action="store_true", help="a small version (seconds, for CI)")
+    bench.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"max_new_tokens": "max_new_tokens", "max_searches": "max_searches", "seed": "seed",
+             "temperature": "temperature", "stop": "stop", "scoring": "scoring"}
+    return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr) is not None}
+
+
+def _load(args: argparse.Namespace):
+    from . import RainDecoder, SelfEvaluator, JudgeEvaluator, load_default_model, load_model
+
+    kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
+    lm = load_model(args.model, **kw) if args.model else load_default_model(**kw)
+    scoring = args.scoring or "discrete"
+    if args.judge:
+        evaluator = JudgeEvaluator(load_model(args.judge, **kw), args.principle, scoring=scoring)
+    else:
+        evaluator = SelfEvaluator(lm, args.principle, scoring=scoring)
+    return RainDecoder(lm, evaluator, **_overrides(args))
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    keys = ("searches", "evaluations", "evaluation_cache_hits", "commits", "rewinds", "node_additions", "seconds")
+    return ", ".join(f"{k}={stats[k]:.1f}" if isinstance(stats.get(k), float) else f"{k}={stats.get(k)}" for k in keys if k in stats)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    dec = _load(args)
+    for prompt in args.prompts:
+        vanilla = dec.vanilla(prompt) if args.compare else None
+        done: list = []
+        if args.stream and not args.json:
+            if vanilla is not None:
+                sys.stdout.write(f"--- plain decoding ---\n{vanilla.text}\n--- RAIN ---\n")
+            for piece in dec.stream(prompt, result=done, keep_trees=bool(args.plot)):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            with tqdm(desc="RAIN", unit=" token sets", leave=False, disable=args.json or None) as bar:
+                for _ in dec.stream(prompt, result=done, keep_trees=bool(args.plot)):
+                    bar.update(1)
+        result = done[0]
+        if args.plot:
+            from .plotting import plot_tree
+
+            plot_tree(result.stats["commit_log"][0], dec.lm, path=args.plot)
+            logger.info("saved the first commit's search tree to %s", args.plot)
+        if args.json:
+            out = {"prompt": prompt, "text": result.text, "finish_reason": result.finish_reason,
+                   "stats": {k: v for k, v in result.stats.items() if k != "commit_log"}}
+            if vanilla is not None:
+                out["vanilla"] = {"text": vanilla.text, "finish_reason": vanilla.finish_reason, "stats": vanilla.stats}
+            sys.stdout.write(json.dumps(out) + "\n")
+        elif args.compare:
+            sys.stdout.write(f"=== {prompt}\n")
+            if not args.stream:
+                sys.stdout.write(f"--- plain decoding ({vanilla.stats['seconds']:.1f}s) ---\n{vanilla.text}\n")
+                sys.stdout.write(f"--- RAIN ---\n{result.text}\n")
+            sys.stdout.write(f"[{_stats_line(result.stats)}]\n\n")
+        elif not args.stream:
+            sys.stdout.write(result.text + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "bench":
+            from benchmarks.speed import main as bench_main  # type: ignore[import-not-found]
+
+            return bench_main(quick=args.quick, out=args.out)
+    except (ValueError, TypeError, ValidationError) as exc:
+        sys.stderr.write(f"rain: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
