@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "bench":
-            from benchmarks.speed import main as bench_main  # type: ignore[import-not-found]
+            from .bench import main as bench_main
 
             return bench_main(quick=args.quick, out=args.out)
     except (ValueError, TypeError, ValidationError) as exc:
