@@ -227,6 +227,8 @@ class RainSearch:
         stopped_early = False
         while i < target or not self.tree.children[ROOT_INDEX]:
             self.search_once()
+            if not self.tree.children[ROOT_INDEX]:
+                raise RuntimeError(f"{getattr(self.lm, 'name', 'the model')} proposed no continuation of the context")
             i += 1
             searches += 1
             if self.early_stop():
