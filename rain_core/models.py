@@ -65,7 +65,7 @@ def materialize_default_model(force: bool = False) -> Path:
     interrupted run never leaves a half-written model behind."""
     target = cache_dir() / DEFAULT_MODEL_NAME
     gguf = default_gguf_path()
-    stamp = {"source": str(gguf), "size": gguf.stat().st_size}
+    stamp = {"source": gguf.name, "size": gguf.stat().st_size}  # not the path: venvs move
     marker = target / _MARKER
     if not force and marker.is_file():
         try:
