@@ -10,6 +10,7 @@ touching the search. Randomness enters as an integer ``seed`` per call for the s
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -466,6 +467,20 @@ def load_model(
     return TransformersLM(
         model, tokenizer, name=name_or_path, reuse_cache=reuse_cache, batch=batch, cache_bytes=cache_bytes
     )
+
+
+_SHARED_DEFAULT: TransformersLM | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_default_model() -> TransformersLM:
+    """The embedded model, loaded once per process and shared by every caller (the adapters'
+    ``from_default()`` constructors use it, so LangChain and LlamaIndex share one copy)."""
+    global _SHARED_DEFAULT
+    with _SHARED_LOCK:
+        if _SHARED_DEFAULT is None:
+            _SHARED_DEFAULT = load_default_model()
+        return _SHARED_DEFAULT
 
 
 def load_default_model(**kwargs: Any) -> TransformersLM:

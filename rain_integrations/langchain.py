@@ -21,7 +21,6 @@ import enum
 import json
 import logging
 import re
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -92,20 +91,11 @@ _TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.DOTA
 _FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*(?:```)?\s*\Z", re.DOTALL)
 
 
-# --- the default model, loaded once per process ---------------------------------------------------
-_DEFAULT_LM: Any = None
-_DEFAULT_LM_LOCK = threading.Lock()
-
-
+# --- the default model: one copy per process, shared with the other adapters ---------------------
 def _default_lm() -> Any:
-    """The embedded SmolLM2-135M-Instruct, loaded on first use and shared by every adapter."""
-    global _DEFAULT_LM
-    with _DEFAULT_LM_LOCK:
-        if _DEFAULT_LM is None:
-            from rain_core import load_default_model
+    from rain_core.lm import shared_default_model
 
-            _DEFAULT_LM = load_default_model()
-        return _DEFAULT_LM
+    return shared_default_model()
 
 
 # --- messages in: one function for every path ----------------------------------------------------

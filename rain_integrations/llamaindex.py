@@ -53,20 +53,11 @@ __all__ = ["RainEmbedding", "RainLLM", "to_rain_messages"]
 
 DEFAULT_EMBED_MODEL_NAME = "all-MiniLM-L6-v2"
 
-# --- the default model, loaded once per process ---------------------------------------------------
-_DEFAULT_LM: Any = None
-_DEFAULT_LM_LOCK = threading.Lock()
-
-
+# --- the default model: one copy per process, shared with the other adapters ---------------------
 def _default_lm() -> Any:
-    """The embedded SmolLM2-135M-Instruct, loaded on first use and shared by every ``RainLLM``."""
-    global _DEFAULT_LM
-    with _DEFAULT_LM_LOCK:
-        if _DEFAULT_LM is None:
-            from rain_core import load_default_model
+    from rain_core.lm import shared_default_model
 
-            _DEFAULT_LM = load_default_model()
-        return _DEFAULT_LM
+    return shared_default_model()
 
 
 # --- messages in ---------------------------------------------------------------------------------
