@@ -111,6 +111,7 @@ def _generate(args: argparse.Namespace) -> int:
             sys.stdout.write(f"[{_stats_line(result.stats)}]\n\n")
         elif not args.stream:
             sys.stdout.write(result.text + "\n")
+        sys.stdout.flush()
     return 0
 
 
