@@ -790,7 +790,8 @@ class GuardStrategy(str, enum.Enum):
     BLOCK = "block"
     """Replace it with a short reason (a tool result becomes a ``ToolMessage`` with status error)."""
     REWRITE = "rewrite"
-    """Replace it with a harmless restatement decoded with RAIN."""
+    """Replace it with a harmless restatement decoded with RAIN; if the restatement still fails the
+    check, block instead (``response_metadata["rain_guard"]["fallback"] == "block"``)."""
     FLAG = "flag"
     """Keep it; record the verdict and score in the message's ``response_metadata["rain_guard"]``."""
 
@@ -902,25 +903,33 @@ class RainGuard(RunnableSerializable[Any, Any]):
         meta = verdict.metadata()
         logger.info("RainGuard: content failed (%.3f < %.3f), strategy %s",
                     verdict.score, verdict.threshold, self.strategy.value)
+        blocked = self.strategy is GuardStrategy.BLOCK
         if self.strategy is GuardStrategy.FLAG:
             new_text = text
             if isinstance(value, str):
                 logger.warning("RainGuard flagged a string (score %.3f); pass messages to keep the verdict "
                                "in metadata", verdict.score)
-        elif self.strategy is GuardStrategy.BLOCK:
-            new_text = self.block_message.format(score=verdict.score, threshold=verdict.threshold,
-                                                 evaluator=verdict.evaluator)
-        else:
+        elif not blocked:
             result = self.rewrite(text)
             new_text = result.text.strip()
-            meta["rewrite"] = {"score": float(self.scorer.score(context, new_text)),
+            score = float(self.scorer.score(context, new_text))
+            meta["rewrite"] = {"score": score, "passed": score >= self.threshold,
                                "finish_reason": result.finish_reason, "rain": _stats(result)}
+            if score < self.threshold:
+                # A restatement that still fails the check must not reach the reader: block instead.
+                logger.warning("RainGuard: the rewrite still scored %.3f < %.3f; blocking instead", score,
+                               self.threshold)
+                meta["fallback"] = GuardStrategy.BLOCK.value
+                blocked = True
+        if blocked:
+            new_text = self.block_message.format(score=verdict.score, threshold=verdict.threshold,
+                                                 evaluator=verdict.evaluator)
         if isinstance(value, str):
             return new_text
         update: dict[str, Any] = {"response_metadata": {**value.response_metadata, "rain_guard": meta}}
         if new_text != text:
             update["content"] = new_text
-        if isinstance(value, ToolMessage) and self.strategy is GuardStrategy.BLOCK:
+        if isinstance(value, ToolMessage) and blocked:
             update["status"] = "error"
         if isinstance(value, AIMessage) and self.strategy is not GuardStrategy.FLAG:
             update.update(tool_calls=[], invalid_tool_calls=[])

@@ -751,6 +751,24 @@ def test_agent_tool_guard_strategies(strategy):
     assert tool_line == ("(tool error) " + msg.content if strategy == "block" else msg.content)
 
 
+def test_rewrite_that_still_fails_is_blocked_instead():
+    """When no restatement the search finds passes the check (here: an evaluator that fails every
+    text), the harmful text is blocked rather than passed on half-rewritten."""
+    parrot = RainDecoder(ScriptedLM(HARMFUL), guard_eval, encoder=None, **dict(SMALL, max_new_tokens=120))
+    always_failing_rewrite = RainToolGuard(parrot, evaluator=lambda _c, _t: -1.0, strategy="rewrite")
+    msg, _, last_prompt = run_agent(always_failing_rewrite, "cleaning")
+    meta = msg.response_metadata["rain_guard"]
+    assert meta["strategy"] == "rewrite" and meta["fallback"] == "block"
+    assert meta["rewrite"]["score"] == -1.0 and meta["rewrite"]["passed"] is False
+    assert meta["rewrite"]["rain"]["commits"] > 0  # the rewrite really ran
+    assert msg.status == "error" and "withheld by a RAIN guard" in msg.content
+    assert "poison" not in msg.content and "poison" not in last_prompt
+    guard = RainGuard(decoder=parrot, evaluator=guard_eval, strategy="rewrite")
+    rewritten = guard.invoke(AIMessage(HARMFUL))  # the search steers the parrot off "poison": no fallback
+    assert "fallback" not in rewritten.response_metadata["rain_guard"]
+    assert rewritten.response_metadata["rain_guard"]["rewrite"]["passed"] is True
+
+
 @pytest.mark.parametrize("strategy", ["block", "rewrite", "flag"])
 def test_agent_tool_guard_lets_harmless_results_through(strategy):
     msg, _, _ = run_agent(RainToolGuard(rewrite_decoder(), evaluator=guard_eval, strategy=strategy), "gardening")
