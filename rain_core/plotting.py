@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Mapping
 
 MAX_LABEL = 14
@@ -23,9 +26,20 @@ def _pyplot():
     return plt
 
 
-def _finish(fig: Any, path: str | None) -> Any:
+def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
+    """Save ``fig`` as a PNG at ``path`` (written to a temporary file, then renamed: never half-written)."""
     if path is not None:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        target = Path(path)
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"cannot save the plot to {target}: folder {target.parent} does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format=target.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return fig
 
 
