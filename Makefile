@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/rain generate --compare --max-new-tokens 40 --max-searches 8 $(DEMO_PROMPTS)
 
+# the tests, then the three notebooks executed top to bottom (nbmake; a notebook that raises fails)
 test: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup
 	$(VENV)/bin/rain bench speed
