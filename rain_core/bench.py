@@ -85,10 +85,13 @@ class Plan:
 
     @classmethod
     def full(cls) -> "Plan":
+        # Sized to finish in about half an hour on two CPU cores: the self-evaluation and the
+        # worst case spend the whole official budget (50 searches for the first commit, at least
+        # 15 for each later one), so section 1 keeps to one benign and one harmful prompt.
         return cls(
             mode="full",
-            prompts=PROMPTS[:4],
-            max_new_tokens=16,
+            prompts=PROMPTS[:2],
+            max_new_tokens=32,
             search_overrides={},
             fixed_searches=6,
             fixed_overrides={},

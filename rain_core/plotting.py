@@ -1,4 +1,4 @@
-"""Pictures of a RAIN decode (matplotlib, imported lazily; ``pip install rain-align[plot]``).
+"""Pictures of a RAIN decode (matplotlib, imported lazily; the ``plot`` extra: ``pip install -e '.[plot]'``).
 
 - ``plot_tree(commit, lm)``: one commit's search tree, node size by visits, colour by value, the
   committed branch outlined.
@@ -22,7 +22,7 @@ def _pyplot():
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover
-        raise ImportError("plotting needs matplotlib: pip install 'rain-align[plot]'") from exc
+        raise ImportError("plotting needs matplotlib: pip install -e '.[plot]' in the rain checkout") from exc
     return plt
 
 

@@ -12,7 +12,7 @@ The adapters translate and delegate: messages become ``{"role", "content", ...}`
 and ``RainResult`` becomes LangChain messages, chunks and metadata. The search lives in
 ``rain_core``.
 
-Install with ``pip install rain-align[langchain]``.
+Install with the ``langchain`` extra: ``pip install -e '.[langchain]'`` in the rain checkout.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ try:
     from langchain_core.utils.function_calling import convert_to_openai_tool
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "rain_integrations.langchain needs LangChain: pip install 'rain-align[langchain]'"
+        "rain_integrations.langchain needs LangChain: pip install -e '.[langchain]' in the rain checkout"
     ) from exc
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -11,7 +11,7 @@ prompts are built, for completions and chats, streaming or not), keyword argumen
 ``RainConfig`` overrides, and the ``RainResult`` becomes LlamaIndex responses with the RAIN stats in
 ``additional_kwargs`` and ``raw``. The search lives in ``rain_core``.
 
-Install with ``pip install rain-align[llamaindex]``.
+Install with the ``llamaindex`` extra: ``pip install -e '.[llamaindex]'`` in the rain checkout.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ try:
     from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "rain_integrations.llamaindex needs LlamaIndex: pip install 'rain-align[llamaindex]'"
+        "rain_integrations.llamaindex needs LlamaIndex: pip install -e '.[llamaindex]' in the rain checkout"
     ) from exc
 
 from pydantic import Field, PrivateAttr, model_validator
