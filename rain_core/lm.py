@@ -9,6 +9,7 @@ touching the search. Randomness enters as an integer ``seed`` per call for the s
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -156,12 +157,25 @@ class PrefixKVCache:
         self.nbytes = 0
 
 
+MIN_CACHE_BYTES = 64 * 2**20
+
+
+def _weight_bytes(model: Any) -> int:
+    try:
+        return int(sum(p.numel() * p.element_size() for p in model.parameters()))
+    except (AttributeError, TypeError):  # not a torch module: fall back to the minimum
+        return 0
+
+
 class TransformersLM:
     """A ``LanguageModel`` over a transformers causal LM and its tokenizer.
 
     ``reuse_cache`` keeps KV states of tree prefixes (LRU, ``cache_bytes`` budget) so a node's
     context is never recomputed; ``batch`` samples an expansion's candidates and scores both
     option orders as one batch. Both switches change speed only, not the search.
+    ``cache_bytes`` defaults to a quarter of the model's weight bytes (at least 64 MiB), so
+    RAIN's extra memory scales with the model: an evicted state is rebuilt from its longest
+    cached prefix, which costs a few tokens of forward pass, not the whole context.
     """
 
     def __init__(
@@ -172,7 +186,7 @@ class TransformersLM:
         name: str | None = None,
         reuse_cache: bool = True,
         batch: bool = True,
-        cache_bytes: int = 256 * 2**20,
+        cache_bytes: int | None = None,
     ) -> None:
         import torch
 
@@ -195,9 +209,16 @@ class TransformersLM:
         self.eos_token_ids = frozenset(eos)
         self.reuse_cache = reuse_cache
         self.batch = batch
+        if cache_bytes is None:
+            cache_bytes = max(MIN_CACHE_BYTES, _weight_bytes(model) // 4)
+        elif isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a whole number of bytes >= 0 (or None for the default), got {cache_bytes!r}")
         self.cache = PrefixKVCache(max_bytes=cache_bytes)
         self.stats = EngineStats()
         self.device = next(model.parameters()).device
+        # Models that accept ``logits_to_keep`` project only the positions we read onto the vocabulary
+        # (the full (T, vocab) logits of a long prompt cost time and, for SmolLM2, ~200 KB a token).
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     # --- text -------------------------------------------------------------------------------
@@ -218,8 +239,12 @@ class TransformersLM:
         return "\n".join(lines) + ("" if add_generation_prompt else "\n")
 
     # --- model calls ----------------------------------------------------------------------------
-    def _forward(self, input_ids: Any, layers: list[tuple[Any, Any]] | None, attention_mask: Any = None) -> Any:
-        """One forward pass. ``input_ids`` (B, T); ``layers`` a cached prefix, batch 1 or B."""
+    def _forward(
+        self, input_ids: Any, layers: list[tuple[Any, Any]] | None, attention_mask: Any = None, keep: Any = None,
+    ) -> Any:
+        """One forward pass. ``input_ids`` (B, T); ``layers`` a cached prefix, batch 1 or B. ``keep``: the
+        positions whose logits are read (an int n: the last n; a (B, k) tensor: per row); ``None``: all.
+        A model without ``logits_to_keep`` returns all positions, so callers read the last ones."""
         from transformers import DynamicCache
 
         torch = self._torch
@@ -230,6 +255,8 @@ class TransformersLM:
         if layers and layers[0][0].shape[0] != bsz:
             past = DynamicCache(ddp_cache_data=[(k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1)) for k, v in layers])
         kwargs: dict[str, Any] = {}
+        if keep is not None and self._keeps_logits:
+            kwargs["logits_to_keep"] = keep
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
             positions = past_len + torch.arange(input_ids.shape[1], device=self.device).unsqueeze(0).expand(bsz, -1)
@@ -270,7 +297,7 @@ class TransformersLM:
         else:
             self.stats.cache_misses += 1
         new = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
-        out = self._forward(new, layers)
+        out = self._forward(new, layers, keep=1)
         layers = self._layers_of(out.past_key_values)
         logits = out.logits[0, -1].float()
         if store and self.reuse_cache:
@@ -346,7 +373,7 @@ class TransformersLM:
             if not self.reuse_cache:
                 # Engine off: recompute every row's whole context instead of extending a KV cache.
                 full = torch.tensor([list(prefix) + t for t in tokens], dtype=torch.long, device=self.device)
-                out = self._forward(full, None)
+                out = self._forward(full, None, keep=1)
                 layers = None
             else:
                 out = self._forward(feed, layers)
@@ -377,7 +404,7 @@ class TransformersLM:
                 out = self._forward(torch.tensor([[tok]], device=self.device), layers)
                 layers = self._layers_of(out.past_key_values)
             else:
-                out = self._forward(torch.tensor([list(prefix) + out_ids], device=self.device), None)
+                out = self._forward(torch.tensor([list(prefix) + out_ids], device=self.device), None, keep=1)
             logits = out.logits[0, -1]
         return out_ids
 
@@ -405,14 +432,17 @@ class TransformersLM:
         mask = torch.tensor(
             [[1] * (common + len(t)) + [0] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device
         )
-        out = self._forward(ids, layers, attention_mask=mask)
         last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
-        logits = out.logits[torch.arange(len(tails), device=self.device), last]  # (B, V)
+        out = self._forward(ids, layers, attention_mask=mask, keep=last.unsqueeze(1))
+        if self._keeps_logits:
+            logits = out.logits[:, -1]  # (B, V): only each row's last real position was projected
+        else:
+            logits = out.logits[torch.arange(len(tails), device=self.device), last]
         logp = self._logprobs(logits, 1.0)[:, list(candidates)]
         return logp.tolist()
 
     def _full_logits(self, ids: Sequence[int]) -> tuple[None, Any]:
-        out = self._forward(self._torch.tensor([list(ids)], device=self.device), None)
+        out = self._forward(self._torch.tensor([list(ids)], device=self.device), None, keep=1)
         return None, out.logits[0, -1]
 
     def cache_prefix(self, prefix: Sequence[int]) -> None:
@@ -438,7 +468,7 @@ def load_model(
     gguf_file: str | None = None,
     reuse_cache: bool = True,
     batch: bool = True,
-    cache_bytes: int = 256 * 2**20,
+    cache_bytes: int | None = None,
     **model_kwargs: Any,
 ) -> TransformersLM:
     """Load any causal LM with a tokenizer (a local folder or a hub id already in the local cache).

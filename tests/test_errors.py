@@ -117,3 +117,19 @@ def test_batch_evaluator_must_return_one_score_per_response():
     with pytest.raises(ValueError, match="1 scores for 2"):
         ev.score_batch("p", ["a", "b"])
     assert CallableEvaluator(batch_fn=lambda p, rs: [0.5] * len(rs)).score("p", "a") == 0.5
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1GB", True])
+def test_kv_cache_budget_is_validated(default_lm, bad):
+    from rain_core import TransformersLM
+
+    with pytest.raises(ValueError, match="cache_bytes"):
+        TransformersLM(default_lm.model, default_lm.tokenizer, cache_bytes=bad)
+
+
+def test_kv_cache_budget_defaults_to_a_quarter_of_the_weights(default_lm):
+    from rain_core import TransformersLM
+
+    lm = TransformersLM(default_lm.model, default_lm.tokenizer)
+    weights = sum(p.numel() * p.element_size() for p in default_lm.model.parameters())
+    assert lm.cache.max_bytes == max(64 * 2**20, weights // 4)
