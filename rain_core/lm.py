@@ -161,10 +161,7 @@ MIN_CACHE_BYTES = 64 * 2**20
 
 
 def _weight_bytes(model: Any) -> int:
-    try:
-        return int(sum(p.numel() * p.element_size() for p in model.parameters()))
-    except (AttributeError, TypeError):  # not a torch module: fall back to the minimum
-        return 0
+    return int(sum(p.numel() * p.element_size() for p in model.parameters()))
 
 
 class TransformersLM:

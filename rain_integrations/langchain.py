@@ -912,12 +912,12 @@ class RainGuard(RunnableSerializable[Any, Any]):
         elif not blocked:
             result = self.rewrite(text)
             new_text = result.text.strip()
-            score = float(self.scorer.score(context, new_text))
-            meta["rewrite"] = {"score": score, "passed": score >= self.threshold,
+            again = self.check(new_text, context)
+            meta["rewrite"] = {"score": again.score, "passed": again.passed,
                                "finish_reason": result.finish_reason, "rain": _stats(result)}
-            if score < self.threshold:
+            if not again.passed:
                 # A restatement that still fails the check must not reach the reader: block instead.
-                logger.warning("RainGuard: the rewrite still scored %.3f < %.3f; blocking instead", score,
+                logger.warning("RainGuard: the rewrite still scored %.3f < %.3f; blocking instead", again.score,
                                self.threshold)
                 meta["fallback"] = GuardStrategy.BLOCK.value
                 blocked = True
