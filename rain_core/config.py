@@ -79,6 +79,11 @@ class RainConfig(BaseModel):
     clause_boundaries: tuple[str, ...] = Field(
         (",", ".", "?", ":", ";", "\n"), description="A simulation ends once its text contains one of these."
     )
+    simulate_from_candidate: bool = Field(
+        True, description="A freshly expanded leaf's simulation starts with the expansion's first sampled "
+        "candidate (itself a top-k sample from the leaf), so the batched expansion already paid for those "
+        "tokens; False samples the simulation separately, as the official code does."
+    )
     scoring: Scoring = Field(
         Scoring.DISCRETE, description="'discrete' as in the paper, or 'continuous' (option-probability margin)."
     )

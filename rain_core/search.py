@@ -82,6 +82,7 @@ class RainSearch:
         self.scores: dict[str, float] = {}
         self.needs_embeddings = encoder is not None and (config.similarity_update or config.dynamic_node_addition)
         self._prev_leaf: int | None = None
+        self._sim_start: tuple[int, tuple[int, ...]] | None = None  # (leaf, first sampled candidate)
         self.finished_by: str | None = None
 
     # --- helpers ------------------------------------------------------------------------------
@@ -127,6 +128,8 @@ class RainSearch:
         sampled = self.lm.sample(
             state, n, length, top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=greedy
         )
+        if greedy and len(sampled) > 1 and sampled[1].token_ids:
+            self._sim_start = (node, tuple(sampled[1].token_ids))
         seen = set(exclude)
         for i, c in enumerate(sampled):
             if c.token_ids in seen or not c.token_ids:
@@ -143,6 +146,7 @@ class RainSearch:
         self.tree.set_child_priors(node, self.cfg.root_uniform_mix if node == ROOT_INDEX else 0.0)
 
     def expand(self, node: int) -> None:
+        self._sim_start = None
         self._add_children(node, self._candidates(node, self.cfg.num_candidates, exclude=set(), greedy=True))
 
     def add_nodes(self, node: int) -> None:
@@ -158,14 +162,13 @@ class RainSearch:
         """Simulate from ``node`` to a clause boundary and score (prompt, response + simulation)."""
         path = self.tree.path_tokens(node)
         simulation: list[int] = []
+        start = self._sim_start[1] if self._sim_start and self._sim_start[0] == node else ()
+        self._sim_start = None
         if not self.tree.terminal[node]:
             state = self.prompt_ids + self.committed + path
             room = min(self.cfg.max_simulation_tokens, self.lm.context_length - len(state))
             if room > 0:
-                simulation = self.lm.continue_until(
-                    state, self.cfg.clause_boundaries, room, top_k=self.cfg.top_k,
-                    temperature=self.cfg.temperature, seed=self._seed(),
-                )
+                simulation = self._simulate(state, room, start if self.cfg.simulate_from_candidate else ())
         text = self.response_text(path + simulation)
         for s in self.cfg.stop:
             if s in text:
@@ -180,6 +183,25 @@ class RainSearch:
         self.scores[text] = value
         self.stats.evaluations += 1
         return value, simulation
+
+    def _simulate(self, state: list[int], room: int, start: Sequence[int]) -> list[int]:
+        """Sample from ``state`` until the new text reaches a clause boundary, EOS or ``room`` tokens.
+        ``start``, a top-k sample from ``state`` already drawn by the expansion, supplies the first
+        tokens: the simulation is its shortest prefix that ends the clause, or all of it and more."""
+        seed = self._seed()
+        boundaries = self.cfg.clause_boundaries
+        head: list[int] = []
+        for tok in start[:room]:
+            head.append(tok)
+            if tok in self.lm.eos_token_ids or len(head) >= room:
+                return head
+            if any(b in self.lm.decode(head) for b in boundaries):
+                return head
+        rest = self.lm.continue_until(
+            state + head, boundaries, room - len(head), top_k=self.cfg.top_k,
+            temperature=self.cfg.temperature, seed=seed,
+        )
+        return head + rest
 
     def back_up(self, leaf: int, value: float, simulation: Sequence[int]) -> None:
         path = backup(self.tree, leaf, value)

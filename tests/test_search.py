@@ -209,3 +209,55 @@ def test_penalised_word_is_avoided_when_an_alternative_exists():
     assert dec.generate("pets?").text == "i like dogs."
     # with an evaluator that likes everything, RAIN keeps the model's preference
     assert RainDecoder(TwoWayLM(), lambda p, r: 1.0, encoder=None, max_new_tokens=20).generate("pets?").text == "i like cats."
+
+
+class _Recorder(CharLM):
+    """CharLM that records what it sampled and where each simulation continued from."""
+
+    def __init__(self):
+        super().__init__()
+        self.sampled, self.continued = [], []
+
+    def sample(self, prefix, n, length, **kw):
+        out = super().sample(prefix, n, length, **kw)
+        self.sampled.append(out)
+        return out
+
+    def continue_until(self, prefix, stop, max_tokens, **kw):
+        self.continued.append(list(prefix))
+        return super().continue_until(prefix, stop, max_tokens, **kw)
+
+
+@pytest.mark.parametrize("from_candidate", [True, False])
+def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
+    lm = _Recorder()
+    prompt = lm.encode("user: hi\nassistant:")
+    cfg = RainConfig(token_set_lengths=(6,), max_new_tokens=40, simulate_from_candidate=from_candidate)
+    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, cfg, prompt, "User: hi", seed=5)
+    pairs = []  # (the expansion's sampled rows, the simulation of the same search, model continuations)
+    real_back_up = s.back_up
+    for _ in range(12):
+        before, calls = len(lm.sampled), len(lm.continued)
+        sims = []
+        s.back_up = lambda leaf, value, sim: (sims.append(list(sim)), real_back_up(leaf, value, sim))
+        s.search_once()
+        if len(lm.sampled) > before and sims[0]:  # this search expanded its (non-terminal) leaf
+            pairs.append((lm.sampled[-1], sims[0], lm.continued[calls:]))
+    assert len(pairs) >= 8
+    reused = 0
+    for rows, sim, continued in pairs:
+        first = list(rows[1].token_ids)  # row 0 is the greedy candidate, row 1 the first sample
+        cut = next((j for j in range(1, len(first) + 1)
+                    if first[j - 1] == 0 or any(b in lm.decode(first[:j]) for b in cfg.clause_boundaries)), None)
+        if not from_candidate:
+            assert len(continued) == 1  # sampled on its own from the leaf
+        elif cut is not None:
+            # the sample reached a clause boundary: the simulation is the sample up to it, no model call
+            assert sim == first[:cut] and continued == []
+            reused += 1
+        else:
+            # the simulation is all of the sample and more, asked for from the end of the sample
+            assert sim[: len(first)] == first and len(sim) > len(first)
+            assert len(continued) == 1 and continued[0][-len(first):] == first
+    if from_candidate:
+        assert 0 < reused < len(pairs)  # both branches were exercised
