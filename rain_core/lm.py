@@ -227,7 +227,7 @@ class TransformersLM:
     ``cache_bytes`` defaults to a quarter of the model's weight bytes (at least 64 MiB), so
     RAIN's extra memory scales with the model: an evicted state is rebuilt from its longest
     cached prefix, which costs a few tokens of forward pass, not the whole context.
-    ``small_batch_matmul`` (CPU only) computes the linear layers of 2-32-row forward passes as
+    ``small_batch_matmul`` (CPU only) computes the linear layers of 1-32-row forward passes as
     ``W @ x.T`` (see ``_small_batch_linear_class``); it swaps the class of the model's ``nn.Linear``
     modules, whose behaviour changes only inside this engine's own forward passes.
     """
