@@ -174,9 +174,9 @@ def _small_batch_linear_class() -> Any:
     weights. On CPU, ``F.linear`` with 2-32 rows takes a matrix-product path that streams them
     slowly, and with one row a matrix-vector path that runs on one thread; with the weight as the
     left operand (one row is duplicated into two) the product streams the weights on every thread.
-    Measured on two cores with SmolLM2-135M's shapes (513 MB of weights): 1 row 80 -> 52 ms,
-    2-5 rows ~190 -> ~100 ms per decode step. Same products, summed in another order: the
-    results agree to float32 rounding."""
+    Measured on two cores with SmolLM2-135M: the products alone (513 MB of weights), one row
+    80 -> 52 ms; whole decode steps, one row 91 -> 74 ms and 2-5 rows 158 -> 84 ms. Same
+    products, summed in another order: the results agree to float32 rounding."""
     global _LINEAR_CLASS
     if _LINEAR_CLASS is None:
         import torch
@@ -445,10 +445,10 @@ class TransformersLM:
                 group = list(range(n))
                 continue
             # The distinct (parent prefix, new token) pairs of the rows still running.
+            # Finished rows point at prefix 0 (some row is still running): they draw and discard.
             index: dict[tuple[int, int], int] = {}
             for row in range(n):
-                if not done[row]:
-                    group[row] = index.setdefault((group[row], tokens[row][-1]), len(index))
+                group[row] = 0 if done[row] else index.setdefault((group[row], tokens[row][-1]), len(index))
             parents = torch.tensor([g for g, _ in index], dtype=torch.long, device=self.device)
             feed = torch.tensor([[t] for _, t in index], dtype=torch.long, device=self.device)  # (G', 1)
             if layers[0][0].shape[0] == 1:
@@ -458,9 +458,6 @@ class TransformersLM:
             out = self._forward(feed, past)
             layers = self._layers_of(out.past_key_values)
             logp = self._logprobs(out.logits[:, -1], temperature)
-            for row in range(n):
-                if done[row]:
-                    group[row] = 0  # finished rows draw (and discard) from any live prefix
         return [Continuation(tuple(t), s) for t, s in zip(tokens, totals)]
 
     def continue_until(
