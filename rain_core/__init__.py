@@ -1,17 +1,43 @@
-"""rain: align a frozen local language model at decoding time with RAIN (Rewindable
-Auto-regressive INference, Li et al., ICLR 2024)."""
+"""rain: align a frozen local language model at decoding time with RAIN (Rewindable Auto-regressive
+INference, Li et al., ICLR 2024).
 
+The core (config, tree, search, decoder, evaluators, protocols) imports no torch; the engines
+(``TransformersLM``, ``VLLMEngine``, ``load_model``, ``load_default_model``) are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .chat import TemplateSupport, template_support, transcript
 from .config import RainConfig, Scoring
 from .decoder import RainDecoder, RainResult
-from .evaluators import CallableEvaluator, Evaluator, JudgeEvaluator, SelfEvaluator
-from .lm import ContextTooLongError, LanguageModel, TransformersLM, load_default_model, load_model
+from .evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
+from .protocols import (
+    ContextTooLongError,
+    Continuation,
+    DecodeCancelled,
+    Encoder,
+    EngineError,
+    Evaluator,
+    EvaluatorError,
+    LanguageModel,
+)
+
+_ENGINES = {"TransformersLM", "VLLMEngine", "load_model", "load_default_model", "shared_default_model"}
 
 __all__ = [
     "BUILTIN_PRINCIPLES",
     "CallableEvaluator",
     "ContextTooLongError",
+    "Continuation",
+    "DecodeCancelled",
+    "Encoder",
+    "EngineError",
     "Evaluator",
+    "EvaluatorError",
     "JudgeEvaluator",
     "LanguageModel",
     "Principle",
@@ -20,9 +46,20 @@ __all__ = [
     "RainResult",
     "Scoring",
     "SelfEvaluator",
+    "TemplateSupport",
     "TransformersLM",
+    "VLLMEngine",
     "load_default_model",
     "load_model",
     "load_principle",
+    "shared_default_model",
+    "template_support",
+    "transcript",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINES:
+        return getattr(importlib.import_module(".engines", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,14 +1,17 @@
 """RainConfig: every knob of RAIN in one frozen, validated pydantic model.
 
-The defaults are the official ones of the authors' code (see ``shared/design/rain-algorithm.md``);
-each field's description says why the default is what it is.
+``RainConfig()`` is the authors' algorithm: every default is the official code's value or behaviour
+(``docs/algorithm.md`` lists each point, official next to rain). Where rain does something the
+official code does not (a speed trick, a length cap), the field says so and its default keeps the
+official behaviour; ``RainConfig.fast()`` collects the speed deviations, each one a field that can
+be switched back on its own.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,15 +49,16 @@ class RainConfig(BaseModel):
     c_puct: float = Field(2.0, ge=0.0, description="c: PUCT exploration constant (official 2).")
     # --- expansion (official) ------------------------------------------------------------------
     num_candidates: int = Field(10, ge=1, le=256, description="K: candidate token sets per expansion (official 10).")
-    num_added_candidates: int = Field(
-        2, ge=1, le=256, description="Candidates added per dynamic node addition (official 2)."
-    )
     max_children: int = Field(
         20, ge=1, description="Dynamic node addition stops once a node has this many children (official 20)."
     )
-    top_k: int = Field(15, ge=1, description="Top-k sampling for candidates and simulation (official 15).")
+    top_k: int = Field(
+        15, ge=1, description="Candidates are sampled from the top-k tokens, renormalised; their priors are "
+        "products of those renormalised probabilities (official 15)."
+    )
     token_set_lengths: tuple[int, ...] = Field(
-        (1, 2, 4, 10), description="Token-set length by tree depth; the last one repeats deeper (official 1, 2, 4, 10)."
+        (1, 2, 4, 10), description="Token-set length by a node's step, counted from the original prompt and "
+        "never reset at a commit; the last one repeats (official 1, 2, 4, 10)."
     )
     root_uniform_mix: float = Field(
         0.25, ge=0.0, le=1.0, description="Root priors become (1 - mix) * P + mix / k (official 0.25)."
@@ -73,26 +77,43 @@ class RainConfig(BaseModel):
     similarity_update: bool = Field(True, description="Ablation switch for the embedding similarity update.")
     dynamic_node_addition: bool = Field(True, description="Ablation switch for dynamic node addition.")
     # --- simulation and evaluation -------------------------------------------------------------
-    max_simulation_tokens: int = Field(
-        32, ge=1, description="Length cap of the simulation that runs from a leaf to the next clause boundary."
+    simulation_top_k: int | None = Field(
+        None, ge=1, description="Simulations sample from the full distribution (official: None). A number "
+        "restricts them to the top-k tokens (part of the fast preset, where simulations reuse top-k candidates)."
+    )
+    max_simulation_tokens: int | None = Field(
+        None, ge=1, description="Cap on simulated tokens. Official: None, a simulation runs until the text ends "
+        "a clause, EOS, a stop string or max_length. A number bounds the cost of a model that rambles."
     )
     clause_boundaries: tuple[str, ...] = Field(
-        (",", ".", "?", ":", ";", "\n"), description="A simulation ends once its text contains one of these."
+        (",", ".", "?", ":", ";", "\n"), description="A simulation ends as soon as the text ends with one of "
+        "these; the check comes before each token, so a leaf that already ends a clause is judged as it is "
+        "(official , . ? : ; newline)."
     )
     simulate_from_candidate: bool = Field(
-        True, description="A freshly expanded leaf's simulation starts with the expansion's first sampled "
-        "candidate (itself a top-k sample from the leaf), so the batched expansion already paid for those "
-        "tokens; False samples the simulation separately, as the official code does."
+        False, description="Speed deviation (fast preset): a freshly expanded leaf's simulation starts with the "
+        "expansion's first sampled candidate (a top-k sample from the leaf), so the batched expansion already "
+        "paid for those tokens. Official: False, the simulation is sampled on its own before the expansion."
     )
     scoring: Scoring = Field(
         Scoring.DISCRETE, description="'discrete' as in the paper, or 'continuous' (option-probability margin)."
     )
     # --- decoding limits -----------------------------------------------------------------------
-    max_new_tokens: int = Field(128, ge=1, description="Hard cap on generated tokens; never exceeded.")
+    max_new_tokens: int = Field(
+        128, ge=1, description="Hard cap on generated tokens; never exceeded (the official code has only max_length)."
+    )
     max_length: int = Field(2048, ge=2, description="Prompt plus response token cap (official 2048).")
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="Softmax temperature for sampling (>0).")
     seed: int | None = Field(0, description="Seed for all sampling; None draws a fresh one per call.")
     stop: tuple[str, ...] = Field((), description="Stop strings: generation ends before the first one.")
+    max_seconds: float | None = Field(
+        None, gt=0.0, description="Deadline for one decode. When it passes, the best branch found so far is "
+        "committed and the decode ends with finish_reason 'time' (no exception; the text is kept)."
+    )
+    evaluator_timeout: float | None = Field(
+        None, gt=0.0, description="Seconds one evaluator call may take; a slower call fails the decode with "
+        "EvaluatorError (the partial answer attached). None: no limit (a remote judge has its own timeout)."
+    )
 
     @field_validator("token_set_lengths")
     @classmethod
@@ -133,10 +154,31 @@ class RainConfig(BaseModel):
                     raise ValueError(f"{key} must be a finite number, got {value!r}")
         return data
 
-    def token_set_length(self, depth: int) -> int:
-        """``L(depth)``: 1 token at depth 0, 2 at depth 1, 4 at depth 2, 10 deeper (official)."""
+    def token_set_length(self, step: int) -> int:
+        """``L(step)`` of the children of a node at ``step`` (counted from the original prompt, never
+        reset at a commit): 1 token at step 0, 2 at step 1, 4 at step 2, 10 from step 3 on (official)."""
         lengths = self.token_set_lengths
-        return lengths[min(depth, len(lengths) - 1)]
+        return lengths[min(step, len(lengths) - 1)]
+
+    # The speed deviations of the fast preset, each a field of its own (see ``fast``).
+    FAST: ClassVar[dict[str, Any]] = {
+        "simulate_from_candidate": True,
+        "simulation_top_k": 15,
+        "max_simulation_tokens": 32,
+    }
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> RainConfig:
+        """The fast preset: the official search with every speed deviation of ``RainConfig.FAST`` on
+        (each one documented on its field and in docs/algorithm.md); ``overrides`` switch any of them
+        back, e.g. ``RainConfig.fast(simulate_from_candidate=False)``."""
+        return cls(**{**cls.FAST, **overrides})
+
+    def deviations(self) -> dict[str, tuple[Any, Any]]:
+        """Fields whose value differs from the official default: ``{name: (official, this)}``."""
+        official = type(self)()
+        return {name: (getattr(official, name), getattr(self, name)) for name in type(self).model_fields
+                if getattr(self, name) != getattr(official, name)}
 
     def merged(self, config: RainConfig | None = None, **overrides: Any) -> RainConfig:
         """A validated copy with ``config``'s explicitly set fields, then ``overrides``, applied."""

@@ -1,33 +1,49 @@
 """RainDecoder: the public entry point. Validates input, renders prompts, runs the search, streams
-committed text, and offers plain decoding with the same model and limits for comparison."""
+committed text, stops when its caller stops or its deadline passes, and offers plain decoding with
+the same model and limits for comparison."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
+from .chat import Message, TemplateSupport, cut_at_stop, holdback, template_support, transcript, validate_messages
 from .config import RainConfig, Scoring
-from .evaluators import CallableEvaluator, Evaluator, SelfEvaluator
-from .lm import ContextTooLongError, LanguageModel
-from .search import RainSearch
+from .evaluators import CallableEvaluator, SelfEvaluator
+from .protocols import (
+    ContextTooLongError,
+    Encoder,
+    Evaluator,
+    EvaluatorError,
+    LanguageModel,
+    ReportsStats,
+    is_concurrent,
+)
+from .search import RainSearch, stats_difference
 
 logger = logging.getLogger(__name__)
 
-Message = Mapping[str, Any]
 Prompt = Union[str, Sequence[Message]]
-ROLES = ("system", "user", "assistant", "tool")
+Cancel = Union[threading.Event, Callable[[], bool], None]
+"""A caller's way to stop a decode: an ``Event`` it sets, or a function that returns True."""
+
+FINISH_REASONS = ("eos", "stop", "length", "time")
+TRACE_VERSION = 1
+OnCommit = Callable[[dict[str, Any]], None]
+"""Told each commit as it happens: its ``commit_log`` entry (tokens, text, searches, value, ...)."""
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def _lock_for(lm: Any) -> threading.RLock:
-    """One lock per model: its KV cache and weights serve one decode step at a time."""
+    """One lock per model that serves one decode step at a time (its KV cache and weights)."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(lm)
         if lock is None:
@@ -36,13 +52,35 @@ def _lock_for(lm: Any) -> threading.RLock:
         return lock
 
 
+def resolve_seed(seed: int | None) -> int:
+    """The config's seed, or a fresh random one when it is None."""
+    return seed if seed is not None else secrets.randbelow(2**31 - 1)
+
+
+def token_budget(cfg: RainConfig, prompt_tokens: int, context_length: int) -> int:
+    """New tokens a decode may produce: max_new_tokens, within max_length and the context window."""
+    return min(cfg.max_new_tokens, cfg.max_length - prompt_tokens, context_length - prompt_tokens)
+
+
+def _should_stop(cancel: Cancel) -> Callable[[], bool] | None:
+    if cancel is None:
+        return None
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    if callable(cancel):
+        return cancel
+    raise TypeError(f"cancel must be a threading.Event or a function returning True to stop, got {type(cancel).__name__}")
+
+
 @dataclass
 class RainResult:
-    """A finished decode: the text, its token ids, why it ended, and what it cost."""
+    """A finished decode: the text, its token ids, why it ended, and what it cost.
+
+    ``finish_reason``: "eos", "stop", "length", or "time" (``max_seconds`` passed)."""
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "eos", "stop" or "length"
+    finish_reason: str
     prompt_tokens: int
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -50,116 +88,98 @@ class RainResult:
     def completion_tokens(self) -> int:
         return len(self.token_ids)
 
-
-def validate_messages(messages: Any) -> list[dict[str, Any]]:
-    """Chat messages as a list of ``{"role", "content", ...}`` dicts, or a clear error."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}")
-    if not messages:
-        raise ValueError("the prompt has no messages; pass at least one {'role': 'user', 'content': ...}")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise TypeError(f"message {i} must be a dict with 'role' and 'content', got {type(m).__name__}")
-        role = m.get("role")
-        if role not in ROLES:
-            raise ValueError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
-        content = m.get("content")
-        if content is None and not m.get("tool_calls"):
-            raise ValueError(f"message {i} ({role}) has no 'content'")
-        if content is not None and not isinstance(content, str):
-            raise TypeError(f"message {i} content must be a string, got {type(content).__name__}")
-        out.append(dict(m))
-    if not any((m.get("content") or "").strip() or m.get("tool_calls") for m in out):
-        raise ValueError("the prompt is empty: every message's content is blank")
-    return out
-
-
-def transcript(messages: Sequence[Message]) -> str:
-    """A plain-text view of the conversation for evaluators: ``Role: content`` lines."""
-    lines = []
-    for m in messages:
-        if m["role"] == "system":
-            continue
-        content = (m.get("content") or "").strip()
-        if m.get("tool_calls"):
-            names = ", ".join(str(c.get("name") or c.get("function", {}).get("name")) for c in m["tool_calls"])
-            content = (content + f" [calls tools: {names}]").strip()
-        lines.append(f"{m['role'].capitalize()}: {content}")
-    return "\n".join(lines)
-
-
-def _holdback(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` must wait: an unfinished character, or the start
-    of a stop string that the next token set might complete."""
-    keep = 0
-    while keep < len(text) and text[len(text) - 1 - keep] == "\ufffd":
-        keep += 1
-    body = text[: len(text) - keep]
-    longest = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(body)), 0, -1):
-            if body.endswith(s[:n]):
-                longest = max(longest, n)
-                break
-    return keep + longest
+    @property
+    def trace(self) -> dict[str, Any]:
+        """The decode as JSON-ready data (schema ``rain.trace`` version 1, docs/traces.md): the
+        answer, why it ended, its cost, and one entry per commit (token ids, text, searches, visits,
+        value, seconds; and the search tree when decoded with ``keep_trees=True``). Draw a commit's
+        tree with ``rain_core.plotting.plot_tree(trace["commits"][i])``."""
+        stats = {k: v for k, v in self.stats.items() if k != "commit_log"}
+        return {"schema": "rain.trace", "version": TRACE_VERSION, "text": self.text, "token_ids": list(self.token_ids),
+                "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens, "stats": stats,
+                "commits": list(self.stats.get("commit_log", []))}
 
 
 class RainDecoder:
     """Decode with RAIN.
 
-    ``lm``: a ``LanguageModel`` (``load_default_model()``, ``load_model(...)``).
+    ``lm``: a ``LanguageModel`` (``load_default_model()``, ``load_model(...)``, ``VLLMEngine(...)``).
     ``evaluator``: an ``Evaluator`` or a function ``fn(prompt, response) -> float``; default
     ``SelfEvaluator(lm, "harmless")`` with the config's scoring mode.
     ``encoder``: sentence encoder for the similarity update and dynamic node addition; "default"
     loads the packaged all-MiniLM-L6-v2 when first needed, None turns both features off.
+    ``config`` and keyword overrides: the ``RainConfig`` of every call (``RainConfig()`` is the
+    official algorithm, ``RainConfig.fast()`` the fast preset).
+
+    Decodes on an engine without ``concurrent = True`` (one local model) take turns one commit step
+    at a time; on a server engine they run side by side.
     """
 
     def __init__(
         self,
         lm: LanguageModel,
-        evaluator: Evaluator | Any | None = None,
+        evaluator: Evaluator | Callable[[str, str], float] | None = None,
         *,
-        encoder: Any = "default",
+        encoder: Encoder | str | None = "default",
         config: RainConfig | None = None,
         **overrides: Any,
     ) -> None:
         if not isinstance(lm, LanguageModel):
-            raise TypeError(f"lm must be a LanguageModel (load_default_model() or load_model(...)), got {type(lm).__name__}")
-        self.lm = lm
-        self.config = (config or RainConfig()).merged(**overrides) if overrides else (config or RainConfig())
-        if not isinstance(self.config, RainConfig):
+            raise TypeError(f"lm must be a LanguageModel (load_default_model(), load_model(...), VLLMEngine(...)), "
+                            f"got {type(lm).__name__}")
+        if config is not None and not isinstance(config, RainConfig):
             raise TypeError(f"config must be a RainConfig, got {type(config).__name__}")
+        self.lm = lm
+        base = config or RainConfig()
+        self.config = base.merged(**overrides) if overrides else base
         if evaluator is not None and not isinstance(evaluator, Evaluator):
             if callable(evaluator):
                 evaluator = CallableEvaluator(evaluator)
             else:
                 raise TypeError(f"evaluator must be an Evaluator or a callable, got {type(evaluator).__name__}")
+        if isinstance(encoder, str) and encoder != "default":
+            raise ValueError(f'encoder must be an Encoder, "default" or None, got {encoder!r}')
         self._evaluator = evaluator
         self._default_evaluators: dict[Scoring, Evaluator] = {}
         self._encoder = encoder
+        self._parts_lock = threading.Lock()
         self._lock = _lock_for(lm)
 
     # --- parts ----------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return str(self.lm.name)
+
+    @property
+    def template_support(self) -> TemplateSupport:
+        """What the model's chat template renders by itself (tools, tool calls, tool messages)."""
+        return template_support(self.lm)
+
+    def chat_prompt(self, messages: Sequence[Message], **chat_kwargs: Any) -> str:
+        """``messages`` rendered as the model sees them (for inspection)."""
+        return self.lm.chat_prompt(validate_messages(messages), add_generation_prompt=True, **chat_kwargs)
+
     def evaluator_for(self, cfg: RainConfig) -> Evaluator:
         if self._evaluator is not None:
             return self._evaluator
-        if cfg.scoring not in self._default_evaluators:
-            self._default_evaluators[cfg.scoring] = SelfEvaluator(self.lm, "harmless", scoring=cfg.scoring)
-        return self._default_evaluators[cfg.scoring]
+        with self._parts_lock:
+            if cfg.scoring not in self._default_evaluators:
+                self._default_evaluators[cfg.scoring] = SelfEvaluator(self.lm, "harmless", scoring=cfg.scoring)
+            return self._default_evaluators[cfg.scoring]
 
     @property
     def evaluator(self) -> Evaluator:
         return self.evaluator_for(self.config)
 
-    def encoder_for(self, cfg: RainConfig) -> Any:
+    def encoder_for(self, cfg: RainConfig) -> Encoder | None:
         if not (cfg.similarity_update or cfg.dynamic_node_addition):
             return None
-        if isinstance(self._encoder, str) and self._encoder == "default":
-            from .similarity import load_default_encoder
+        with self._parts_lock:
+            if isinstance(self._encoder, str):
+                from .engines.encoder import load_default_encoder
 
-            self._encoder = load_default_encoder()
-        return self._encoder
+                self._encoder = load_default_encoder()
+            return self._encoder
 
     def resolve_config(self, config: RainConfig | None = None, **overrides: Any) -> RainConfig:
         if config is None and not overrides:
@@ -191,86 +211,96 @@ class RainDecoder:
             )
 
     def _search(self, prompt: Prompt, config: RainConfig | None, overrides: dict[str, Any], chat: bool,
-                chat_kwargs: Mapping[str, Any] | None, keep_trees: bool) -> RainSearch:
+                chat_kwargs: Mapping[str, Any] | None, keep_trees: bool, cancel: Cancel) -> RainSearch:
         cfg = self.resolve_config(config, **overrides)
+        should_stop = _should_stop(cancel)
         prompt_ids, eval_prompt = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
         self._check_room(prompt_ids, cfg)
-        seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31 - 1)
-        with self._lock:
-            evaluator, encoder = self.evaluator_for(cfg), self.encoder_for(cfg)
-        return RainSearch(self.lm, evaluator, encoder, cfg, prompt_ids, eval_prompt, seed=seed, keep_trees=keep_trees)
+        deadline = time.monotonic() + cfg.max_seconds if cfg.max_seconds is not None else None
+        return RainSearch(self.lm, self.evaluator_for(cfg), self.encoder_for(cfg), cfg, prompt_ids, eval_prompt,
+                          seed=resolve_seed(cfg.seed), keep_trees=keep_trees, should_stop=should_stop,
+                          deadline=deadline)
 
-    @staticmethod
-    def _final_text(search: RainSearch) -> str:
-        text = search.response_text()
-        for s in search.cfg.stop:
-            if s in text:
-                text = text[: text.index(s)]
-        return text
+    def _turn(self) -> Any:
+        """The model's lock for one commit step, unless the engine serves decodes side by side."""
+        return contextlib.nullcontext() if is_concurrent(self.lm) else self._lock
 
     def _engine_stats(self) -> dict[str, float]:
-        stats = getattr(self.lm, "stats", None)
-        return stats.snapshot() if stats is not None else {}
+        return self.lm.engine_stats() if isinstance(self.lm, ReportsStats) else {}
 
-    def _stats(self, search: RainSearch, before: dict[str, float]) -> dict[str, Any]:
-        out = search.stats.as_dict()
-        after = self._engine_stats()
-        for key in ("forward_calls", "forward_tokens"):
-            if key in after:
-                out[key] = after[key] - before.get(key, 0)
-        return out
+    def _engine_delta(self, before: Mapping[str, float]) -> dict[str, float]:
+        """The engine's counters since ``before`` (its ``seconds`` as ``engine_seconds``)."""
+        delta = stats_difference(self._engine_stats(), before)
+        if "seconds" in delta:
+            delta["engine_seconds"] = delta.pop("seconds")
+        return delta
+
+    def _steps(self, search: RainSearch, before: Mapping[str, float],
+               on_commit: OnCommit | None = None) -> Iterator[list[int]]:
+        """The search's commits, one model turn each; an evaluator failure carries the partial result."""
+        steps = search.run()
+        try:
+            while True:
+                with self._turn():
+                    tokens = next(steps, None)
+                if tokens is None:
+                    return
+                if on_commit is not None:
+                    on_commit(search.stats.commit_log[-1])
+                yield tokens
+        except EvaluatorError as exc:
+            exc.partial = self._result(search, before)
+            raise
+
+    def _result(self, search: RainSearch, before: Mapping[str, float]) -> RainResult:
+        """The result so far; engine counters are this decode's share (on a shared server engine
+        they include the decodes that ran beside it)."""
+        text, stopped = cut_at_stop(search.response_text(), search.cfg.stop)
+        stats = search.stats.as_dict()
+        stats.update(self._engine_delta(before))
+        reason = search.finished_by or ("stop" if stopped else "length")
+        return RainResult(text=text, token_ids=list(search.committed), finish_reason=reason,
+                          prompt_tokens=len(search.prompt_ids), stats=stats)
 
     # --- public API -----------------------------------------------------------------------------
     def stream(
         self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, result: list | None = None, keep_trees: bool = False,
-        **overrides: Any,
+        chat_kwargs: Mapping[str, Any] | None = None, result: list[RainResult] | None = None,
+        keep_trees: bool = False, cancel: Cancel = None, on_commit: OnCommit | None = None, **overrides: Any,
     ) -> Iterator[str]:
         """Yield the answer's text as each token set is committed (final as soon as it is yielded).
         Pass ``result=[]`` to receive the ``RainResult`` appended to it when the stream ends
-        (with the per-commit log, and each commit's tree when ``keep_trees``)."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees=keep_trees)
+        (with the per-commit log, and each commit's tree when ``keep_trees``). Closing the generator
+        stops the decode; so does ``cancel`` (an ``Event`` set, or a function returning True),
+        between two searches, with ``DecodeCancelled``. ``on_commit`` is told each commit's log
+        entry as it happens (for callbacks and traces)."""
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, cancel)
         before = self._engine_stats()
         emitted = 0
-        steps = search.run()
-        while True:
-            with self._lock:
-                tokens = next(steps, None)
-            if tokens is None:
-                break
-            text = self._final_text(search)
-            safe = len(text) - _holdback(text, search.cfg.stop)
+        for _ in self._steps(search, before, on_commit):
+            text, _ = cut_at_stop(search.response_text(), search.cfg.stop)
+            safe = len(text) - holdback(text, search.cfg.stop)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-        text = self._final_text(search)
-        if len(text) > emitted:
-            yield text[emitted:]
+        final = self._result(search, before)
+        if len(final.text) > emitted:
+            yield final.text[emitted:]
         if result is not None:
-            result.append(self._result(search, before))
-
-    def _result(self, search: RainSearch, before: dict[str, float]) -> RainResult:
-        return RainResult(
-            text=self._final_text(search),
-            token_ids=list(search.committed),
-            finish_reason=search.finished_by or "length",
-            prompt_tokens=len(search.prompt_ids),
-            stats=self._stats(search, before),
-        )
+            result.append(final)
 
     def generate(
         self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, keep_trees: bool = False, **overrides: Any,
+        chat_kwargs: Mapping[str, Any] | None = None, keep_trees: bool = False, cancel: Cancel = None,
+        on_commit: OnCommit | None = None, **overrides: Any,
     ) -> RainResult:
         """Decode ``prompt`` (text, or chat messages) with RAIN. ``keep_trees`` stores each commit's
-        search tree in ``stats["commit_log"]`` (for plots and debugging)."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees=keep_trees)
+        search tree in ``stats["commit_log"]`` (for plots, traces and debugging); ``cancel`` and
+        ``on_commit`` as in ``stream``."""
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, cancel)
         before = self._engine_stats()
-        steps = search.run()
-        while True:
-            with self._lock:
-                if next(steps, None) is None:
-                    break
+        for _ in self._steps(search, before, on_commit):
+            pass
         return self._result(search, before)
 
     def vanilla(
@@ -281,22 +311,14 @@ class RainDecoder:
         cfg = self.resolve_config(config, **overrides)
         prompt_ids, _ = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
         self._check_room(prompt_ids, cfg)
-        seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31 - 1)
-        budget = min(cfg.max_new_tokens, cfg.max_length - len(prompt_ids), self.lm.context_length - len(prompt_ids))
+        budget = token_budget(cfg, len(prompt_ids), self.lm.context_length)
         before = self._engine_stats()
         t0 = time.perf_counter()
-        with self._lock:
-            ids = self.lm.continue_until(
-                prompt_ids, cfg.stop, budget, top_k=cfg.top_k, temperature=cfg.temperature, seed=seed
-            )
-        text = self.lm.decode(ids)
-        reason = "eos" if ids and ids[-1] in self.lm.eos_token_ids else "length"
-        for s in cfg.stop:
-            if s in text:
-                text, reason = text[: text.index(s)], "stop"
+        with self._turn():
+            ids = self.lm.generate(prompt_ids, budget, top_k=cfg.top_k, temperature=cfg.temperature,
+                                   seed=resolve_seed(cfg.seed), stop=cfg.stop)
+        text, stopped = cut_at_stop(self.lm.decode(ids), cfg.stop)
+        reason = "stop" if stopped else ("eos" if ids and ids[-1] in self.lm.eos_token_ids else "length")
         stats: dict[str, Any] = {"seconds": time.perf_counter() - t0, "new_tokens": len(ids)}
-        after = self._engine_stats()
-        for key in ("forward_calls", "forward_tokens"):
-            if key in after:
-                stats[key] = after[key] - before.get(key, 0)
+        stats.update(self._engine_delta(before))
         return RainResult(text=text, token_ids=ids, finish_reason=reason, prompt_tokens=len(prompt_ids), stats=stats)

@@ -96,7 +96,12 @@ def plot_tree(commit: Mapping[str, Any], lm: Any = None, *, path: str | None = N
     edges = ["black" if n in chosen_path else "none" for n in keep]
     ax.scatter(xs, ys, s=sizes, c=colours, edgecolors=edges, linewidths=1.5, zorder=2)
     for n in keep:
-        text = "root" if n == 0 else (lm.decode(tokens[n]) if lm is not None else str(tokens[n]))
+        if n == 0:
+            text = "root"
+        elif "texts" in tree:
+            text = tree["texts"][n]
+        else:
+            text = lm.decode(tokens[n]) if lm is not None else str(tokens[n])
         text = text.replace("\n", "\\n")
         if len(text) > MAX_LABEL:
             text = text[: MAX_LABEL - 1] + "\u2026"
@@ -122,8 +127,8 @@ def plot_commits(stats: Mapping[str, Any], lm: Any = None, *, path: str | None =
     ax.bar(idx, [c["searches"] for c in log], color="0.7", label="searches this commit")
     ax.set_ylabel("searches")
     ax.set_xlabel("committed token set")
-    if lm is not None:
-        labels = [lm.decode(c["tokens"]).replace("\n", "\\n")[:10] for c in log]
+    if lm is not None or all("text" in c for c in log):
+        labels = [(c["text"] if "text" in c else lm.decode(c["tokens"])).replace("\n", "\\n")[:10] for c in log]
         ax.set_xticks(idx, labels, rotation=60, fontsize=7)
     ax2 = ax.twinx()
     ax2.plot(idx, [c["value"] for c in log], color="tab:green", marker="o", label="value of the committed branch")

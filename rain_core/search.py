@@ -1,25 +1,34 @@
 """RAIN's search: the outer loop (search, commit, stream) and the inner loop (select, expand,
 evaluate, back up). It sees only the ``LanguageModel``, ``Evaluator`` and ``Encoder`` protocols.
+
+Each step follows the authors' code (docs/algorithm.md has the point-by-point comparison); the
+fields of ``RainConfig`` that deviate from it are named where they act.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .config import RainConfig
+from .protocols import DecodeCancelled, Encoder, EvaluatorError, Evaluator, LanguageModel, check_score
 from .tree import (
     ROOT_INDEX,
+    Proposal,
     Tree,
+    added_prior,
     backup,
     best_child,
+    clamp_greedy,
     reroot,
     select_child,
+    set_child_priors,
     should_add_nodes,
     similarity_update,
 )
@@ -29,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SearchStats:
-    """What one decode cost: searches run, evaluator calls and cache hits, commits, rewinds."""
+    """What one decode cost: searches run, evaluator calls and cache hits, commits, rewinds, node
+    additions, simulated tokens, and a log entry per commit."""
 
     searches: int = 0
     evaluations: int = 0
@@ -39,6 +49,7 @@ class SearchStats:
     node_additions: int = 0
     early_stops: int = 0
     new_tokens: int = 0
+    simulated_tokens: int = 0
     seconds: float = 0.0
     commit_log: list[dict[str, Any]] = field(default_factory=list)
 
@@ -48,20 +59,53 @@ class SearchStats:
         return out
 
 
+def stats_difference(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
+    """``after - before`` for every counter of ``after`` (a decode's share of an engine's work)."""
+    return {key: value - before.get(key, 0) for key, value in after.items()}
+
+
+def _call_with_timeout(fn: Callable[[], float], seconds: float, name: str) -> float:
+    """Run ``fn`` in a daemon thread and wait at most ``seconds`` (a stuck call is abandoned there)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"rain-evaluator-{name}", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no score within evaluator_timeout={seconds:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class RainSearch:
-    """One RAIN decode over token ids. Iterate ``run()`` to receive committed token sets."""
+    """One RAIN decode over token ids. Iterate ``run()`` to receive committed token sets.
+
+    ``should_stop``: called between searches; True stops the decode with ``DecodeCancelled``.
+    ``deadline``: a ``time.monotonic()`` instant; past it the best branch found so far is committed
+    and the decode ends (``finished_by == "time"``).
+    """
 
     def __init__(
         self,
-        lm: Any,
-        evaluator: Any,
-        encoder: Any,
+        lm: LanguageModel,
+        evaluator: Evaluator,
+        encoder: Encoder | None,
         config: RainConfig,
         prompt_ids: Sequence[int],
         eval_prompt: str,
         *,
         seed: int,
         keep_trees: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.lm = lm
         self.evaluator = evaluator
@@ -71,6 +115,8 @@ class RainSearch:
         self.eval_prompt = eval_prompt
         self.rng = np.random.default_rng(seed)
         self.keep_trees = keep_trees
+        self.should_stop = should_stop
+        self.deadline = deadline
         self.committed: list[int] = []
         self.tree = Tree()
         self.stats = SearchStats()
@@ -80,9 +126,10 @@ class RainSearch:
             lm.context_length - len(self.prompt_ids),
         )
         self.scores: dict[str, float] = {}
-        self.needs_embeddings = encoder is not None and (config.similarity_update or config.dynamic_node_addition)
+        self.embeds = encoder is not None and (config.similarity_update or config.dynamic_node_addition)
+        self.boundary_ids = lm.token_ids_ending_with(config.clause_boundaries)
+        self._prompt_tail = lm.decode(self.prompt_ids[-8:])
         self._prev_leaf: int | None = None
-        self._sim_start: tuple[int, tuple[int, ...]] | None = None  # (leaf, first sampled candidate)
         self.finished_by: str | None = None
 
     # --- helpers ------------------------------------------------------------------------------
@@ -93,8 +140,26 @@ class RainSearch:
         """Tokens that may still be generated below ``node``."""
         return self.budget - len(self.committed) - len(self.tree.path_tokens(node))
 
+    def _state(self, node: int) -> list[int]:
+        return self.prompt_ids + self.committed + self.tree.path_tokens(node)
+
     def response_text(self, extra: Sequence[int] = ()) -> str:
         return self.lm.decode(self.committed + list(extra))
+
+    def _cut(self, text: str) -> str:
+        """``text`` up to the first stop string."""
+        for s in self.cfg.stop:
+            if s in text:
+                text = text[: text.index(s)]
+        return text
+
+    def _ends_clause(self, path: Sequence[int]) -> bool:
+        """Whether the text so far (prompt, then the response along ``path``) ends a clause, or the
+        response reached a stop string: a simulation stops here."""
+        text = self.response_text(path)
+        if self.cfg.stop and any(s in text for s in self.cfg.stop):
+            return True
+        return (text or self._prompt_tail).endswith(self.cfg.clause_boundaries)
 
     def _is_terminal(self, tokens: Sequence[int], path: Sequence[int]) -> bool:
         if tokens and tokens[-1] in self.lm.eos_token_ids:
@@ -103,6 +168,10 @@ class RainSearch:
             return True
         return self.budget - len(self.committed) - len(path) <= 0
 
+    def _length(self, node: int) -> int:
+        """Token-set length of ``node``'s children: by the node's step from the original prompt."""
+        return min(self.cfg.token_set_length(self.tree.step[node]), self._room(node))
+
     # --- the inner loop -------------------------------------------------------------------------
     def select(self) -> int:
         node = ROOT_INDEX
@@ -110,103 +179,134 @@ class RainSearch:
             if self.cfg.dynamic_node_addition and should_add_nodes(
                 self.tree, node, self.cfg.max_children, self.cfg.variance_factor
             ):
-                self.add_nodes(node)
+                self.add_node(node)
             node = select_child(self.tree, node, self.cfg.c_puct)
         return node
 
-    def _candidates(self, node: int, n: int, *, exclude: set[tuple[int, ...]], greedy: bool) -> list[tuple[tuple[int, ...], float, bool]]:
-        """Up to ``n`` new distinct token sets below ``node``: (tokens, raw prior, is_greedy)."""
+    def _propose(self, node: int, n: int) -> tuple[list[Proposal], tuple[int, ...] | None]:
+        """``n`` candidate token sets below ``node`` with raw priors, greedy first, duplicates dropped;
+        and the first sampled row (the fast preset's simulation start). One-token sets are the top-n
+        next tokens with their probabilities; longer ones one greedy row and top-k samples, with the
+        greedy raw prior clamped (``clamp_greedy``)."""
         cfg = self.cfg
-        length = min(cfg.token_set_length(self.tree.depth[node]), self._room(node))
-        state = self.prompt_ids + self.committed + self.tree.path_tokens(node)
-        out: list[tuple[tuple[int, ...], float, bool]] = []
+        state = self._state(node)
+        length = self._length(node)
         if length == 1:
-            skip = [t[0] for t in exclude if len(t) == 1]
-            for c in self.lm.top_tokens(state, n, cfg.temperature, exclude=skip):
-                out.append((c.token_ids, math.exp(c.logprob), False))
-            return out
-        sampled = self.lm.sample(
-            state, n, length, top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=greedy
-        )
-        if greedy and len(sampled) > 1 and sampled[1].token_ids:
-            self._sim_start = (node, tuple(sampled[1].token_ids))
-        seen = set(exclude)
-        for i, c in enumerate(sampled):
-            if c.token_ids in seen or not c.token_ids:
+            tops = self.lm.top_tokens(state, n, cfg.temperature)
+            return [(c.token_ids, math.exp(c.logprob)) for c in tops], None
+        rows = self.lm.sample(state, n, length, top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(),
+                              greedy_first=True)
+        greedy = rows[0]
+        seen = {greedy.token_ids}
+        sampled: list[Proposal] = []
+        for c in rows[1:]:
+            if c.token_ids and c.token_ids not in seen:
+                seen.add(c.token_ids)
+                sampled.append((c.token_ids, math.exp(c.logprob)))
+        raw_greedy = clamp_greedy(math.exp(greedy.logprob), [r for _, r in sampled])
+        first = rows[1].token_ids if len(rows) > 1 and rows[1].token_ids else None
+        return [(greedy.token_ids, raw_greedy)] + sampled, first
+
+    def _add(self, node: int, tokens: tuple[int, ...], prior: float = 0.0) -> int:
+        path = self.tree.path_tokens(node) + list(tokens)
+        return self.tree.add_child(node, tokens, prior, terminal=self._is_terminal(tokens, path))
+
+    def expand(self, node: int) -> tuple[int, ...] | None:
+        """Add ``node``'s candidate children; returns the first sampled candidate."""
+        proposals, first = self._propose(node, self.cfg.num_candidates)
+        for tokens, _ in proposals:
+            self._add(node, tokens)
+        set_child_priors(self.tree, node, [raw for _, raw in proposals], self.cfg.root_uniform_mix)
+        self.tree.proposals[node] = proposals
+        return first
+
+    def add_node(self, node: int) -> None:
+        """Dynamic node addition: the children are all alike and all bad, so propose one more (the
+        next most probable token for one-token sets; else a greedy-plus-one-sample draw, of which
+        only a new sample is added). Only the new child gets a prior."""
+        tree, cfg = self.tree, self.cfg
+        kids = tree.children[node]
+        n = len(kids)
+        if len(tree.tokens[kids[0]]) == 1:
+            tops = self.lm.top_tokens(self._state(node), n + 1, cfg.temperature)
+            head: list[Proposal] = [(c.token_ids, math.exp(c.logprob)) for c in tops]
+        else:
+            rows = self.lm.sample(self._state(node), 2, self._length(node), top_k=cfg.top_k,
+                                  temperature=cfg.temperature, seed=self._seed(), greedy_first=True)
+            greedy, sample = rows[0], rows[1]
+            g = math.exp(greedy.logprob)
+            entries: list[Proposal] = [(greedy.token_ids, g)]
+            if sample.token_ids and sample.token_ids != greedy.token_ids:
+                s = math.exp(sample.logprob)
+                entries = [(greedy.token_ids, clamp_greedy(g, [s])), (sample.token_ids, s)]
+            tree.proposals[node] = entries + tree.proposals[node]
+            head = tree.proposals[node][: n + 1]
+        window = [raw for _, raw in head]
+        added: set[tuple[int, ...]] = set()
+        for tokens, raw in head:
+            if not tokens or tokens in added or tree.child_with_tokens(node, tokens) is not None:
                 continue
-            seen.add(c.token_ids)
-            out.append((c.token_ids, math.exp(c.logprob), greedy and i == 0))
-        return out
+            added.add(tokens)
+            self._add(node, tokens, added_prior(raw, window, node == ROOT_INDEX, cfg.root_uniform_mix))
+            self.stats.node_additions += 1
 
-    def _add_children(self, node: int, candidates: list[tuple[tuple[int, ...], float, bool]]) -> None:
-        base = self.tree.path_tokens(node)
-        for tokens, raw, is_greedy in candidates:
-            terminal = self._is_terminal(tokens, base + list(tokens))
-            self.tree.add_child(node, tokens, raw, greedy=is_greedy, terminal=terminal)
-        self.tree.set_child_priors(node, self.cfg.root_uniform_mix if node == ROOT_INDEX else 0.0)
-
-    def expand(self, node: int) -> None:
-        self._sim_start = None
-        self._add_children(node, self._candidates(node, self.cfg.num_candidates, exclude=set(), greedy=True))
-
-    def add_nodes(self, node: int) -> None:
-        """Dynamic node addition: the children are all bad and all alike, so propose more."""
-        existing = {self.tree.tokens[k] for k in self.tree.children[node]}
-        room = self.cfg.max_children - len(existing)
-        new = self._candidates(node, min(self.cfg.num_added_candidates, room), exclude=existing, greedy=False)
-        if new:
-            self._add_children(node, new)
-            self.stats.node_additions += len(new)
-
-    def evaluate(self, node: int) -> tuple[float, list[int]]:
-        """Simulate from ``node`` to a clause boundary and score (prompt, response + simulation)."""
+    def simulate(self, node: int, start: Sequence[int] = ()) -> list[int]:
+        """Sample on from ``node`` until the text ends a clause (checked before each token), EOS, a
+        stop string, ``max_simulation_tokens`` or ``max_length``. ``start``: tokens already sampled
+        from ``node`` (the fast preset's first candidate), used first."""
+        if self.tree.terminal[node]:
+            return []
+        cfg = self.cfg
         path = self.tree.path_tokens(node)
-        simulation: list[int] = []
-        start = self._sim_start[1] if self._sim_start and self._sim_start[0] == node else ()
-        self._sim_start = None
-        if not self.tree.terminal[node]:
-            state = self.prompt_ids + self.committed + path
-            room = min(self.cfg.max_simulation_tokens, self.lm.context_length - len(state))
-            if room > 0:
-                simulation = self._simulate(state, room, start if self.cfg.simulate_from_candidate else ())
-        text = self.response_text(path + simulation)
-        for s in self.cfg.stop:
-            if s in text:
-                text = text[: text.index(s)]
-        if text in self.scores:
-            self.stats.evaluation_cache_hits += 1
-            return self.scores[text], simulation
-        value = float(self.evaluator.score(self.eval_prompt, text))
-        if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-            raise ValueError(f"evaluator {getattr(self.evaluator, 'name', self.evaluator)!r} returned {value!r}; "
-                             "scores must be finite numbers in [-1, 1]")
-        self.scores[text] = value
-        self.stats.evaluations += 1
-        return value, simulation
-
-    def _simulate(self, state: list[int], room: int, start: Sequence[int]) -> list[int]:
-        """Sample from ``state`` until the new text reaches a clause boundary, EOS or ``room`` tokens.
-        ``start``, a top-k sample from ``state`` already drawn by the expansion, supplies the first
-        tokens: the simulation is its shortest prefix that ends the clause, or all of it and more."""
-        seed = self._seed()
-        boundaries = self.cfg.clause_boundaries
+        state = self.prompt_ids + self.committed + path
+        room = min(cfg.max_length, self.lm.context_length) - len(state)
+        if cfg.max_simulation_tokens is not None:
+            room = min(room, cfg.max_simulation_tokens)
         head: list[int] = []
-        for tok in start[:room]:
+        for tok in start:
+            if len(head) >= room or self._ends_clause(path + head):
+                return head
             head.append(tok)
-            if tok in self.lm.eos_token_ids or len(head) >= room:
+            if tok in self.lm.eos_token_ids:
                 return head
-            if any(b in self.lm.decode(head) for b in boundaries):
-                return head
-        rest = self.lm.continue_until(
-            state + head, boundaries, room - len(head), top_k=self.cfg.top_k,
-            temperature=self.cfg.temperature, seed=seed,
+        if len(head) >= room or self._ends_clause(path + head):
+            return head
+        rest = self.lm.generate(
+            state + head, room - len(head), top_k=cfg.simulation_top_k, temperature=cfg.temperature,
+            seed=self._seed(), stop=cfg.stop, stop_token_ids=self.boundary_ids,
         )
         return head + rest
 
+    def evaluate(self, node: int, simulation: Sequence[int]) -> float:
+        """The evaluator's value of (prompt, response up to ``node`` + ``simulation``), cached by text."""
+        text = self._cut(self.response_text(self.tree.path_tokens(node) + list(simulation)))
+        if text in self.scores:
+            self.stats.evaluation_cache_hits += 1
+            return self.scores[text]
+        name = str(getattr(self.evaluator, "name", type(self.evaluator).__name__))
+        try:
+            if self.cfg.evaluator_timeout is not None:
+                raw = _call_with_timeout(lambda: self.evaluator.score(self.eval_prompt, text),
+                                         self.cfg.evaluator_timeout, name)
+            else:
+                raw = self.evaluator.score(self.eval_prompt, text)
+            value = check_score(raw, f"evaluator {name!r}")
+        except (DecodeCancelled, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise EvaluatorError(f"evaluator {name!r} failed on a reply of {len(text)} characters: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        self.scores[text] = value
+        self.stats.evaluations += 1
+        return value
+
     def back_up(self, leaf: int, value: float, simulation: Sequence[int]) -> None:
+        """Visits and values from the leaf to the root; then each node's text from its token set to
+        the end of the simulation is embedded, folded into its mean embedding, and similar siblings
+        share the value."""
         path = backup(self.tree, leaf, value)
         nodes = path[1:]  # the root has no token set and no siblings
-        if not nodes or not self.needs_embeddings:
+        if not nodes or not self.embeds:
             return
         texts = []
         for i in range(len(nodes)):
@@ -214,43 +314,63 @@ class RainSearch:
             for n in nodes[i:]:
                 tokens.extend(self.tree.tokens[n])
             texts.append(self.lm.decode(tokens + list(simulation)))
-        embeddings = self.encoder.encode(texts)
+        embeddings = self.encoder.encode(texts)  # type: ignore[union-attr]
+        weight = self.cfg.similarity_weight if self.cfg.similarity_update else 0.0
         for n, emb in zip(nodes, embeddings):
-            weight = self.cfg.similarity_weight if self.cfg.similarity_update else 0.0
-            threshold = self.cfg.similarity_threshold if self.cfg.similarity_update else 2.0
-            similarity_update(self.tree, n, emb, value, threshold, weight)
+            similarity_update(self.tree, n, emb, value, self.cfg.similarity_threshold, weight)
 
     def search_once(self) -> None:
         leaf = self.select()
         if self._prev_leaf is not None and not self.tree.is_ancestor(self._prev_leaf, leaf):
             self.stats.rewinds += 1
         self._prev_leaf = leaf
-        if not self.tree.terminal[leaf]:
+        if self.tree.terminal[leaf]:
+            simulation: list[int] = []
+        elif self.cfg.simulate_from_candidate:
+            first = self.expand(leaf)
+            simulation = self.simulate(leaf, first or ())
+        else:  # official order: simulate and score the leaf, then expand it
+            simulation = self.simulate(leaf)
+        value = self.evaluate(leaf, simulation)
+        if not self.tree.terminal[leaf] and not self.tree.children[leaf]:
             self.expand(leaf)
-        value, simulation = self.evaluate(leaf)
         self.back_up(leaf, value, simulation)
         self.stats.searches += 1
+        self.stats.simulated_tokens += len(simulation)
 
     # --- the outer loop -------------------------------------------------------------------------
     def early_stop(self) -> bool:
-        kids = self.tree.children[ROOT_INDEX]
-        if not kids:
+        """The most-visited root child (ties: higher value) has more than T_min real visits and a
+        value above V."""
+        if not self.tree.children[ROOT_INDEX]:
             return False
-        best = max(kids, key=lambda k: self.tree.visits[k])
-        return self.tree.visits[best] > self.cfg.min_visits and self.tree.value[best] > self.cfg.value_threshold
+        best = best_child(self.tree)
+        return self.tree.real_visits[best] > self.cfg.min_visits and self.tree.value[best] > self.cfg.value_threshold
 
-    def step(self) -> list[int]:
-        """Search from the committed context, then commit the best root child's token set."""
+    def _interrupted(self) -> bool:
+        """Raise if the caller went away; True once the deadline has passed."""
+        if self.should_stop is not None and self.should_stop():
+            raise DecodeCancelled("the caller stopped waiting for this decode")
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def step(self) -> list[int] | None:
+        """Search from the committed context, then commit the best root child's token set. Returns
+        None when the deadline passed before the root had any child to commit."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        i0 = int(self.tree.visits[ROOT_INDEX])
+        i0 = self.tree.real_visits[ROOT_INDEX]
         target = max(cfg.max_searches, i0 + cfg.extra_searches)
         i, searches = i0, 0
         stopped_early = False
         while i < target or not self.tree.children[ROOT_INDEX]:
+            if self._interrupted():
+                self.finished_by = "time"
+                if not self.tree.children[ROOT_INDEX]:
+                    return None
+                break
             self.search_once()
             if not self.tree.children[ROOT_INDEX]:
-                raise RuntimeError(f"{getattr(self.lm, 'name', 'the model')} proposed no continuation of the context")
+                raise RuntimeError(f"{self.lm.name} proposed no continuation of the context")
             i += 1
             searches += 1
             if self.early_stop():
@@ -259,17 +379,20 @@ class RainSearch:
                 break
         best = best_child(self.tree)
         tokens = list(self.tree.tokens[best])
-        entry = {
+        entry: dict[str, Any] = {
             "tokens": tokens,
+            "text": self.lm.decode(tokens),
             "searches": searches,
             "reused_visits": i0,
             "visits": self.tree.visits[best],
+            "real_visits": self.tree.real_visits[best],
             "value": self.tree.value[best],
             "early_stop": stopped_early,
             "seconds": time.perf_counter() - t0,
         }
         if self.keep_trees:
             entry["tree"] = self.tree.to_dict()
+            entry["tree"]["texts"] = [self.lm.decode(t) for t in self.tree.tokens]
             entry["chosen"] = best
         self.stats.commit_log.append(entry)
         terminal = self.tree.terminal[best]
@@ -282,7 +405,7 @@ class RainSearch:
         return tokens
 
     def run(self) -> Iterator[list[int]]:
-        """Yield committed token sets until EOS, a stop string, or the token budget."""
+        """Yield committed token sets until EOS, a stop string, the token budget or the deadline."""
         t0 = time.perf_counter()
         try:
             if self.budget <= 0:
@@ -291,6 +414,8 @@ class RainSearch:
             while True:
                 tokens = self.step()
                 self.stats.seconds = time.perf_counter() - t0
+                if tokens is None:
+                    return
                 yield tokens
                 if tokens and tokens[-1] in self.lm.eos_token_ids:
                     self.finished_by = "eos"
@@ -300,6 +425,8 @@ class RainSearch:
                     return
                 if len(self.committed) >= self.budget:
                     self.finished_by = "length"
+                    return
+                if self.finished_by == "time":
                     return
         finally:
             self.stats.seconds = time.perf_counter() - t0

@@ -1,8 +1,9 @@
 """The RAIN search tree as a flat node table with integer ids (no parent/child object cycles).
 
-Plain data plus the pure arithmetic of the algorithm (selection, backup, prior normalisation,
-similarity update, dynamic-addition trigger, commit choice). Nothing here touches a model, so every
-rule can be tested on hand-made numbers. Node 0 is always the root.
+Plain data plus the pure arithmetic of the algorithm (selection, backup, priors, similarity update,
+dynamic-addition trigger, commit choice). Nothing here touches a model, so every rule can be tested
+on hand-made numbers. Node 0 is always the root. Each rule follows the authors' code; where the
+paper's prose and the code differ, docs/algorithm.md says which and why.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import numpy as np
 
 ROOT_INDEX = 0
 NO_PARENT = -1
+Q_RANGE_EPSILON = 1e-5  # the official normalisation divides by (max - min + 1e-5)
 
 
 @dataclass
 class MinMax:
-    """Running range of node values used to normalise ``Q`` in selection; starts at [-1, 1]."""
+    """Running range of node values used to normalise ``Q`` in selection; starts at [-1, 1] and takes
+    in the values of non-root nodes as backups update them (official)."""
 
     low: float = -1.0
     high: float = 1.0
@@ -29,49 +32,57 @@ class MinMax:
         self.high = max(self.high, value)
 
     def normalize(self, value: float) -> float:
-        if self.high > self.low:
-            return (value - self.low) / (self.high - self.low)
-        return 0.0
+        return (value - self.low) / (self.high - self.low + Q_RANGE_EPSILON)
+
+
+Proposal = tuple[tuple[int, ...], float]  # (token set, raw prior)
 
 
 @dataclass
 class Tree:
-    """Flat node table. Lists are indexed by node id; ``children[i]`` lists the ids of i's children."""
+    """Flat node table. Lists are indexed by node id; ``children[i]`` lists the ids of i's children.
+
+    ``visits`` (N) counts backups through a node plus the fractional visits of the similarity update;
+    ``real_visits`` counts backups only (the early stop and a reused subtree's count read these).
+    ``step`` is a node's depth counted from the original prompt: it survives commits.
+    ``proposals[i]`` is node i's list of proposed (token set, raw prior), newest first: dynamic node
+    addition normalises a new child's prior over its head (official).
+    """
 
     parent: list[int] = field(default_factory=lambda: [NO_PARENT])
     tokens: list[tuple[int, ...]] = field(default_factory=lambda: [()])
-    depth: list[int] = field(default_factory=lambda: [0])
+    step: list[int] = field(default_factory=lambda: [0])
     children: list[list[int]] = field(default_factory=lambda: [[]])
     visits: list[float] = field(default_factory=lambda: [0.0])
+    real_visits: list[int] = field(default_factory=lambda: [0])
     value: list[float] = field(default_factory=lambda: [0.0])
     prior: list[float] = field(default_factory=lambda: [1.0])
-    raw_prior: list[float] = field(default_factory=lambda: [1.0])
-    greedy: list[bool] = field(default_factory=lambda: [False])
     terminal: list[bool] = field(default_factory=lambda: [False])
     emb_sum: list[np.ndarray | None] = field(default_factory=lambda: [None])
     emb_count: list[int] = field(default_factory=lambda: [0])
+    proposals: list[list[Proposal]] = field(default_factory=lambda: [[]])
+    virtual: list[int] = field(default_factory=lambda: [0])
     minmax: MinMax = field(default_factory=MinMax)
 
     # --- structure ------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.parent)
 
-    def add_child(
-        self, parent: int, tokens: Sequence[int], raw_prior: float, *, greedy: bool = False, terminal: bool = False
-    ) -> int:
+    def add_child(self, parent: int, tokens: Sequence[int], prior: float = 0.0, *, terminal: bool = False) -> int:
         node = len(self.parent)
         self.parent.append(parent)
         self.tokens.append(tuple(int(t) for t in tokens))
-        self.depth.append(self.depth[parent] + 1)
+        self.step.append(self.step[parent] + 1)
         self.children.append([])
         self.visits.append(0.0)
+        self.real_visits.append(0)
         self.value.append(0.0)
-        self.prior.append(0.0)
-        self.raw_prior.append(float(raw_prior))
-        self.greedy.append(greedy)
+        self.prior.append(float(prior))
         self.terminal.append(terminal)
         self.emb_sum.append(None)
         self.emb_count.append(0)
+        self.proposals.append([])
+        self.virtual.append(0)
         self.children[parent].append(node)
         return node
 
@@ -97,34 +108,28 @@ class Tree:
             node = self.parent[node]
         return False
 
+    def child_with_tokens(self, node: int, tokens: Sequence[int]) -> int | None:
+        key = tuple(tokens)
+        return next((k for k in self.children[node] if self.tokens[k] == key), None)
+
     def embedding(self, node: int) -> np.ndarray | None:
         """Mean of the embeddings folded into ``node``, or None before its first backup."""
-        if self.emb_count[node] == 0:
+        if self.emb_count[node] == 0 or self.emb_sum[node] is None:
             return None
         return self.emb_sum[node] / self.emb_count[node]
 
-    # --- priors ---------------------------------------------------------------------------
-    def set_child_priors(self, node: int, uniform_mix: float) -> None:
-        """Normalise the raw priors of ``node``'s children (see ``normalize_priors``) and mix with
-        uniform by ``uniform_mix`` (pass 0 below the root)."""
-        kids = self.children[node]
-        if not kids:
-            return
-        greedy_index = next((i for i, k in enumerate(kids) if self.greedy[k]), None)
-        priors = normalize_priors([self.raw_prior[k] for k in kids], greedy_index)
-        priors = mix_uniform(priors, uniform_mix)
-        for k, p in zip(kids, priors):
-            self.prior[k] = p
-
     # --- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view of the table (embeddings left out)."""
+        """JSON-ready view of the table (embeddings and proposals left out). ``depth`` counts from
+        this tree's root; ``step`` from the original prompt."""
         return {
             "parent": list(self.parent),
             "tokens": [list(t) for t in self.tokens],
-            "depth": list(self.depth),
+            "depth": [s - self.step[ROOT_INDEX] for s in self.step],
+            "step": list(self.step),
             "children": [list(c) for c in self.children],
             "visits": list(self.visits),
+            "real_visits": list(self.real_visits),
             "value": list(self.value),
             "prior": list(self.prior),
             "terminal": list(self.terminal),
@@ -132,19 +137,19 @@ class Tree:
         }
 
 
-# --- pure rules of the algorithm ---------------------------------------------------------------
-def normalize_priors(raw: Sequence[float], greedy_index: int | None = None) -> list[float]:
-    """Priors of one expansion: raw priors (products of token probabilities) normalised to sum 1.
+# --- priors ------------------------------------------------------------------------------------
+def clamp_greedy(greedy: float, sampled: Sequence[float]) -> float:
+    """The greedy candidate's raw prior, clamped as the official code does: first
+    ``min(g, sum(sampled))``, then ``max(that, max(sampled) + min(sampled))``, so where the bounds
+    cross (one distinct sample) the lower bound wins. Without samples it is left as it is."""
+    if not sampled:
+        return float(greedy)
+    return max(min(float(greedy), float(sum(sampled))), float(max(sampled) + min(sampled)))
 
-    The greedy candidate's raw prior is first clamped between ``max + min`` and ``sum`` of the
-    sampled candidates' raw priors (when those bounds cross, the upper one wins), so that the greedy
-    continuation neither vanishes nor swamps the sampled ones.
-    """
+
+def normalize(raw: Sequence[float]) -> list[float]:
+    """Raw priors scaled to sum 1 (uniform when they sum to nothing)."""
     values = [max(float(r), 0.0) for r in raw]
-    if greedy_index is not None and len(values) > 1:
-        sampled = [v for i, v in enumerate(values) if i != greedy_index]
-        low, high = max(sampled) + min(sampled), sum(sampled)
-        values[greedy_index] = min(max(values[greedy_index], low), high)
     total = sum(values)
     if total <= 0.0 or not math.isfinite(total):
         return [1.0 / len(values)] * len(values)
@@ -152,36 +157,68 @@ def normalize_priors(raw: Sequence[float], greedy_index: int | None = None) -> l
 
 
 def mix_uniform(priors: Sequence[float], mix: float) -> list[float]:
-    """``(1 - mix) * P + mix / k``: the root's priors keep some mass on every candidate."""
+    """``(1 - mix) * P + mix / k``, normalised: the root's priors keep some mass on every candidate."""
     k = len(priors)
-    return [(1.0 - mix) * p + mix / k for p in priors]
+    mixed = [(1.0 - mix) * p + mix / k for p in priors]
+    total = sum(mixed)
+    return [m / total for m in mixed] if total > 0 else [1.0 / k] * k
 
 
-def puct_scores(tree: Tree, node: int, c_puct: float) -> list[float]:
-    """``Q_norm + c * P * sqrt(N_parent) / (1 + N_child)`` for each child of ``node``; an unvisited
-    child contributes 0 for ``Q_norm``."""
-    sqrt_n = math.sqrt(tree.visits[node])
+def set_child_priors(tree: Tree, node: int, raw: Sequence[float], uniform_mix: float) -> None:
+    """Priors of a fresh expansion of ``node`` (children in ``raw``'s order): normalised, and mixed
+    with uniform at the root."""
+    priors = normalize(raw)
+    if node == ROOT_INDEX:
+        priors = mix_uniform(priors, uniform_mix)
+    for k, p in zip(tree.children[node], priors):
+        tree.prior[k] = p
+
+
+def added_prior(raw: float, window: Sequence[float], is_root: bool, uniform_mix: float) -> float:
+    """Prior of a child added by dynamic node addition: its raw prior normalised over ``window`` (the
+    raw priors of the node's newest ``children + 1`` proposals), mixed with uniform at the root. The
+    other children keep their priors (official)."""
+    total = sum(window)
+    p = raw / total if total > 0 else 1.0 / len(window)
+    return (1.0 - uniform_mix) * p + uniform_mix / len(window) if is_root else p
+
+
+# --- selection ---------------------------------------------------------------------------------
+def puct_scores(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> list[float]:
+    """``Q_norm + c * P * sqrt(N_parent) / (1 + N_child)`` for each child of ``node``; a child with
+    no visits contributes 0 for ``Q_norm``. ``virtual_loss`` (batched rounds only) counts each
+    pending selection of a child as a visit of value -1."""
+    pending_parent = tree.virtual[node] if virtual_loss else 0
+    sqrt_n = math.sqrt(tree.visits[node] + pending_parent)
     out = []
     for k in tree.children[node]:
-        q = tree.minmax.normalize(tree.value[k]) if tree.visits[k] > 0 else 0.0
-        out.append(q + c_puct * tree.prior[k] * sqrt_n / (1.0 + tree.visits[k]))
+        n, q = tree.visits[k], tree.value[k]
+        pending = tree.virtual[k] if virtual_loss else 0
+        if pending:
+            q = (q * n - virtual_loss * pending) / (n + pending)
+            n = n + pending
+        qn = tree.minmax.normalize(q) if n > 0 else 0.0
+        out.append(qn + c_puct * tree.prior[k] * sqrt_n / (1.0 + n))
     return out
 
 
-def select_child(tree: Tree, node: int, c_puct: float) -> int:
+def select_child(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> int:
     """The child maximising the PUCT score (ties: the earliest child)."""
-    scores = puct_scores(tree, node, c_puct)
+    scores = puct_scores(tree, node, c_puct, virtual_loss)
     return tree.children[node][int(np.argmax(scores))]
 
 
+# --- backup ------------------------------------------------------------------------------------
 def backup(tree: Tree, leaf: int, value: float) -> list[int]:
-    """Walk from ``leaf`` to the root: ``N += 1``, ``Q += (v - Q) / N``; update the value range.
-    Returns the path (root first)."""
+    """Walk from ``leaf`` to the root: ``N += 1``, real visits ``+= 1``, ``Q += (v - Q) / N``; the value
+    range takes in every non-root node's new ``Q``. Returns the path (root first)."""
     path = tree.path(leaf)
     for n in path:
         tree.visits[n] += 1.0
+        tree.real_visits[n] += 1
         tree.value[n] += (value - tree.value[n]) / tree.visits[n]
-        tree.minmax.update(tree.value[n])
+        if n != ROOT_INDEX:
+            tree.minmax.update(tree.value[n])
     return path
 
 
@@ -195,15 +232,20 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def similarity_update(
     tree: Tree, node: int, embedding: np.ndarray, value: float, threshold: float, weight: float
 ) -> list[tuple[int, float]]:
-    """Fold ``embedding`` into ``node``'s mean embedding, then give every sibling at least
-    ``threshold``-similar to it a fractional visit ``s = weight * similarity`` carrying ``value``:
-    ``Q = (Q * N + s * v) / (N + s)``, ``N += s``. Returns the (sibling, s) pairs updated."""
+    """Fold ``embedding`` into ``node``'s mean embedding ``E``, then compare ``E`` with each sibling's
+    mean embedding: every sibling at least ``threshold``-similar gets a fractional visit
+    ``s = weight * similarity`` carrying ``value``: ``Q = (Q * N + s * v) / (N + s)``, ``N += s``
+    (its real visits and the value range are untouched, as in the official code). Returns the
+    (sibling, s) pairs updated."""
     emb = np.asarray(embedding, dtype=np.float64)
-    tree.emb_sum[node] = emb.copy() if tree.emb_sum[node] is None else tree.emb_sum[node] + emb
+    current = tree.emb_sum[node]
+    tree.emb_sum[node] = emb.copy() if current is None else current + emb
     tree.emb_count[node] += 1
     parent = tree.parent[node]
-    if parent == NO_PARENT:
+    if parent == NO_PARENT or weight <= 0.0:
         return []
+    mean = tree.embedding(node)
+    assert mean is not None
     updated = []
     for sib in tree.children[parent]:
         if sib == node:
@@ -211,40 +253,42 @@ def similarity_update(
         sib_emb = tree.embedding(sib)
         if sib_emb is None:
             continue
-        sim = cosine(emb, sib_emb)
+        sim = cosine(mean, sib_emb)
         if sim >= threshold:
             s = weight * sim
             n = tree.visits[sib]
             tree.value[sib] = (tree.value[sib] * n + s * value) / (n + s)
             tree.visits[sib] = n + s
-            tree.minmax.update(tree.value[sib])
             updated.append((sib, s))
     return updated
 
 
-def embedding_variance_norm(embeddings: Sequence[np.ndarray]) -> float:
-    """Norm of the per-dimension variance of a set of embeddings (0 when they are all alike)."""
+# --- dynamic node addition ---------------------------------------------------------------------
+def embedding_variance_norm(embeddings: Sequence[np.ndarray]) -> float | None:
+    """Norm of the per-dimension unbiased variance (as ``torch.var``) of a set of embeddings; None for
+    fewer than two (no variance: the official code's NaN, which never triggers an addition)."""
     if len(embeddings) < 2:
-        return 0.0
-    return float(np.linalg.norm(np.var(np.stack(embeddings), axis=0)))
+        return None
+    return float(np.linalg.norm(np.var(np.stack(embeddings), axis=0, ddof=1)))
 
 
 def should_add_nodes(tree: Tree, node: int, max_children: int, variance_factor: float) -> bool:
-    """Dynamic node addition trigger: fewer than ``max_children`` children, every child valued
-    below 0, and the children's mean embeddings alike (variance norm below
-    ``variance_factor * token-set length``). Children never embedded do not count as alike."""
+    """Dynamic node addition trigger: fewer than ``max_children`` children, every child embedded, the
+    norm of their mean embeddings' variance below ``variance_factor`` times the first child's
+    token-set length, and every child valued below 0: the children are all alike and all bad."""
     kids = tree.children[node]
     if not kids or len(kids) >= max_children:
-        return False
-    if any(tree.visits[k] <= 0 or tree.value[k] >= 0.0 for k in kids):
         return False
     embs = [tree.embedding(k) for k in kids]
     if any(e is None for e in embs):
         return False
-    length = max(len(tree.tokens[k]) for k in kids)
-    return embedding_variance_norm(embs) < variance_factor * length  # type: ignore[arg-type]
+    norm = embedding_variance_norm(embs)  # type: ignore[arg-type]
+    if norm is None or not norm < variance_factor * len(tree.tokens[kids[0]]):
+        return False
+    return max(tree.value[k] for k in kids) < 0.0
 
 
+# --- the outer loop's choices ------------------------------------------------------------------
 def best_child(tree: Tree, node: int = ROOT_INDEX) -> int:
     """The child to commit: most visits, ties broken by the higher value, then the earlier child."""
     kids = tree.children[node]
@@ -254,33 +298,25 @@ def best_child(tree: Tree, node: int = ROOT_INDEX) -> int:
 
 
 def reroot(tree: Tree, node: int, uniform_mix: float) -> Tree:
-    """A new table holding ``node``'s subtree with ``node`` as root (the rest is freed). The new
-    root's children priors are re-mixed with uniform."""
+    """A new table holding ``node``'s subtree with ``node`` as root (the rest is freed). Steps, visits,
+    values, embeddings and proposals are kept; the value range carries over; the new root's children
+    priors are re-mixed with uniform (official)."""
     new = Tree()
     remap = {node: ROOT_INDEX}
-    new.visits[0] = tree.visits[node]
-    new.value[0] = tree.value[node]
-    new.terminal[0] = tree.terminal[node]
-    new.emb_sum[0] = tree.emb_sum[node]
-    new.emb_count[0] = tree.emb_count[node]
+    for attr in ("step", "visits", "real_visits", "value", "terminal", "emb_sum", "emb_count", "proposals"):
+        getattr(new, attr)[0] = getattr(tree, attr)[node]
     new.minmax = MinMax(tree.minmax.low, tree.minmax.high)
     stack = [node]
     while stack:
         old = stack.pop()
         for kid in tree.children[old]:
-            nid = new.add_child(
-                remap[old], tree.tokens[kid], tree.raw_prior[kid], greedy=tree.greedy[kid], terminal=tree.terminal[kid]
-            )
+            nid = new.add_child(remap[old], tree.tokens[kid], tree.prior[kid], terminal=tree.terminal[kid])
             remap[kid] = nid
-            new.visits[nid] = tree.visits[kid]
-            new.value[nid] = tree.value[kid]
-            new.prior[nid] = tree.prior[kid]
-            new.emb_sum[nid] = tree.emb_sum[kid]
-            new.emb_count[nid] = tree.emb_count[kid]
+            for attr in ("step", "visits", "real_visits", "value", "emb_sum", "emb_count", "proposals"):
+                getattr(new, attr)[nid] = getattr(tree, attr)[kid]
             stack.append(kid)
     kids = new.children[ROOT_INDEX]
     if kids:
-        mixed = mix_uniform([new.prior[k] for k in kids], uniform_mix)
-        for k, p in zip(kids, mixed):
+        for k, p in zip(kids, mix_uniform([new.prior[k] for k in kids], uniform_mix)):
             new.prior[k] = p
     return new

@@ -1,0 +1,452 @@
+"""``TransformersLM``: the ``LanguageModel`` protocol over a transformers causal LM in this process.
+
+Speed comes from three parts, each switchable and none changing what is sampled:
+``reuse_cache`` keeps KV states of tree prefixes (``PrefixKVCache``) so a node's context is never
+recomputed; ``batch`` samples an expansion's candidates and scores both option orders as one batch
+(rows that drew the same tokens so far share one state); ``small_batch_matmul`` (CPU) computes the
+linear layers of 1-32-row passes as ``W @ x.T`` (``cpu_linear``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
+
+from ..protocols import ContextTooLongError, Continuation, EngineError
+from .common import EngineStats, plain_transcript, tokens_ending_with
+from .cpu_linear import small_batch_matmul, use_small_batch_linear
+from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
+
+logger = logging.getLogger(__name__)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialised(method: F) -> F:
+    """One call at a time per engine: the KV cache and the model's buffers are not thread-safe, and
+    callers outside a decode (a guard, a judge shared by two decoders) may call from any thread."""
+
+    @functools.wraps(method)
+    def wrapper(self: "TransformersLM", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _weight_bytes(model: Any) -> int:
+    return int(sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU allocation failure (as opposed to any other error of a forward pass)."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text))
+
+
+class TransformersLM:
+    """A ``LanguageModel`` over a transformers causal LM and its tokenizer.
+
+    ``cache_bytes`` defaults to a quarter of the model's weight bytes (at least 64 MiB), so RAIN's
+    extra memory scales with the model: an evicted state is rebuilt from its longest cached prefix,
+    which costs a few tokens of forward pass, not the whole context.
+    ``small_batch_matmul`` (CPU only) swaps the class of the model's ``nn.Linear`` modules, whose
+    behaviour changes only inside this engine's own forward passes.
+
+    A batched pass that runs out of memory (CUDA or CPU) is retried with half the rows, down to one
+    row, after dropping the unpinned cache entries; the samples are the same, since every row draws
+    from its own generator. One decode step runs at a time (``concurrent = False``): the decoder
+    serialises decodes that share this engine.
+    """
+
+    concurrent = False
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        reuse_cache: bool = True,
+        batch: bool = True,
+        cache_bytes: int | None = None,
+        small_batch_matmul: bool = True,
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.context_length = int(
+            getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+        )
+        eos: set[int] = set()
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        for value in (gen_eos, tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif value:
+                eos.update(int(v) for v in value)
+        if not eos:
+            raise ValueError("the tokenizer and generation config name no EOS token; set tokenizer.eos_token")
+        self.eos_token_ids = frozenset(eos)
+        self.reuse_cache = reuse_cache
+        self.batch = batch
+        if cache_bytes is None:
+            cache_bytes = max(MIN_CACHE_BYTES, _weight_bytes(model) // 4)
+        elif isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a whole number of bytes >= 0 (or None for the default), got {cache_bytes!r}")
+        self.cache = PrefixKVCache(max_bytes=cache_bytes)
+        self.stats = EngineStats()
+        # Inputs go where the embeddings are (the first device of a model dispatched with device_map).
+        self.device = model.get_input_embeddings().weight.device
+        self.small_batch_matmul = (
+            bool(small_batch_matmul) and self.device.type == "cpu" and use_small_batch_linear(model) > 0
+        )
+        # Models that accept ``logits_to_keep`` project only the positions we read onto the vocabulary
+        # (the full (T, vocab) logits of a long prompt cost time and, for SmolLM2, ~200 KB a token).
+        params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        # transformers 5.2x names the KV cache argument ``cache``; earlier releases ``past_key_values``.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", []) or [])
+        self._suffix_tokens: dict[tuple[str, ...], frozenset[int]] = {}
+        self._init_options = {"name": name, "cache_bytes": cache_bytes}
+        self._lock = threading.RLock()
+
+    def variant(self, **options: Any) -> "TransformersLM":
+        """Another engine over the same model and tokenizer (no copy of the weights) with other
+        engine options, e.g. ``variant(reuse_cache=False, batch=False)`` for an A/B measurement."""
+        kwargs: dict[str, Any] = {**self._init_options, "reuse_cache": self.reuse_cache, "batch": self.batch,
+                                  "small_batch_matmul": self.small_batch_matmul}
+        kwargs.update(options)
+        return TransformersLM(self.model, self.tokenizer, **kwargs)
+
+    # --- optional capabilities ------------------------------------------------------------------
+    def engine_stats(self) -> dict[str, float]:
+        return self.stats.snapshot()
+
+    def memory_stats(self) -> dict[str, int]:
+        """Bytes held: the model's weights and the KV cache's entries."""
+        return {"weight_bytes": _weight_bytes(self.model), "cache_bytes": int(self.cache.nbytes),
+                "cache_budget_bytes": int(self.cache.max_bytes)}
+
+    @_serialised
+    def cache_prefix(self, prefix: Sequence[int]) -> None:
+        if not self.reuse_cache or not prefix:
+            return
+        self._state(prefix)
+        self.cache.pin(prefix, True)
+
+    @_serialised
+    def release_prefix(self, prefix: Sequence[int]) -> None:
+        self.cache.pin(prefix, False)
+
+    # --- text -------------------------------------------------------------------------------
+    def encode(self, text: str, *, parse_special: bool = True) -> list[int]:
+        if parse_special:
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    **kwargs: Any) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            try:
+                return self.tokenizer.apply_chat_template(
+                    [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+                )
+            except Exception as exc:  # jinja2 errors of a template that rejects this input
+                raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
+        return plain_transcript(messages, add_generation_prompt)
+
+    def token_ids_ending_with(self, suffixes: Sequence[str]) -> frozenset[int]:
+        key = tuple(suffixes)
+        if key not in self._suffix_tokens:
+            self._suffix_tokens[key] = tokens_ending_with(
+                lambda i: self.tokenizer.decode([i], skip_special_tokens=True), len(self.tokenizer), key,
+                skip=sorted(self._special_ids),
+            )
+        return self._suffix_tokens[key]
+
+    # --- forward passes -------------------------------------------------------------------------
+    def _forward(
+        self, input_ids: Any, layers: list[tuple[Any, Any]] | None, attention_mask: Any = None, keep: Any = None,
+    ) -> Any:
+        """One forward pass. ``input_ids`` (B, T); ``layers`` a cached prefix, batch 1 or B. ``keep``: the
+        positions whose logits are read (an int n: the last n; a (B, k) tensor: per row); ``None``: all.
+        A model without ``logits_to_keep`` returns all positions, so callers read the last ones."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        t0 = time.perf_counter()
+        bsz = input_ids.shape[0]
+        past_len = layers[0][0].shape[-2] if layers else 0
+        if layers and layers[0][0].shape[0] != bsz:
+            layers = [(k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1)) for k, v in layers]
+        past = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        kwargs: dict[str, Any] = {}
+        if keep is not None and self._keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+            positions = past_len + torch.arange(input_ids.shape[1], device=self.device).unsqueeze(0).expand(bsz, -1)
+            kwargs["position_ids"] = positions
+        with small_batch_matmul(self.small_batch_matmul), torch.inference_mode():
+            kwargs[self._cache_arg] = past
+            out = self.model(input_ids=input_ids, use_cache=True, **kwargs)
+        self.stats.forward_calls += 1
+        self.stats.forward_tokens += int(input_ids.numel())
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    @staticmethod
+    def _layers_of(out: Any) -> list[tuple[Any, Any]]:
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _check_length(self, n: int) -> None:
+        if n > self.context_length:
+            raise ContextTooLongError(
+                f"{n} tokens do not fit {self.name}'s context of {self.context_length}; shorten the prompt "
+                f"or lower max_new_tokens"
+            )
+
+    def _state(self, ids: Sequence[int], store: bool = True) -> tuple[list[tuple[Any, Any]] | None, Any]:
+        """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix."""
+        torch = self._torch
+        ids = list(ids)
+        if not ids:
+            raise ValueError("a prompt must contain at least one token")
+        self._check_length(len(ids))
+        if not self.reuse_cache:
+            out = self._forward(torch.tensor([ids], device=self.device), None, keep=1)
+            return None, out.logits[0, -1].float()
+        key = tuple(ids)
+        hit = self.cache.longest_prefix(ids)
+        if hit is not None and len(hit[0]) == len(ids):
+            self.stats.cache_hits += 1
+            return hit[1].layers, hit[1].logits
+        layers, start = (hit[1].layers, len(hit[0])) if hit is not None else (None, 0)
+        if hit is not None:
+            self.stats.cache_hits += 1
+        else:
+            self.stats.cache_misses += 1
+        new = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
+        out = self._forward(new, layers, keep=1)
+        layers = self._layers_of(out)
+        logits = out.logits[0, -1].float()
+        if store:
+            nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+            self.cache.put(key, CacheEntry(layers, logits, nbytes))
+        return layers, logits
+
+    def _logprobs(self, logits: Any, temperature: float) -> Any:
+        return self._torch.log_softmax(logits.float() / temperature, dim=-1)
+
+    def _out_of_memory(self, exc: BaseException, what: str, rows: int) -> None:
+        """Free what can be freed after an allocation failure; raise when nothing is left to split."""
+        logger.warning("%s: out of memory with %d rows (%s); dropping cached states and retrying with fewer rows",
+                       self.name, rows, type(exc).__name__)
+        self.cache.max_bytes, budget = 0, self.cache.max_bytes
+        self.cache.evict()  # unpinned entries only
+        self.cache.max_bytes = budget
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+        if rows <= 1:
+            raise EngineError(
+                f"{self.name} ran out of memory {what} even one row at a time; use a smaller model or dtype, "
+                "a shorter prompt, or lower cache_bytes"
+            ) from exc
+
+    # --- protocol requests ------------------------------------------------------------------------
+    @_serialised
+    def top_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
+        _, logits = self._state(prefix)
+        logp = self._logprobs(logits, temperature).clone()
+        if exclude:
+            logp[list(exclude)] = float("-inf")
+        k = min(k, logp.shape[-1] - len(set(exclude)))
+        values, idx = self._torch.topk(logp, k)
+        return [Continuation((int(i),), float(v)) for v, i in zip(values.tolist(), idx.tolist()) if v > float("-inf")]
+
+    def _pick(self, logp: Any, top_k: int | None, generators: Sequence[Any],
+              greedy_rows: Sequence[bool]) -> list[tuple[int, float]]:
+        """One (token, log-probability) per row of ``logp`` (B, V): argmax for greedy rows, a draw from
+        the ``top_k`` most probable tokens (renormalised; ``None``: all) otherwise. The log-probability
+        is the token's in that renormalised distribution. Each row draws from its own generator (greedy
+        rows too, and discard it), so batching never changes what is drawn."""
+        torch = self._torch
+        if top_k is None or top_k >= logp.shape[-1]:
+            values, idx = logp, None
+        else:
+            values, idx = torch.topk(logp, top_k, dim=-1)  # (B, k), sorted
+        logq = torch.log_softmax(values, dim=-1)  # (B, k) renormalised
+        probs = logq.exp()
+        out = []
+        for row, (gen, greedy) in enumerate(zip(generators, greedy_rows)):
+            draw = int(torch.multinomial(probs[row], 1, generator=gen))
+            j = int(torch.argmax(logq[row])) if greedy else draw
+            tok = j if idx is None else int(idx[row, j])
+            out.append((tok, float(logq[row, j])))
+        return out
+
+    @_serialised
+    def sample(
+        self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float, seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
+        torch = self._torch
+        self._check_length(len(prefix) + length)
+        generators = [torch.Generator(device="cpu").manual_seed(int(seed) + 7919 * row) for row in range(n)]
+        greedy_rows = [greedy_first and row == 0 for row in range(n)]
+        chunk = n if self.batch else 1  # engine off: the same draws, one candidate at a time
+        out: list[Continuation] = []
+        start = 0
+        while start < n:
+            rows = slice(start, min(n, start + chunk))
+            try:
+                out.extend(self._sample_rows(prefix, rows.stop - rows.start, length, top_k, temperature,
+                                             generators[rows], greedy_rows[rows]))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._out_of_memory(exc, "sampling candidates", rows.stop - rows.start)
+                chunk = max(1, (rows.stop - rows.start) // 2)
+                continue
+            start = rows.stop
+        return out
+
+    def _sample_rows(
+        self, prefix: Sequence[int], n: int, length: int, top_k: int, temperature: float,
+        generators: Sequence[Any], greedy_rows: Sequence[bool],
+    ) -> list[Continuation]:
+        """Sample ``n`` rows of up to ``length`` tokens, one batched forward step per token.
+
+        With the cache on, rows that have drawn the same tokens so far share one state: each step
+        runs only the distinct prefixes (a prefix tree of the rows), since identical prefixes give
+        identical next-token distributions. Every row still draws from its own generator."""
+        torch = self._torch
+        layers, logits = self._state(prefix)
+        logp = self._logprobs(logits, temperature).unsqueeze(0)  # (G, V): one row per distinct prefix
+        group = [0] * n  # row -> index of its prefix in ``logp`` / ``layers``
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        totals = [0.0] * n
+        done = [False] * n
+        for step in range(length):
+            rows = logp[torch.tensor(group, device=logp.device)]  # (n, V)
+            for row, (tok, lp) in enumerate(self._pick(rows.cpu(), top_k, generators, greedy_rows)):
+                if done[row]:
+                    continue
+                tokens[row].append(tok)
+                totals[row] += lp
+                if tok in self.eos_token_ids:
+                    done[row] = True
+            if all(done) or step == length - 1:
+                break
+            if not self.reuse_cache:
+                # Engine off: recompute every row's whole context instead of extending a KV cache.
+                full = torch.tensor([list(prefix) + t for t in tokens], dtype=torch.long, device=self.device)
+                out = self._forward(full, None, keep=1)
+                logp = self._logprobs(out.logits[:, -1], temperature)
+                group = list(range(n))
+                continue
+            # The distinct (parent prefix, new token) pairs of the rows still running.
+            # Finished rows point at prefix 0 (some row is still running): they draw and discard.
+            index: dict[tuple[int, int], int] = {}
+            for row in range(n):
+                group[row] = 0 if done[row] else index.setdefault((group[row], tokens[row][-1]), len(index))
+            parents = torch.tensor([g for g, _ in index], dtype=torch.long, device=self.device)
+            feed = torch.tensor([[t] for _, t in index], dtype=torch.long, device=self.device)  # (G', 1)
+            assert layers is not None
+            if layers[0][0].shape[0] == 1:
+                past = layers  # one parent: _forward broadcasts it over the batch
+            else:
+                past = [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in layers]
+            out = self._forward(feed, past)
+            layers = self._layers_of(out)
+            logp = self._logprobs(out.logits[:, -1], temperature)
+        return [Continuation(tuple(t), s) for t, s in zip(tokens, totals)]
+
+    @_serialised
+    def generate(
+        self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float, seed: int,
+        stop: Sequence[str] = (), stop_token_ids: Collection[int] = (),
+    ) -> list[int]:
+        torch = self._torch
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        max_tokens = min(max_tokens, self.context_length - len(prefix))
+        if max_tokens <= 0:
+            return []
+        enders = self.eos_token_ids | frozenset(stop_token_ids)
+        layers, logits = self._state(prefix)
+        out_ids: list[int] = []
+        while True:
+            logp = self._logprobs(logits, temperature).unsqueeze(0)
+            tok, _ = self._pick(logp.cpu(), top_k, [generator], [False])[0]
+            out_ids.append(tok)
+            if tok in enders or len(out_ids) >= max_tokens:
+                break
+            if stop and any(s in self.decode(out_ids) for s in stop):
+                break
+            if self.reuse_cache:
+                out = self._forward(torch.tensor([[tok]], device=self.device), layers)
+                layers = self._layers_of(out)
+            else:
+                out = self._forward(torch.tensor([list(prefix) + out_ids], device=self.device), None, keep=1)
+            logits = out.logits[0, -1]
+        return out_ids
+
+    @_serialised
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
+        prompts = [list(p) for p in prompts]
+        for p in prompts:
+            self._check_length(len(p))
+        if not self.batch or len(prompts) == 1:
+            return [self._logprobs(self._state(p, store=False)[1], 1.0)[list(candidates)].tolist() for p in prompts]
+        try:
+            return self._batched_logprobs(prompts, candidates)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._out_of_memory(exc, "scoring option letters", len(prompts))
+            half = len(prompts) // 2
+            return self.next_token_logprobs(prompts[:half], candidates) + \
+                self.next_token_logprobs(prompts[half:], candidates)
+
+    def _batched_logprobs(self, prompts: list[list[int]], candidates: Sequence[int]) -> list[list[float]]:
+        """The shared prefix once (cached), then all tails in one right-padded batch."""
+        torch = self._torch
+        common = 0
+        shortest = min(len(p) for p in prompts)
+        while self.reuse_cache and common < shortest - 1 and all(p[common] == prompts[0][common] for p in prompts):
+            common += 1
+        layers = self._state(prompts[0][:common], store=False)[0] if common else None
+        tails = [p[common:] for p in prompts]
+        width = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device)
+        mask = torch.tensor(
+            [[1] * (common + len(t)) + [0] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device
+        )
+        last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
+        out = self._forward(ids, layers, attention_mask=mask, keep=last.unsqueeze(1))
+        if self._keeps_logits:
+            logits = out.logits[:, -1]  # (B, V): only each row's last real position was projected
+        else:
+            logits = out.logits[torch.arange(len(tails), device=self.device), last]
+        return self._logprobs(logits, 1.0)[:, list(candidates)].tolist()
