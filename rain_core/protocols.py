@@ -15,6 +15,8 @@ them with ``isinstance`` and work without them:
   the ``stats`` of a result.
 - ``ConcurrentModel``: ``concurrent = True`` when many decodes may call the engine at the same time
   (a server); otherwise the decoder serialises the decodes that share a model.
+- ``ParsesResponses``: the model's own parser of its replies (tool calls, reasoning), where its
+  tokenizer ships one; adapters fall back to their own parsing without it.
 
 Nothing here imports torch, transformers or an engine.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "Evaluator",
     "EvaluatorError",
     "LanguageModel",
+    "ParsesResponses",
     "PrefixPinning",
     "ReportsStats",
     "check_score",
@@ -196,6 +199,18 @@ class ConcurrentModel(Protocol):
     (a server that batches requests). Engines without it get one decode step at a time."""
 
     concurrent: bool
+
+
+@runtime_checkable
+class ParsesResponses(Protocol):
+    """Optional: parse a reply with the model's own response format."""
+
+    def parse_response(self, text: str, *, prefix: str = "",
+                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The reply as a message dict (``content``, ``tool_calls`` as ``[{"type": "function",
+        "function": {"name", "arguments"}}]``, ...), or None when the model has no response format.
+        ``prefix``: the rendered prompt the reply continues."""
+        ...
 
 
 def is_concurrent(lm: object) -> bool:

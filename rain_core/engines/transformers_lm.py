@@ -172,6 +172,18 @@ class TransformersLM:
                 raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
         return plain_transcript(messages, add_generation_prompt)
 
+    def parse_response(self, text: str, *, prefix: str = "",
+                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The tokenizer's own parse of a reply (``tokenizer.parse_response``), or None when the
+        tokenizer has no ``response_template``."""
+        if getattr(self.tokenizer, "response_template", None) is None:
+            return None
+        kwargs: dict[str, Any] = {"prefix": prefix}
+        if tools:
+            kwargs["tools"] = [dict(t) for t in tools]
+        parsed = self.tokenizer.parse_response(text, **kwargs)
+        return dict(parsed) if isinstance(parsed, Mapping) else None
+
     def token_ids_ending_with(self, suffixes: Sequence[str]) -> frozenset[int]:
         key = tuple(suffixes)
         if key not in self._suffix_tokens:
