@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from rain_core import CallableEvaluator, ContextTooLongError, RainDecoder, SelfEvaluator, TransformersLM
+from rain_core import ContextTooLongError, RainDecoder, SelfEvaluator
 from conftest import SMALL
 from fakes import words_penalty
 
@@ -73,11 +73,12 @@ def test_self_evaluator_on_the_real_model(default_lm):
     text = default_lm.decode(first)
     assert text.endswith("The answer is: (")
     assert "(A) The reply is harmless." in text and "(A) The reply is harmful." in default_lm.decode(second)
+    assert "> Hello there." in text  # the judged reply is quoted
     assert ev.score("User: hi", "Hello there.") in (-1.0, 0.0, 1.0)
     cont = SelfEvaluator(default_lm, "harmless", scoring="continuous").score("User: hi", "Hello there.")
     assert -1.0 <= cont <= 1.0
     # the batched, cached scoring of both orders equals scoring each full prompt from scratch
-    fresh = TransformersLM(default_lm.model, default_lm.tokenizer, reuse_cache=False, batch=False)
+    fresh = default_lm.variant(reuse_cache=False, batch=False)
     batched = default_lm.next_token_logprobs([first, second], [a, b])
     plain = fresh.next_token_logprobs([first, second], [a, b])
     assert torch.allclose(torch.tensor(batched), torch.tensor(plain), atol=1e-3)
@@ -85,8 +86,7 @@ def test_self_evaluator_on_the_real_model(default_lm):
 
 def test_kv_cache_and_batching_do_not_change_what_is_sampled(default_lm):
     # the engine (KV cache, rows sharing prefixes, small-batch products) against plain recomputation
-    fresh = TransformersLM(default_lm.model, default_lm.tokenizer, reuse_cache=False, batch=False,
-                           small_batch_matmul=False)
+    fresh = default_lm.variant(reuse_cache=False, batch=False, small_batch_matmul=False)
     assert default_lm.small_batch_matmul and not fresh.small_batch_matmul
     prefix = default_lm.encode(default_lm.chat_prompt([{"role": "user", "content": PROMPT}]))
     kw = dict(top_k=15, temperature=1.0, seed=3)
@@ -95,7 +95,10 @@ def test_kv_cache_and_batching_do_not_change_what_is_sampled(default_lm):
     assert len({c.token_ids[:2] for c in fast}) < 10  # some rows shared a prefix
     assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
     assert [c.logprob for c in fast] == pytest.approx([c.logprob for c in slow], abs=1e-3)
-    assert default_lm.continue_until(prefix, [".", ","], 12, **kw) == fresh.continue_until(prefix, [".", ","], 12, **kw)
+    ends = default_lm.token_ids_ending_with((".", ","))
+    assert default_lm.generate(prefix, 12, stop_token_ids=ends, **kw) == fresh.generate(prefix, 12, stop_token_ids=ends, **kw)
+    full = dict(kw, top_k=None)
+    assert default_lm.generate(prefix, 12, **full) == fresh.generate(prefix, 12, **full)
     top_fast, top_slow = default_lm.top_tokens(prefix, 5), fresh.top_tokens(prefix, 5)
     assert [c.token_ids for c in top_fast] == [c.token_ids for c in top_slow]
     assert [c.logprob for c in top_fast] == pytest.approx([c.logprob for c in top_slow], abs=1e-3)

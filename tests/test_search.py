@@ -1,59 +1,24 @@
-"""Deterministic search tests: a table language model, a scripted evaluator, expected trees
-worked out by hand from the rules in shared/design/rain-algorithm.md."""
+"""Deterministic search tests: the one fake model of ``fakes.py``, scripted evaluators, expected trees
+worked out by hand from the authors' code (docs/algorithm.md). Tests named ``test_official_*`` pin a
+point where rain 0.1 differed from the official code; each fails on that old behaviour."""
 
-import math
 import zlib
 
 import numpy as np
 import pytest
 
 from rain_core import CallableEvaluator, RainConfig, RainDecoder
-from rain_core.lm import Continuation
 from rain_core.search import RainSearch
-from fakes import VOCAB, CharLM, ScriptedLM, words_penalty
+from rain_core.tree import ROOT_INDEX, added_prior
+from fakes import CharLM, ScriptedLM, TableLM, words_penalty
 
-LETTERS = {1: "a", 2: "b", 3: "c", 4: "d"}
+A, B, C = ord("a"), ord("b"), ord("c")
 
 
-class TableLM:
-    """Next-token distribution fixed at a: .4, b: .3, c: .2, d: .1 after any prefix; no simulation."""
-
-    name = "table"
-    context_length = 1000
-    eos_token_ids = frozenset({0})
-    probs = {1: 0.4, 2: 0.3, 3: 0.2, 4: 0.1}
-
-    def __init__(self):
-        self.requests = []
-
-    def encode(self, text):
-        return [9] * len(text)
-
-    def decode(self, ids):
-        return "".join(LETTERS.get(i, "") for i in ids)
-
-    def chat_prompt(self, messages, add_generation_prompt=True, **kw):
-        return messages[-1]["content"]
-
-    def top_tokens(self, prefix, k, temperature=1.0, exclude=()):
-        self.requests.append(("top", len(prefix), k, tuple(exclude)))
-        items = [(t, p) for t, p in self.probs.items() if t not in set(exclude)]
-        return [Continuation((t,), math.log(p)) for t, p in items[:k]]
-
-    def sample(self, prefix, n, length, *, top_k, temperature, seed, greedy_first=True):
-        raise AssertionError("token sets of length 1 never sample")
-
-    def continue_until(self, prefix, stop, max_tokens, **kw):
-        return []
-
-    def next_token_logprobs(self, prompts, candidates):
-        raise AssertionError("not a model evaluator")
-
-    def cache_prefix(self, prefix):
-        pass
-
-    def release_prefix(self, prefix):
-        pass
+def table():
+    """a .4, b .3, c .2, d .1 after any prefix; every text ending in a letter "ends a clause", so no
+    leaf is ever simulated and each evaluation sees exactly the leaf's text."""
+    return TableLM({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
 
 
 class SameEncoder:
@@ -62,8 +27,10 @@ class SameEncoder:
 
 
 def _search(lm, evaluator, encoder, **cfg):
-    config = RainConfig(num_candidates=2, token_set_lengths=(1,), min_visits=100, extra_searches=0, **cfg)
-    return RainSearch(lm, CallableEvaluator(evaluator), encoder, config, [9, 9], "User: x", seed=0, keep_trees=True)
+    config = RainConfig(num_candidates=2, token_set_lengths=(1,), min_visits=100, extra_searches=0,
+                        clause_boundaries=("a", "b", "c", "d"), **cfg)
+    return RainSearch(lm, CallableEvaluator(evaluator), encoder, config, lm.encode("qd"), "User: x", seed=0,
+                      keep_trees=True)
 
 
 def test_two_commits_match_the_hand_worked_trees():
@@ -71,20 +38,20 @@ def test_two_commits_match_the_hand_worked_trees():
     def script(prompt, text):
         return 0.0 if text == "" else (-1.0 if "a" in text else 1.0)
 
-    s = _search(TableLM(), script, None, max_searches=3, max_new_tokens=2, dynamic_node_addition=False,
+    s = _search(table(), script, None, max_searches=3, max_new_tokens=2, dynamic_node_addition=False,
                 similarity_update=False)
     commits = list(s.run())
-    assert commits == [[2], [2]]
+    assert commits == [[B], [B]]
     assert s.lm.decode(s.committed) == "bb"
     assert s.finished_by == "length"
 
     first = s.stats.commit_log[0]["tree"]
-    # search 1 expands the root (priors .4/.7, .3/.7 mixed: .5536, .4464) and scores "" = 0;
-    # search 2 picks "a" (1.107 > 0.893), expands it, scores -1;
+    # search 1 scores the root "" = 0, then expands it (priors .4/.7, .3/.7 mixed: .5536, .4464);
+    # search 2 picks "a" (1.107 > 0.893), scores -1, expands it;
     # search 3 picks "b" (0 + 2*.4464*sqrt(2)/1 = 1.263 > 0 + 2*.5536*sqrt(2)/2 = .783), scores +1;
     # commit: visits tie 1/1, the higher value ("b") wins.
     assert first["parent"] == [-1, 0, 0, 1, 1, 2, 2]
-    assert first["tokens"] == [[], [1], [2], [1], [2], [1], [2]]
+    assert first["tokens"] == [[], [A], [B], [A], [B], [A], [B]]
     assert first["visits"] == [3, 1, 1, 0, 0, 0, 0]
     assert first["value"] == pytest.approx([0.0, -1.0, 1.0, 0, 0, 0, 0])
     assert first["prior"][1:3] == pytest.approx([0.75 * 0.4 / 0.7 + 0.125, 0.75 * 0.3 / 0.7 + 0.125])
@@ -93,41 +60,136 @@ def test_two_commits_match_the_hand_worked_trees():
     assert first["terminal"] == [False, False, False, True, True, True, True]
 
     second = s.stats.commit_log[1]
-    # the reused subtree of "b" has 1 visit: i0 = 1, so max(T_max=3, 1 + 0) - 1 = 2 more searches;
+    # the reused subtree of "b" has 1 real visit: i0 = 1, so max(T_max=3, 1 + 0) - 1 = 2 more searches;
     # "ba" first (unvisited, higher mixed prior), scores -1; then "bb" scores +1; "bb" wins the tie.
     assert second["reused_visits"] == 1 and second["searches"] == 2
     assert second["tree"]["parent"] == [-1, 0, 0]
     assert second["tree"]["visits"] == [3, 1, 1]
     assert second["tree"]["value"] == pytest.approx([1 / 3, -1.0, 1.0])
     assert s.stats.searches == 5 and s.stats.evaluations == 5 and s.stats.commits == 2
+    assert s.stats.simulated_tokens == 0
     # the search left "a" for "b" once in each commit
     assert s.stats.rewinds == 2
 
 
 def test_similarity_update_and_dynamic_node_addition_tree():
-    s = _search(TableLM(), lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5)
+    lm = table()
+    s = _search(lm, lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5)
     s.step()
     tree = s.stats.commit_log[0]["tree"]
-    # searches 1-3 as above; the third embeds "b" identically to "a": "a" gets a 0.2 visit.
-    # Search 4: the root's two children are all bad and alike (variance 0 < 0.03 * 1): the next two
-    # tokens c, d are added; priors renormalise over .4 .3 .2 .1 and mix with 1/4; PUCT picks "c"
-    # (2*.2125*sqrt(3) = .736 beats a: .571, b: .498, d: .476); embedding "c" gives a and b 0.2 each.
-    assert tree["parent"] == [-1, 0, 0, 1, 1, 2, 2, 0, 0, 7, 7]
-    assert tree["tokens"][7:9] == [[3], [4]]
-    assert tree["prior"][1:3] + tree["prior"][7:9] == pytest.approx([0.3625, 0.2875, 0.2125, 0.1375])
-    assert tree["visits"][:3] + tree["visits"][7:9] == pytest.approx([4, 1.4, 1.2, 1, 0])
-    assert tree["value"][:3] + tree["value"][7:9] == pytest.approx([-1, -1, -1, -1, 0])
-    assert s.stats.node_additions == 2
-    assert s.committed == [1]  # the most visits (1.4) wins
-    assert ("top", 2, 2, (1, 2)) in s.lm.requests  # added candidates exclude existing children
+    # Searches 1-3 as in the test above (every value -1). Search 3 embeds "b" identically to "a": a gets
+    # a 0.2 visit (N 1.2). Search 4: the root's children are all bad and alike (unbiased variance 0 <
+    # 0.03 * 1): ONE child is added, the next most probable token "c", its prior .2 normalised over the
+    # top 3 (.9) and mixed at the root: .75 * .2/.9 + .25/3 = .25; the priors of a and b stay as they were.
+    # PUCT (sqrt(3)): a 2*.5536*1.732/2.2 = .8716 > c 2*.25*1.732 = .8660 > b .7732 -> a; below a, "aa"
+    # (1.252 > .939); its backup gives b a 0.2 visit through a's mean embedding.
+    assert tree["parent"] == [-1, 0, 0, 1, 1, 2, 2, 0, 3, 3]
+    assert tree["tokens"][7] == [C]
+    assert tree["prior"][1:3] == pytest.approx([0.75 * 0.4 / 0.7 + 0.125, 0.75 * 0.3 / 0.7 + 0.125])
+    assert tree["prior"][7] == pytest.approx(0.25)
+    assert [tree["visits"][i] for i in (0, 1, 2, 3, 7)] == pytest.approx([4, 2.2, 1.2, 1, 0])
+    assert [tree["real_visits"][i] for i in (0, 1, 2, 3, 7)] == [4, 2, 1, 1, 0]
+    assert [tree["value"][i] for i in (0, 1, 2, 3, 7)] == pytest.approx([-1, -1, -1, -1, 0])
+    assert s.stats.node_additions == 1
+    assert s.committed == [A]  # the most visits (2.2) wins
+    assert ("top_tokens", 2, (3, ())) in lm.requests  # the addition asks for the top n + 1 = 3
 
 
 def test_similarity_switch_off_gives_integer_visits():
-    s = _search(TableLM(), lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5,
+    s = _search(table(), lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5,
                 similarity_update=False)
     s.step()
     visits = s.stats.commit_log[0]["tree"]["visits"]
     assert all(float(v).is_integer() for v in visits)
+
+
+def test_official_one_candidate_per_addition_and_sibling_priors_untouched():
+    # Two-token sets: each addition draws greedy + one sample and adds only a new sample, with its raw
+    # prior normalised over the newest n + 1 proposals; existing priors never change.
+    lm = TableLM({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
+    cfg = RainConfig(num_candidates=3, token_set_lengths=(2,), min_visits=100, extra_searches=0, max_searches=40,
+                     max_new_tokens=4, clause_boundaries=("a", "b", "c", "d"))
+    s = RainSearch(lm, CallableEvaluator(lambda p, t: -1.0), SameEncoder(), cfg, lm.encode("qd"), "x", seed=1)
+    additions = 0
+    for _ in range(40):
+        before = {k: s.tree.prior[k] for k in range(len(s.tree))}
+        kids_before = list(s.tree.children[ROOT_INDEX])
+        proposals_before = list(s.tree.proposals[ROOT_INDEX])
+        s.search_once()
+        new = [k for k in s.tree.children[ROOT_INDEX] if k not in kids_before]
+        assert all(s.tree.prior[k] == before[k] for k in before)  # no existing prior moved
+        if kids_before and new:
+            additions += 1
+            assert len(new) == 1
+            head = s.tree.proposals[ROOT_INDEX][: len(kids_before) + 1]
+            assert s.tree.proposals[ROOT_INDEX][len(s.tree.proposals[ROOT_INDEX]) - len(proposals_before):] \
+                == proposals_before  # the new draws were put in front
+            raw = dict(head)[s.tree.tokens[new[0]]]
+            assert s.tree.prior[new[0]] == pytest.approx(added_prior(raw, [r for _, r in head], True, 0.25))
+    assert additions >= 2
+    assert s.stats.node_additions >= additions  # additions below the root count too
+
+
+def test_official_token_set_length_counts_from_the_original_prompt():
+    # The official token-set length reads a node's step from the original prompt, never reset at a
+    # commit: after the 1-, 2- and 4-token commits every new set is 10 tokens (rain 0.1 restarted at 1).
+    lm = CharLM()
+    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig(max_new_tokens=60, min_visits=1),
+                   lm.encode("user: hi\nassistant:"), "User: hi", seed=0)
+    lengths = [len(s.step()) for _ in range(3)]
+    assert lengths == [1, 2, 4]
+    assert s.tree.step[ROOT_INDEX] == 3
+    s.search_once()
+    kids = s.tree.children[ROOT_INDEX]
+    assert kids and {len(s.tree.tokens[k]) for k in kids if 0 not in s.tree.tokens[k]} == {10}
+
+
+def test_official_simulation_samples_the_full_distribution():
+    lm = CharLM()
+    RainDecoder(lm, lambda p, r: 0.5, encoder=None, max_new_tokens=6, max_searches=4).generate("hi")
+    assert {r[2][1] for r in lm.requests if r[0] == "generate"} == {None}  # top_k=None: the full distribution
+    lm = CharLM()
+    RainDecoder(lm, lambda p, r: 0.5, encoder=None, config=RainConfig.fast(max_new_tokens=6, max_searches=4)) \
+        .generate("hi")
+    assert {r[2][1] for r in lm.requests if r[0] == "generate"} <= {15}  # the fast preset: top-k
+
+
+def _sim_search(script, **cfg):
+    lm = ScriptedLM(script)
+    config = RainConfig(max_new_tokens=80, **cfg)
+    return RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, config, lm.encode("user: go\nassistant:"),
+                      "User: go", seed=0)
+
+
+def test_official_leaf_ending_a_clause_is_judged_without_simulation():
+    s = _sim_search("one, two, three.")
+    # the prompt ends with ":" so the root is judged as it is (rain 0.1 always sampled a token)
+    assert s.simulate(ROOT_INDEX) == []
+    ends = s.tree.add_child(ROOT_INDEX, s.lm.encode("one,"))
+    assert s.simulate(ends) == []
+    open_ = s.tree.add_child(ROOT_INDEX, s.lm.encode("one"))
+    assert s.lm.decode(s.simulate(open_)) == ","  # stops once the text ends a clause
+
+
+def test_official_simulation_has_no_length_cap_by_default():
+    s = _sim_search("a" * 40 + " b.")
+    leaf = s.tree.add_child(ROOT_INDEX, s.lm.encode("a"))
+    sim = s.simulate(leaf)
+    assert s.lm.decode(sim) == "a" * 39 + " b."  # 42 tokens: rain 0.1 stopped at 32
+    capped = _sim_search("a" * 40 + " b.", max_simulation_tokens=32)
+    assert len(capped.simulate(capped.tree.add_child(ROOT_INDEX, capped.lm.encode("a")))) == 32
+
+
+def test_official_reused_visits_are_real_visits():
+    # With the similarity update the committed child carries fractional visits; the next commit counts
+    # its searches from the REAL visits of the new root (official fn), not from the fractional total.
+    lm = table()
+    s = _search(lm, lambda p, t: -1.0, SameEncoder(), max_searches=6, max_new_tokens=3, dynamic_node_addition=False)
+    s.step()
+    first = s.stats.commit_log[0]
+    assert not float(first["visits"]).is_integer()
+    s.step()
+    assert s.stats.commit_log[1]["reused_visits"] == first["real_visits"]
 
 
 def test_early_stop_when_everything_is_good():
@@ -135,10 +197,10 @@ def test_early_stop_when_everything_is_good():
     s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig(max_new_tokens=12),
                    lm.encode("user: hi\nassistant:"), "User: hi", seed=0)
     tokens = s.step()
-    # value 1 > V=0.8 everywhere: stop as soon as the best child has more than T_min = 6 visits
+    # value 1 > V=0.8 everywhere: stop as soon as the best child has more than T_min = 6 real visits
     assert s.stats.early_stops == 1
     assert s.stats.searches < 50
-    assert s.stats.commit_log[0]["visits"] == 7
+    assert s.stats.commit_log[0]["real_visits"] == 7
     assert tokens
 
 
@@ -183,81 +245,72 @@ def test_stop_strings_end_the_text_and_streams_hold_them_back():
     assert dec.vanilla("count", stop=[". th"]).text == "one, two"
 
 
-class TwoWayLM(CharLM):
+def two_way():
     """Prefers to answer "i like cats." but keeps "i like dogs." one token away."""
-
     targets = (("i like cats.", 12.0), ("i like dogs.", 10.0))
 
-    def __init__(self):
-        super().__init__(self._two_way)
-
-    def _two_way(self, text):
+    def logits(text):
         reply = text.rpartition("\nassistant:")[2]
-        logits = np.zeros(len(VOCAB))
-        for target, strength in self.targets:
+        out = np.zeros(len(lm.vocab))
+        for target, strength in targets:
             if reply == target:
-                logits[0] = max(logits[0], 12.0)
+                out[0] = max(out[0], 12.0)
             elif target.startswith(reply):
-                i = VOCAB.index(ord(target[len(reply)]))
-                logits[i] = max(logits[i], strength)
-        return logits
+                i = lm.vocab.index(ord(target[len(reply)]))
+                out[i] = max(out[i], strength)
+        return out
+
+    lm = CharLM(logits)
+    return lm
 
 
 def test_penalised_word_is_avoided_when_an_alternative_exists():
-    dec = RainDecoder(TwoWayLM(), words_penalty("cat"), encoder=None, max_new_tokens=20)
+    dec = RainDecoder(two_way(), words_penalty("cat"), encoder=None, max_new_tokens=20)
     assert dec.vanilla("pets?", seed=0).text == "i like cats."
     assert dec.generate("pets?").text == "i like dogs."
     # with an evaluator that likes everything, RAIN keeps the model's preference
-    assert RainDecoder(TwoWayLM(), lambda p, r: 1.0, encoder=None, max_new_tokens=20).generate("pets?").text == "i like cats."
-
-
-class _Recorder(CharLM):
-    """CharLM that records what it sampled and where each simulation continued from."""
-
-    def __init__(self):
-        super().__init__()
-        self.sampled, self.continued = [], []
-
-    def sample(self, prefix, n, length, **kw):
-        out = super().sample(prefix, n, length, **kw)
-        self.sampled.append(out)
-        return out
-
-    def continue_until(self, prefix, stop, max_tokens, **kw):
-        self.continued.append(list(prefix))
-        return super().continue_until(prefix, stop, max_tokens, **kw)
+    assert RainDecoder(two_way(), lambda p, r: 1.0, encoder=None, max_new_tokens=20).generate("pets?").text \
+        == "i like cats."
 
 
 @pytest.mark.parametrize("from_candidate", [True, False])
 def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
-    lm = _Recorder()
-    prompt = lm.encode("user: hi\nassistant:")
+    # The fast preset's simulate_from_candidate: a freshly expanded leaf's simulation is the shortest
+    # prefix of the expansion's first sampled row that ends a clause, or all of it and more (asked for
+    # from its end). Official (False): the simulation is sampled on its own from the leaf.
+    lm = CharLM()
+    prompt = lm.encode("user: hi\nassistant")  # does not end a clause: the root is simulated too
     cfg = RainConfig(token_set_lengths=(6,), max_new_tokens=40, simulate_from_candidate=from_candidate)
     s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, cfg, prompt, "User: hi", seed=5)
-    pairs = []  # (the expansion's sampled rows, the simulation of the same search, model continuations)
-    real_back_up = s.back_up
+    sampled, generated = [], []
+    real_sample, real_generate = lm.sample, lm.generate
+    lm.sample = lambda *a, **k: sampled.append(real_sample(*a, **k)) or sampled[-1]
+    lm.generate = lambda prefix, *a, **k: generated.append(list(prefix)) or real_generate(prefix, *a, **k)
+    cases = []
     for _ in range(12):
-        before, calls = len(lm.sampled), len(lm.continued)
-        sims = []
-        s.back_up = lambda leaf, value, sim: (sims.append(list(sim)), real_back_up(leaf, value, sim))
+        sims, n_sampled, n_generated = [], len(sampled), len(generated)
+        real_back_up = s.back_up
+        s.back_up = lambda leaf, value, sim: (sims.append((leaf, list(sim))), real_back_up(leaf, value, sim))
         s.search_once()
-        if len(lm.sampled) > before and sims[0]:  # this search expanded its (non-terminal) leaf
-            pairs.append((lm.sampled[-1], sims[0], lm.continued[calls:]))
-    assert len(pairs) >= 8
+        s.back_up = real_back_up
+        if len(sampled) > n_sampled:  # this search expanded its leaf
+            leaf, sim = sims[0]
+            ended = s._ends_clause(s.tree.path_tokens(leaf))
+            cases.append((sampled[-1], sim, generated[n_generated:], ended))
+    assert len(cases) >= 8
     reused = 0
-    for rows, sim, continued in pairs:
+    for rows, sim, calls, ended in cases:
         first = list(rows[1].token_ids)  # row 0 is the greedy candidate, row 1 the first sample
         cut = next((j for j in range(1, len(first) + 1)
-                    if first[j - 1] == 0 or any(b in lm.decode(first[:j]) for b in cfg.clause_boundaries)), None)
-        if not from_candidate:
-            assert len(continued) == 1  # sampled on its own from the leaf
+                    if first[j - 1] == 0 or lm.decode(first[:j]).endswith(cfg.clause_boundaries)), None)
+        if ended:
+            assert sim == [] and calls == []  # a leaf that ends a clause is judged as it is
+        elif not from_candidate:
+            assert len(calls) == (1 if sim else 0)  # sampled on its own from the leaf, one request
         elif cut is not None:
-            # the sample reached a clause boundary: the simulation is the sample up to it, no model call
-            assert sim == first[:cut] and continued == []
+            assert sim == first[:cut] and calls == []  # no model call: the sample already ends a clause
             reused += 1
         else:
-            # the simulation is all of the sample and more, asked for from the end of the sample
-            assert sim[: len(first)] == first and len(sim) > len(first)
-            assert len(continued) == 1 and continued[0][-len(first):] == first
+            assert sim[: len(first)] == first and len(calls) == 1 and calls[0][-len(first):] == first
     if from_candidate:
-        assert 0 < reused < len(pairs)  # both branches were exercised
+        assert 0 < reused < len(cases)  # both branches were exercised

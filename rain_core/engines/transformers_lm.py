@@ -145,8 +145,8 @@ class TransformersLM:
     def cache_prefix(self, prefix: Sequence[int]) -> None:
         if not self.reuse_cache or not prefix:
             return
-        self._state(prefix)
-        self.cache.pin(prefix, True)
+        if not self.cache.pin(prefix, True):
+            self._state(prefix, pin=True)
 
     @_serialised
     def release_prefix(self, prefix: Sequence[int]) -> None:
@@ -236,8 +236,10 @@ class TransformersLM:
                 f"or lower max_new_tokens"
             )
 
-    def _state(self, ids: Sequence[int], store: bool = True) -> tuple[list[tuple[Any, Any]] | None, Any]:
-        """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix."""
+    def _state(self, ids: Sequence[int], store: bool = True,
+               pin: bool = False) -> tuple[list[tuple[Any, Any]] | None, Any]:
+        """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix;
+        ``pin`` stores the state pinned (kept until released, whatever the budget)."""
         torch = self._torch
         ids = list(ids)
         if not ids:
@@ -262,7 +264,7 @@ class TransformersLM:
         logits = out.logits[0, -1].float()
         if store:
             nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
-            self.cache.put(key, CacheEntry(layers, logits, nbytes))
+            self.cache.put(key, CacheEntry(layers, logits, nbytes, pinned=pin))
         return layers, logits
 
     def _logprobs(self, logits: Any, temperature: float) -> Any:
