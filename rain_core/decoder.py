@@ -22,6 +22,7 @@ from .protocols import (
     Evaluator,
     EvaluatorError,
     LanguageModel,
+    ProvidesEncoder,
     ReportsStats,
     is_concurrent,
 )
@@ -107,7 +108,8 @@ class RainDecoder:
     ``evaluator``: an ``Evaluator`` or a function ``fn(prompt, response) -> float``; default
     ``SelfEvaluator(lm, "harmless")`` with the config's scoring mode.
     ``encoder``: sentence encoder for the similarity update and dynamic node addition; "default"
-    loads the packaged all-MiniLM-L6-v2 when first needed, None turns both features off.
+    asks the engine for its default (all-MiniLM-L6-v2, loaded when first needed), None turns both
+    features off.
     ``config`` and keyword overrides: the ``RainConfig`` of every call (``RainConfig()`` is the
     official algorithm, ``RainConfig.fast()`` the fast preset).
 
@@ -176,9 +178,13 @@ class RainDecoder:
             return None
         with self._parts_lock:
             if isinstance(self._encoder, str):
-                from .engines.encoder import load_default_encoder
-
-                self._encoder = load_default_encoder()
+                if not isinstance(self.lm, ProvidesEncoder):
+                    raise TypeError(
+                        f"{self.lm.name} offers no default sentence encoder for the similarity update; pass "
+                        "encoder=SentenceEncoder(folder) (rain_core.engines.encoder), any Encoder, or encoder=None "
+                        "to turn the similarity update and dynamic node addition off"
+                    )
+                self._encoder = self.lm.default_encoder()
             return self._encoder
 
     def resolve_config(self, config: RainConfig | None = None, **overrides: Any) -> RainConfig:

@@ -17,6 +17,8 @@ them with ``isinstance`` and work without them:
   (a server); otherwise the decoder serialises the decodes that share a model.
 - ``ParsesResponses``: the model's own parser of its replies (tool calls, reasoning), where its
   tokenizer ships one; adapters fall back to their own parsing without it.
+- ``ProvidesEncoder``: the engine's default sentence encoder (all-MiniLM-L6-v2), which
+  ``RainDecoder(encoder="default")`` uses; without it, pass an ``Encoder`` or ``encoder=None``.
 
 Nothing here imports torch, transformers or an engine.
 """
@@ -41,6 +43,7 @@ __all__ = [
     "LanguageModel",
     "ParsesResponses",
     "PrefixPinning",
+    "ProvidesEncoder",
     "ReportsStats",
     "check_score",
     "is_concurrent",
@@ -210,6 +213,14 @@ class ParsesResponses(Protocol):
         """The reply as a message dict (``content``, ``tool_calls`` as ``[{"type": "function",
         "function": {"name", "arguments"}}]``, ...), or None when the model has no response format.
         ``prefix``: the rendered prompt the reply continues."""
+        ...
+
+
+@runtime_checkable
+class ProvidesEncoder(Protocol):
+    """Optional: the engine can load the default sentence encoder for the similarity update."""
+
+    def default_encoder(self) -> Encoder:
         ...
 
 

@@ -20,17 +20,28 @@ import math
 import re
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from rain_core.engines.common import EngineStats
 from rain_core.protocols import Continuation
 
 EOS = 0
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.!?\n"
 PRINTABLE = "\n" + "".join(chr(c) for c in range(32, 127))
 VOCAB = [EOS] + [ord(c) for c in ALPHABET]  # CharLM's token ids, EOS first
+
+
+@dataclass
+class Counters:
+    """The fake's work: one forward call (and token) per next-token distribution it computes."""
+
+    forward_calls: int = 0
+    forward_tokens: int = 0
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.__dict__)
 
 
 class FakeLM:
@@ -57,7 +68,7 @@ class FakeLM:
         self.tools_in_template = tools_in_template
         self.delay = delay
         self.concurrent = concurrent
-        self.stats = EngineStats()
+        self.stats = Counters()
         self.requests: list[tuple[str, int, Any]] = []
         self.prompts: list[str] = []
 

