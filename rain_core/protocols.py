@@ -17,6 +17,9 @@ them with ``isinstance`` and work without them:
   (a server); otherwise the decoder serialises the decodes that share a model.
 - ``ParsesResponses``: the model's own parser of its replies (tool calls, reasoning), where its
   tokenizer ships one; adapters fall back to their own parsing without it.
+- ``AsyncLanguageModel``: ``async`` twins of the four model requests (``atop_tokens``, ``asample``,
+  ``agenerate``, ``anext_token_logprobs``), for a remote engine with an async client; the
+  decoder's ``agenerate``/``astream`` use them, so many decodes share one event loop.
 - ``ProvidesEncoder``: the engine's default sentence encoder (all-MiniLM-L6-v2), which
   ``RainDecoder(encoder="default")`` uses; without it, pass an ``Encoder`` or ``encoder=None``.
 
@@ -32,6 +35,8 @@ from typing import Any, Collection, Mapping, Protocol, Sequence, runtime_checkab
 import numpy as np
 
 __all__ = [
+    "AsyncEvaluator",
+    "AsyncLanguageModel",
     "ConcurrentModel",
     "ContextTooLongError",
     "Continuation",
@@ -213,6 +218,35 @@ class ParsesResponses(Protocol):
         """The reply as a message dict (``content``, ``tool_calls`` as ``[{"type": "function",
         "function": {"name", "arguments"}}]``, ...), or None when the model has no response format.
         ``prefix``: the rendered prompt the reply continues."""
+        ...
+
+
+@runtime_checkable
+class AsyncLanguageModel(Protocol):
+    """Optional: the model requests as coroutines, same contracts as ``LanguageModel``'s."""
+
+    async def atop_tokens(self, prefix: Sequence[int], k: int, temperature: float = 1.0,
+                          exclude: Sequence[int] = ()) -> list[Continuation]:
+        ...
+
+    async def asample(self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float,
+                      seed: int, greedy_first: bool = True) -> list[Continuation]:
+        ...
+
+    async def agenerate(self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float,
+                        seed: int, stop: Sequence[str] = (), stop_token_ids: Collection[int] = ()) -> list[int]:
+        ...
+
+    async def anext_token_logprobs(self, prompts: Sequence[Sequence[int]],
+                                   candidates: Sequence[int]) -> list[list[float]]:
+        ...
+
+
+@runtime_checkable
+class AsyncEvaluator(Protocol):
+    """Optional: ``score`` as a coroutine (an evaluator whose judge is a remote engine)."""
+
+    async def ascore(self, prompt: str, response: str) -> float:
         ...
 
 
