@@ -79,7 +79,7 @@ class RainConfig(BaseModel):
     # --- simulation and evaluation -------------------------------------------------------------
     simulation_top_k: int | None = Field(
         None, ge=1, description="Simulations sample from the full distribution (official: None). A number "
-        "restricts them to the top-k tokens (part of the fast preset, where simulations reuse top-k candidates)."
+        "restricts them to the top-k tokens."
     )
     max_simulation_tokens: int | None = Field(
         None, ge=1, description="Cap on simulated tokens. Official: None, a simulation runs until the text ends "
@@ -94,6 +94,12 @@ class RainConfig(BaseModel):
         False, description="Speed deviation (fast preset): a freshly expanded leaf's simulation starts with the "
         "expansion's first sampled candidate (a top-k sample from the leaf), so the batched expansion already "
         "paid for those tokens. Official: False, the simulation is sampled on its own before the expansion."
+    )
+    lazy_expansion: bool = Field(
+        False, description="Speed deviation (fast preset): an expansion first proposes only the greedy "
+        "continuation; the other candidates are drawn when a search passes the node again and the greedy child's "
+        "value is not above value_threshold. When every branch is judged good, the search follows the greedy "
+        "path with one-row model steps. Official: False, all candidates at once."
     )
     scoring: Scoring = Field(
         Scoring.DISCRETE, description="'discrete' as in the paper, or 'continuous' (option-probability margin)."
@@ -162,8 +168,8 @@ class RainConfig(BaseModel):
 
     # The speed deviations of the fast preset, each a field of its own (see ``fast``).
     FAST: ClassVar[dict[str, Any]] = {
+        "lazy_expansion": True,
         "simulate_from_candidate": True,
-        "simulation_top_k": 15,
         "max_simulation_tokens": 32,
     }
 

@@ -47,6 +47,7 @@ class SearchStats:
     commits: int = 0
     rewinds: int = 0
     node_additions: int = 0
+    completions: int = 0
     early_stops: int = 0
     new_tokens: int = 0
     simulated_tokens: int = 0
@@ -176,6 +177,8 @@ class RainSearch:
     def select(self) -> int:
         node = ROOT_INDEX
         while self.tree.children[node]:
+            if self.tree.pending[node] and self._greedy_not_good_enough(node):
+                self.complete(node)
             if self.cfg.dynamic_node_addition and should_add_nodes(
                 self.tree, node, self.cfg.max_children, self.cfg.variance_factor
             ):
@@ -183,42 +186,76 @@ class RainSearch:
             node = select_child(self.tree, node, self.cfg.c_puct)
         return node
 
-    def _propose(self, node: int, n: int) -> tuple[list[Proposal], tuple[int, ...] | None]:
+    def _propose(self, node: int, n: int,
+                 greedy: Proposal | None = None) -> tuple[list[Proposal], tuple[int, ...] | None]:
         """``n`` candidate token sets below ``node`` with raw priors, greedy first, duplicates dropped;
         and the first sampled row (the fast preset's simulation start). One-token sets are the top-n
         next tokens with their probabilities; longer ones one greedy row and top-k samples, with the
-        greedy raw prior clamped (``clamp_greedy``)."""
+        greedy raw prior clamped (``clamp_greedy``). ``greedy``: the greedy row already drawn (its
+        unclamped raw prior), so only the samples are drawn."""
         cfg = self.cfg
         state = self._state(node)
         length = self._length(node)
         if length == 1:
             tops = self.lm.top_tokens(state, n, cfg.temperature)
             return [(c.token_ids, math.exp(c.logprob)) for c in tops], None
-        rows = self.lm.sample(state, n, length, top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(),
-                              greedy_first=True)
-        greedy = rows[0]
-        seen = {greedy.token_ids}
+        rows = self.lm.sample(state, n - (greedy is not None), length, top_k=cfg.top_k, temperature=cfg.temperature,
+                              seed=self._seed(), greedy_first=greedy is None)
+        if greedy is None:
+            greedy = (rows[0].token_ids, math.exp(rows[0].logprob))
+            rows = rows[1:]
+        seen = {greedy[0]}
         sampled: list[Proposal] = []
-        for c in rows[1:]:
+        for c in rows:
             if c.token_ids and c.token_ids not in seen:
                 seen.add(c.token_ids)
                 sampled.append((c.token_ids, math.exp(c.logprob)))
-        raw_greedy = clamp_greedy(math.exp(greedy.logprob), [r for _, r in sampled])
-        first = rows[1].token_ids if len(rows) > 1 and rows[1].token_ids else None
-        return [(greedy.token_ids, raw_greedy)] + sampled, first
+        raw_greedy = clamp_greedy(greedy[1], [r for _, r in sampled])
+        first = rows[0].token_ids if rows and rows[0].token_ids else None
+        return [(greedy[0], raw_greedy)] + sampled, first
 
     def _add(self, node: int, tokens: tuple[int, ...], prior: float = 0.0) -> int:
         path = self.tree.path_tokens(node) + list(tokens)
         return self.tree.add_child(node, tokens, prior, terminal=self._is_terminal(tokens, path))
 
     def expand(self, node: int) -> tuple[int, ...] | None:
-        """Add ``node``'s candidate children; returns the first sampled candidate."""
-        proposals, first = self._propose(node, self.cfg.num_candidates)
+        """Add ``node``'s candidate children; returns the first sampled candidate (with
+        ``lazy_expansion``, the greedy one, the only one drawn)."""
+        cfg = self.cfg
+        if cfg.lazy_expansion and cfg.num_candidates > 1:
+            if self._length(node) == 1:
+                row = self.lm.top_tokens(self._state(node), 1, cfg.temperature)[0]
+            else:
+                row = self.lm.sample(self._state(node), 1, self._length(node), top_k=cfg.top_k,
+                                     temperature=cfg.temperature, seed=self._seed(), greedy_first=True)[0]
+            if row.token_ids:
+                self._add(node, row.token_ids, 1.0)
+                self.tree.proposals[node] = [(row.token_ids, math.exp(row.logprob))]
+                self.tree.pending[node] = True
+                return row.token_ids
+        proposals, first = self._propose(node, cfg.num_candidates)
         for tokens, _ in proposals:
             self._add(node, tokens)
-        set_child_priors(self.tree, node, [raw for _, raw in proposals], self.cfg.root_uniform_mix)
+        set_child_priors(self.tree, node, [raw for _, raw in proposals], cfg.root_uniform_mix)
         self.tree.proposals[node] = proposals
         return first
+
+    def _greedy_not_good_enough(self, node: int) -> bool:
+        """A lazily expanded node's greedy child has been judged, and not above ``value_threshold``."""
+        greedy = self.tree.children[node][0]
+        return self.tree.real_visits[greedy] > 0 and self.tree.value[greedy] <= self.cfg.value_threshold
+
+    def complete(self, node: int) -> None:
+        """Finish a lazy expansion: draw the other candidates and give every child its official prior."""
+        tree = self.tree
+        tree.pending[node] = False
+        greedy = tree.proposals[node][0]
+        proposals, _ = self._propose(node, self.cfg.num_candidates, greedy=greedy)
+        for tokens, _ in proposals[1:]:
+            self._add(node, tokens)
+        set_child_priors(tree, node, [raw for _, raw in proposals], self.cfg.root_uniform_mix)
+        tree.proposals[node] = proposals
+        self.stats.completions += 1
 
     def add_node(self, node: int) -> None:
         """Dynamic node addition: the children are all alike and all bad, so propose one more (the

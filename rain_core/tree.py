@@ -47,6 +47,7 @@ class Tree:
     ``step`` is a node's depth counted from the original prompt: it survives commits.
     ``proposals[i]`` is node i's list of proposed (token set, raw prior), newest first: dynamic node
     addition normalises a new child's prior over its head (official).
+    ``pending[i]``: node i was expanded lazily (greedy child only; fast preset) and may be completed.
     """
 
     parent: list[int] = field(default_factory=lambda: [NO_PARENT])
@@ -61,6 +62,7 @@ class Tree:
     emb_sum: list[np.ndarray | None] = field(default_factory=lambda: [None])
     emb_count: list[int] = field(default_factory=lambda: [0])
     proposals: list[list[Proposal]] = field(default_factory=lambda: [[]])
+    pending: list[bool] = field(default_factory=lambda: [False])
     virtual: list[int] = field(default_factory=lambda: [0])
     minmax: MinMax = field(default_factory=MinMax)
 
@@ -82,6 +84,7 @@ class Tree:
         self.emb_sum.append(None)
         self.emb_count.append(0)
         self.proposals.append([])
+        self.pending.append(False)
         self.virtual.append(0)
         self.children[parent].append(node)
         return node
@@ -303,7 +306,7 @@ def reroot(tree: Tree, node: int, uniform_mix: float) -> Tree:
     priors are re-mixed with uniform (official)."""
     new = Tree()
     remap = {node: ROOT_INDEX}
-    for attr in ("step", "visits", "real_visits", "value", "terminal", "emb_sum", "emb_count", "proposals"):
+    for attr in ("step", "visits", "real_visits", "value", "terminal", "emb_sum", "emb_count", "proposals", "pending"):
         getattr(new, attr)[0] = getattr(tree, attr)[node]
     new.minmax = MinMax(tree.minmax.low, tree.minmax.high)
     stack = [node]
@@ -312,7 +315,7 @@ def reroot(tree: Tree, node: int, uniform_mix: float) -> Tree:
         for kid in tree.children[old]:
             nid = new.add_child(remap[old], tree.tokens[kid], tree.prior[kid], terminal=tree.terminal[kid])
             remap[kid] = nid
-            for attr in ("step", "visits", "real_visits", "value", "emb_sum", "emb_count", "proposals"):
+            for attr in ("step", "visits", "real_visits", "value", "emb_sum", "emb_count", "proposals", "pending"):
                 getattr(new, attr)[nid] = getattr(tree, attr)[kid]
             stack.append(kid)
     kids = new.children[ROOT_INDEX]

@@ -202,6 +202,21 @@ def test_pinned_prefixes_survive_eviction(tokenizer):
     assert (5, 6, 7) not in lm.cache.entries
 
 
+def test_a_one_row_sample_keeps_the_state_after_its_row(tokenizer, prefix):
+    lm = TransformersLM(tiny_model(len(tokenizer)), tokenizer)
+    row = lm.sample(prefix, 1, 6, top_k=15, temperature=1.0, seed=4)[0]
+    key = tuple(prefix) + row.token_ids
+    assert key in lm.cache.entries
+    calls = lm.stats.forward_calls
+    top = lm.top_tokens(list(key), 3)  # the search selecting this candidate next: no forward pass
+    assert lm.stats.forward_calls == calls
+    fresh = lm.variant(reuse_cache=False).top_tokens(list(key), 3)
+    assert [c.token_ids for c in top] == [c.token_ids for c in fresh]
+    assert [c.logprob for c in top] == pytest.approx([c.logprob for c in fresh], abs=1e-4)
+    wide = lm.sample(prefix, 6, 3, top_k=15, temperature=1.0, seed=4)  # wider samples keep nothing extra
+    assert not any(tuple(prefix) + c.token_ids in lm.cache.entries for c in wide[1:])
+
+
 def test_variant_shares_the_weights(lm):
     off = lm.variant(reuse_cache=False, batch=False)
     assert off.model is lm.model and not off.reuse_cache and not off.batch

@@ -149,9 +149,9 @@ def test_official_simulation_samples_the_full_distribution():
     RainDecoder(lm, lambda p, r: 0.5, encoder=None, max_new_tokens=6, max_searches=4).generate("hi")
     assert {r[2][1] for r in lm.requests if r[0] == "generate"} == {None}  # top_k=None: the full distribution
     lm = CharLM()
-    RainDecoder(lm, lambda p, r: 0.5, encoder=None, config=RainConfig.fast(max_new_tokens=6, max_searches=4)) \
+    RainDecoder(lm, lambda p, r: 0.5, encoder=None, max_new_tokens=6, max_searches=4, simulation_top_k=15) \
         .generate("hi")
-    assert {r[2][1] for r in lm.requests if r[0] == "generate"} <= {15}  # the fast preset: top-k
+    assert {r[2][1] for r in lm.requests if r[0] == "generate"} == {15}  # the switch: top-k
 
 
 def _sim_search(script, **cfg):
@@ -314,3 +314,56 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
             assert sim[: len(first)] == first and len(calls) == 1 and calls[0][-len(first):] == first
     if from_candidate:
         assert 0 < reused < len(cases)  # both branches were exercised
+
+
+# --- the fast preset -------------------------------------------------------------------------------
+def test_lazy_expansion_follows_the_greedy_path_when_everything_is_good():
+    lm = CharLM()
+    prompt = lm.encode("user: hi\nassistant:")
+    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig.fast(max_new_tokens=30), prompt,
+                   "User: hi", seed=0)
+    list(s.run())
+    # every expansion drew one row (the greedy continuation); no node was completed
+    assert all(r[2][0] == 1 for r in lm.requests if r[0] == "sample")
+    assert all(r[2][0] == 1 for r in lm.requests if r[0] == "top_tokens")
+    assert s.stats.completions == 0
+    greedy = []
+    state = list(prompt)
+    while len(greedy) < 30:
+        tok = lm.top_tokens(state, 1)[0].token_ids[0]
+        greedy.append(tok)
+        state.append(tok)
+        if tok == 0:
+            break
+    assert s.committed == greedy  # RAIN with an evaluator that likes everything: greedy decoding
+    assert s.stats.searches < 20  # the official search spends about 7 searches per commit here
+
+
+def test_lazy_node_is_completed_with_official_priors_once_its_greedy_child_is_judged_not_good_enough():
+    lm = TableLM({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
+    cfg = RainConfig.fast(num_candidates=3, token_set_lengths=(2,), min_visits=100, max_searches=3,
+                          max_new_tokens=4, clause_boundaries=("a", "b", "c", "d"))
+    s = RainSearch(lm, CallableEvaluator(lambda p, t: 0.5), None, cfg, lm.encode("qd"), "x", seed=2)
+    s.search_once()  # expands the root lazily: the greedy "aa" only
+    assert [s.tree.tokens[k] for k in s.tree.children[ROOT_INDEX]] == [(A, A)]
+    assert s.tree.pending[ROOT_INDEX] and s.tree.prior[1] == 1.0
+    s.search_once()  # visits "aa" (0.5 is not above V = 0.8): the root is pending a completion
+    assert len(s.tree.children[ROOT_INDEX]) == 1
+    s.search_once()  # passes the root again: completes it, then selects among all children
+    kids = s.tree.children[ROOT_INDEX]
+    assert not s.tree.pending[ROOT_INDEX] and s.stats.completions == 1
+    assert 2 <= len(kids) <= 3 and s.tree.tokens[kids[0]] == (A, A)
+    greedy_raw = 0.4 / 1.0 * 0.4 / 1.0  # top-15 of four tokens: the table itself
+    proposals = s.tree.proposals[ROOT_INDEX]
+    samples = [r for _, r in proposals[1:]]
+    assert proposals[0][1] == pytest.approx(max(min(greedy_raw, sum(samples)), max(samples) + min(samples)))
+    raws = [r for _, r in proposals]
+    expected = [0.75 * r / sum(raws) + 0.25 / len(raws) for r in raws]
+    assert [s.tree.prior[k] for k in kids] == pytest.approx(expected)
+
+
+def test_fast_preset_still_avoids_a_penalised_word():
+    dec = RainDecoder(two_way(), words_penalty("cat"), encoder=None, config=RainConfig.fast(max_new_tokens=20))
+    assert dec.generate("pets?").text == "i like dogs."
+    assert RainConfig.fast().deviations() == {k: (getattr(RainConfig(), k), v) for k, v in RainConfig.FAST.items()}
+    assert RainConfig.fast(lazy_expansion=False).lazy_expansion is False

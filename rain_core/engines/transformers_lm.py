@@ -61,6 +61,9 @@ class TransformersLM:
     which costs a few tokens of forward pass, not the whole context.
     ``small_batch_matmul`` (CPU only) swaps the class of the model's ``nn.Linear`` modules, whose
     behaviour changes only inside this engine's own forward passes.
+    ``keep_sampled_rows``: a ``sample`` call of at most this many rows (the fast preset's lazy
+    expansions, node additions) also caches the state after each row, so the search that selects
+    that candidate next does not re-run its tokens (one batched forward of the rows' last tokens).
 
     A batched pass that runs out of memory (CUDA or CPU) is retried with half the rows, down to one
     row, after dropping the unpinned cache entries; the samples are the same, since every row draws
@@ -80,6 +83,7 @@ class TransformersLM:
         batch: bool = True,
         cache_bytes: int | None = None,
         small_batch_matmul: bool = True,
+        keep_sampled_rows: int = 2,
     ) -> None:
         import torch
 
@@ -102,6 +106,7 @@ class TransformersLM:
         self.eos_token_ids = frozenset(eos)
         self.reuse_cache = reuse_cache
         self.batch = batch
+        self.keep_sampled_rows = int(keep_sampled_rows)
         if cache_bytes is None:
             cache_bytes = max(MIN_CACHE_BYTES, _weight_bytes(model) // 4)
         elif isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
@@ -128,7 +133,8 @@ class TransformersLM:
         """Another engine over the same model and tokenizer (no copy of the weights) with other
         engine options, e.g. ``variant(reuse_cache=False, batch=False)`` for an A/B measurement."""
         kwargs: dict[str, Any] = {**self._init_options, "reuse_cache": self.reuse_cache, "batch": self.batch,
-                                  "small_batch_matmul": self.small_batch_matmul}
+                                  "small_batch_matmul": self.small_batch_matmul,
+                                  "keep_sampled_rows": self.keep_sampled_rows}
         kwargs.update(options)
         return TransformersLM(self.model, self.tokenizer, **kwargs)
 
@@ -400,7 +406,28 @@ class TransformersLM:
             out = self._forward(feed, past)
             layers = self._layers_of(out)
             logp = self._logprobs(out.logits[:, -1], temperature)
+        if self.reuse_cache and n <= self.keep_sampled_rows and layers is not None:
+            self._keep_row_states(prefix, tokens, done, group, layers)
         return [Continuation(tuple(t), s) for t, s in zip(tokens, totals)]
+
+    def _keep_row_states(self, prefix: Sequence[int], tokens: list[list[int]], done: list[bool], group: list[int],
+                         layers: list[tuple[Any, Any]]) -> None:
+        """Cache the state after each unfinished row (one more forward of the rows' last tokens), so a
+        search that selects that candidate next starts from it instead of re-running its tokens."""
+        torch = self._torch
+        rows = [r for r in range(len(tokens)) if not done[r] and tokens[r]]
+        if not rows:
+            return
+        parents = torch.tensor([group[r] for r in rows], dtype=torch.long, device=self.device)
+        feed = torch.tensor([[tokens[r][-1]] for r in rows], dtype=torch.long, device=self.device)  # (R, 1)
+        past = layers if layers[0][0].shape[0] == 1 else [(k.index_select(0, parents), v.index_select(0, parents))
+                                                          for k, v in layers]
+        out = self._forward(feed, past)
+        after = self._layers_of(out)
+        for i, r in enumerate(rows):
+            row_layers = [(k[i : i + 1], v[i : i + 1]) for k, v in after]
+            nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in row_layers)
+            self.cache.put(tuple(prefix) + tuple(tokens[r]), CacheEntry(row_layers, out.logits[i, -1].float(), nbytes))
 
     @_serialised
     def generate(
