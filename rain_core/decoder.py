@@ -4,6 +4,7 @@ the same model and limits for comparison."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -11,12 +12,13 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, Union
 
 from .chat import Message, TemplateSupport, cut_at_stop, holdback, template_support, transcript, validate_messages
 from .config import RainConfig, Scoring
 from .evaluators import CallableEvaluator, SelfEvaluator
 from .protocols import (
+    AsyncLanguageModel,
     ContextTooLongError,
     Encoder,
     Evaluator,
@@ -61,6 +63,14 @@ def resolve_seed(seed: int | None) -> int:
 def token_budget(cfg: RainConfig, prompt_tokens: int, context_length: int) -> int:
     """New tokens a decode may produce: max_new_tokens, within max_length and the context window."""
     return min(cfg.max_new_tokens, cfg.max_length - prompt_tokens, context_length - prompt_tokens)
+
+
+def _new_text(search: RainSearch, emitted: int) -> tuple[str, int]:
+    """The committed text not yet streamed that is safe to stream (a possible stop string's start
+    and an unfinished character wait), and the new count of streamed characters."""
+    text, _ = cut_at_stop(search.response_text(), search.cfg.stop)
+    safe = len(text) - holdback(text, search.cfg.stop)
+    return (text[emitted:safe], safe) if safe > emitted else ("", emitted)
 
 
 def _should_stop(cancel: Cancel) -> Callable[[], bool] | None:
@@ -284,11 +294,9 @@ class RainDecoder:
         before = self._engine_stats()
         emitted = 0
         for _ in self._steps(search, before, on_commit):
-            text, _ = cut_at_stop(search.response_text(), search.cfg.stop)
-            safe = len(text) - holdback(text, search.cfg.stop)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
+            piece, emitted = _new_text(search, emitted)
+            if piece:
+                yield piece
         final = self._result(search, before)
         if len(final.text) > emitted:
             yield final.text[emitted:]
@@ -308,6 +316,72 @@ class RainDecoder:
         for _ in self._steps(search, before, on_commit):
             pass
         return self._result(search, before)
+
+    async def astream(
+        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None, result: list[RainResult] | None = None,
+        keep_trees: bool = False, on_commit: OnCommit | None = None, **overrides: Any,
+    ) -> AsyncIterator[str]:
+        """``stream`` for async code. On a remote engine with an async client (``AsyncLanguageModel``
+        and ``concurrent``) the search runs on the event loop itself, so many decodes share it;
+        otherwise each commit step runs in a worker thread. Cancelling the task, or abandoning or
+        closing the stream, stops the decode within one search step and frees the model."""
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, None)
+        before = self._engine_stats()
+        emitted = 0
+        if isinstance(self.lm, AsyncLanguageModel) and is_concurrent(self.lm):
+            steps: AsyncIterator[list[int]] = search.arun()
+        else:
+            steps = self._steps_in_threads(search, before, on_commit)
+            on_commit = None  # told by the thread-side steps
+        try:
+            async for _ in steps:
+                if on_commit is not None:
+                    on_commit(search.stats.commit_log[-1])
+                piece, emitted = _new_text(search, emitted)
+                if piece:
+                    yield piece
+        except EvaluatorError as exc:
+            exc.partial = self._result(search, before)
+            raise
+        finally:
+            aclose = getattr(steps, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        final = self._result(search, before)
+        if len(final.text) > emitted:
+            yield final.text[emitted:]
+        if result is not None:
+            result.append(final)
+
+    async def _steps_in_threads(self, search: RainSearch, before: Mapping[str, float],
+                                on_commit: OnCommit | None) -> AsyncIterator[list[int]]:
+        """The blocking commit steps, each in a worker thread; leaving (cancelled, closed, abandoned)
+        sets the search's stop flag, so a step still running ends after its current search."""
+        stop = threading.Event()
+        search.should_stop = stop.is_set
+        steps = self._steps(search, before, on_commit)
+        done = object()
+        try:
+            while True:
+                tokens = await asyncio.to_thread(next, steps, done)
+                if tokens is done:
+                    return
+                yield tokens
+        finally:
+            stop.set()
+
+    async def agenerate(
+        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None, keep_trees: bool = False,
+        on_commit: OnCommit | None = None, **overrides: Any,
+    ) -> RainResult:
+        """``generate`` for async code (see ``astream``)."""
+        holder: list[RainResult] = []
+        async for _ in self.astream(prompt, config=config, chat=chat, chat_kwargs=chat_kwargs, result=holder,
+                                    keep_trees=keep_trees, on_commit=on_commit, **overrides):
+            pass
+        return holder[0]
 
     def vanilla(
         self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,

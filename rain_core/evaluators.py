@@ -16,6 +16,7 @@ question or answer it (docs/algorithm.md, "Judging untrusted text").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Callable, Sequence
 
 from .config import Scoring
 from .principles import Principle, load_principle
-from .protocols import Evaluator, LanguageModel, PrefixPinning, check_score
+from .protocols import AsyncLanguageModel, Evaluator, LanguageModel, PrefixPinning, check_score
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,18 @@ class JudgeEvaluator:
         return self.lm.next_token_logprobs(self.prompt_ids(prompt, response), self.letters)
 
     def score(self, prompt: str, response: str) -> float:
-        rows = self.option_logprobs(prompt, response)
+        return self._value(self.option_logprobs(prompt, response))
+
+    async def ascore(self, prompt: str, response: str) -> float:
+        """``score`` as a coroutine: a judge served remotely (``AsyncLanguageModel``) is awaited;
+        a local one runs in a worker thread."""
+        if isinstance(self.lm, AsyncLanguageModel):
+            rows = await self.lm.anext_token_logprobs(self.prompt_ids(prompt, response), self.letters)
+            return self._value(rows)
+        return await asyncio.to_thread(self.score, prompt, response)
+
+    def _value(self, rows: Sequence[Sequence[float]]) -> float:
+        """The score from log p(A), log p(B) of both option orders."""
         good_bad = [(rows[0][0], rows[0][1]), (rows[1][1], rows[1][0])]  # order 0: A good; order 1: B good
         if self.scoring is Scoring.DISCRETE:
             votes = [1.0 if g > b else 0.0 for g, b in good_bad]

@@ -3,21 +3,38 @@ evaluate, back up). It sees only the ``LanguageModel``, ``Evaluator`` and ``Enco
 
 Each step follows the authors' code (docs/algorithm.md has the point-by-point comparison); the
 fields of ``RainConfig`` that deviate from it are named where they act.
+
+The search does no I/O itself: its steps are generators that ``yield`` a ``Request`` (a model call,
+an evaluation, an embedding) and receive the answer. A synchronous driver answers with the
+protocol's methods (``run``, ``step``, ``search_once``); an asynchronous one awaits the engine's
+``AsyncLanguageModel`` twins, or runs a blocking call in a worker thread (``arun``, ``astep``).
+So the same algorithm serves one local model and many decodes on a remote server, and reads
+top to bottom like the paper.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from .config import RainConfig
-from .protocols import DecodeCancelled, Encoder, EvaluatorError, Evaluator, LanguageModel, check_score
+from .protocols import (
+    AsyncEvaluator,
+    AsyncLanguageModel,
+    DecodeCancelled,
+    Encoder,
+    Evaluator,
+    EvaluatorError,
+    LanguageModel,
+    check_score,
+)
 from .tree import (
     ROOT_INDEX,
     Proposal,
@@ -63,6 +80,23 @@ class SearchStats:
 def stats_difference(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
     """``after - before`` for every counter of ``after`` (a decode's share of an engine's work)."""
     return {key: value - before.get(key, 0) for key, value in after.items()}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call the search needs answered: ``kind`` is a ``LanguageModel`` request ("top_tokens",
+    "sample", "generate"), "score" (the evaluator, args ``(text,)``) or "encode" (the encoder)."""
+
+    kind: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+T = TypeVar("T")
+Steps = Generator[Request, Any, T]
+"""A step of the search: yields requests, receives their answers, returns ``T``."""
+
+_MODEL_REQUESTS = ("top_tokens", "sample", "generate")
 
 
 def _call_with_timeout(fn: Callable[[], float], seconds: float, name: str) -> float:
@@ -174,20 +208,20 @@ class RainSearch:
         return min(self.cfg.token_set_length(self.tree.step[node]), self._room(node))
 
     # --- the inner loop -------------------------------------------------------------------------
-    def select(self) -> int:
+    def _select(self) -> Steps[int]:
         node = ROOT_INDEX
         while self.tree.children[node]:
             if self.tree.pending[node] and self._greedy_not_good_enough(node):
-                self.complete(node)
+                yield from self._complete(node)
             if self.cfg.dynamic_node_addition and should_add_nodes(
                 self.tree, node, self.cfg.max_children, self.cfg.variance_factor
             ):
-                self.add_node(node)
+                yield from self._add_node(node)
             node = select_child(self.tree, node, self.cfg.c_puct)
         return node
 
     def _propose(self, node: int, n: int,
-                 greedy: Proposal | None = None) -> tuple[list[Proposal], tuple[int, ...] | None]:
+                 greedy: Proposal | None = None) -> Steps[tuple[list[Proposal], tuple[int, ...] | None]]:
         """``n`` candidate token sets below ``node`` with raw priors, greedy first, duplicates dropped;
         and the first sampled row (the fast preset's simulation start). One-token sets are the top-n
         next tokens with their probabilities; longer ones one greedy row and top-k samples, with the
@@ -197,10 +231,10 @@ class RainSearch:
         state = self._state(node)
         length = self._length(node)
         if length == 1:
-            tops = self.lm.top_tokens(state, n, cfg.temperature)
+            tops = yield Request("top_tokens", (state, n, cfg.temperature))
             return [(c.token_ids, math.exp(c.logprob)) for c in tops], None
-        rows = self.lm.sample(state, n - (greedy is not None), length, top_k=cfg.top_k, temperature=cfg.temperature,
-                              seed=self._seed(), greedy_first=greedy is None)
+        rows = yield Request("sample", (state, n - (greedy is not None), length), dict(
+            top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=greedy is None))
         if greedy is None:
             greedy = (rows[0].token_ids, math.exp(rows[0].logprob))
             rows = rows[1:]
@@ -218,22 +252,23 @@ class RainSearch:
         path = self.tree.path_tokens(node) + list(tokens)
         return self.tree.add_child(node, tokens, prior, terminal=self._is_terminal(tokens, path))
 
-    def expand(self, node: int) -> tuple[int, ...] | None:
+    def _expand(self, node: int) -> Steps[tuple[int, ...] | None]:
         """Add ``node``'s candidate children; returns the first sampled candidate (with
         ``lazy_expansion``, the greedy one, the only one drawn)."""
         cfg = self.cfg
         if cfg.lazy_expansion and cfg.num_candidates > 1:
             if self._length(node) == 1:
-                row = self.lm.top_tokens(self._state(node), 1, cfg.temperature)[0]
+                rows = yield Request("top_tokens", (self._state(node), 1, cfg.temperature))
             else:
-                row = self.lm.sample(self._state(node), 1, self._length(node), top_k=cfg.top_k,
-                                     temperature=cfg.temperature, seed=self._seed(), greedy_first=True)[0]
+                rows = yield Request("sample", (self._state(node), 1, self._length(node)), dict(
+                    top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True))
+            row = rows[0]
             if row.token_ids:
                 self._add(node, row.token_ids, 1.0)
                 self.tree.proposals[node] = [(row.token_ids, math.exp(row.logprob))]
                 self.tree.pending[node] = True
                 return row.token_ids
-        proposals, first = self._propose(node, cfg.num_candidates)
+        proposals, first = yield from self._propose(node, cfg.num_candidates)
         for tokens, _ in proposals:
             self._add(node, tokens)
         set_child_priors(self.tree, node, [raw for _, raw in proposals], cfg.root_uniform_mix)
@@ -245,19 +280,19 @@ class RainSearch:
         greedy = self.tree.children[node][0]
         return self.tree.real_visits[greedy] > 0 and self.tree.value[greedy] <= self.cfg.value_threshold
 
-    def complete(self, node: int) -> None:
+    def _complete(self, node: int) -> Steps[None]:
         """Finish a lazy expansion: draw the other candidates and give every child its official prior."""
         tree = self.tree
         tree.pending[node] = False
         greedy = tree.proposals[node][0]
-        proposals, _ = self._propose(node, self.cfg.num_candidates, greedy=greedy)
+        proposals, _ = yield from self._propose(node, self.cfg.num_candidates, greedy=greedy)
         for tokens, _ in proposals[1:]:
             self._add(node, tokens)
         set_child_priors(tree, node, [raw for _, raw in proposals], self.cfg.root_uniform_mix)
         tree.proposals[node] = proposals
         self.stats.completions += 1
 
-    def add_node(self, node: int) -> None:
+    def _add_node(self, node: int) -> Steps[None]:
         """Dynamic node addition: the children are all alike and all bad, so propose one more (the
         next most probable token for one-token sets; else a greedy-plus-one-sample draw, of which
         only a new sample is added). Only the new child gets a prior."""
@@ -265,11 +300,11 @@ class RainSearch:
         kids = tree.children[node]
         n = len(kids)
         if len(tree.tokens[kids[0]]) == 1:
-            tops = self.lm.top_tokens(self._state(node), n + 1, cfg.temperature)
+            tops = yield Request("top_tokens", (self._state(node), n + 1, cfg.temperature))
             head: list[Proposal] = [(c.token_ids, math.exp(c.logprob)) for c in tops]
         else:
-            rows = self.lm.sample(self._state(node), 2, self._length(node), top_k=cfg.top_k,
-                                  temperature=cfg.temperature, seed=self._seed(), greedy_first=True)
+            rows = yield Request("sample", (self._state(node), 2, self._length(node)), dict(
+                top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True))
             greedy, sample = rows[0], rows[1]
             g = math.exp(greedy.logprob)
             entries: list[Proposal] = [(greedy.token_ids, g)]
@@ -287,7 +322,7 @@ class RainSearch:
             self._add(node, tokens, added_prior(raw, window, node == ROOT_INDEX, cfg.root_uniform_mix))
             self.stats.node_additions += 1
 
-    def simulate(self, node: int, start: Sequence[int] = ()) -> list[int]:
+    def _simulate(self, node: int, start: Sequence[int] = ()) -> Steps[list[int]]:
         """Sample on from ``node`` until the text ends a clause (checked before each token), EOS, a
         stop string, ``max_simulation_tokens`` or ``max_length``. ``start``: tokens already sampled
         from ``node`` (the fast preset's first candidate), used first."""
@@ -308,27 +343,22 @@ class RainSearch:
                 return head
         if len(head) >= room or self._ends_clause(path + head):
             return head
-        rest = self.lm.generate(
-            state + head, room - len(head), top_k=cfg.simulation_top_k, temperature=cfg.temperature,
-            seed=self._seed(), stop=cfg.stop, stop_token_ids=self.boundary_ids,
-        )
-        return head + rest
+        rest = yield Request("generate", (state + head, room - len(head)), dict(
+            top_k=cfg.simulation_top_k, temperature=cfg.temperature, seed=self._seed(), stop=cfg.stop,
+            stop_token_ids=self.boundary_ids))
+        return head + list(rest)
 
-    def evaluate(self, node: int, simulation: Sequence[int]) -> float:
+    def _evaluate(self, node: int, simulation: Sequence[int]) -> Steps[float]:
         """The evaluator's value of (prompt, response up to ``node`` + ``simulation``), cached by text."""
         text = self._cut(self.response_text(self.tree.path_tokens(node) + list(simulation)))
         if text in self.scores:
             self.stats.evaluation_cache_hits += 1
             return self.scores[text]
-        name = str(getattr(self.evaluator, "name", type(self.evaluator).__name__))
+        name = self._evaluator_name
         try:
-            if self.cfg.evaluator_timeout is not None:
-                raw = _call_with_timeout(lambda: self.evaluator.score(self.eval_prompt, text),
-                                         self.cfg.evaluator_timeout, name)
-            else:
-                raw = self.evaluator.score(self.eval_prompt, text)
+            raw = yield Request("score", (text,))
             value = check_score(raw, f"evaluator {name!r}")
-        except (DecodeCancelled, KeyboardInterrupt):
+        except (DecodeCancelled, KeyboardInterrupt, asyncio.CancelledError):
             raise
         except Exception as exc:
             raise EvaluatorError(f"evaluator {name!r} failed on a reply of {len(text)} characters: "
@@ -337,7 +367,7 @@ class RainSearch:
         self.stats.evaluations += 1
         return value
 
-    def back_up(self, leaf: int, value: float, simulation: Sequence[int]) -> None:
+    def _back_up(self, leaf: int, value: float, simulation: Sequence[int]) -> Steps[None]:
         """Visits and values from the leaf to the root; then each node's text from its token set to
         the end of the simulation is embedded, folded into its mean embedding, and similar siblings
         share the value."""
@@ -351,27 +381,27 @@ class RainSearch:
             for n in nodes[i:]:
                 tokens.extend(self.tree.tokens[n])
             texts.append(self.lm.decode(tokens + list(simulation)))
-        embeddings = self.encoder.encode(texts)  # type: ignore[union-attr]
+        embeddings = yield Request("encode", (texts,))
         weight = self.cfg.similarity_weight if self.cfg.similarity_update else 0.0
         for n, emb in zip(nodes, embeddings):
             similarity_update(self.tree, n, emb, value, self.cfg.similarity_threshold, weight)
 
-    def search_once(self) -> None:
-        leaf = self.select()
+    def _search_once(self) -> Steps[None]:
+        leaf = yield from self._select()
         if self._prev_leaf is not None and not self.tree.is_ancestor(self._prev_leaf, leaf):
             self.stats.rewinds += 1
         self._prev_leaf = leaf
         if self.tree.terminal[leaf]:
             simulation: list[int] = []
         elif self.cfg.simulate_from_candidate:
-            first = self.expand(leaf)
-            simulation = self.simulate(leaf, first or ())
+            first = yield from self._expand(leaf)
+            simulation = yield from self._simulate(leaf, first or ())
         else:  # official order: simulate and score the leaf, then expand it
-            simulation = self.simulate(leaf)
-        value = self.evaluate(leaf, simulation)
+            simulation = yield from self._simulate(leaf)
+        value = yield from self._evaluate(leaf, simulation)
         if not self.tree.terminal[leaf] and not self.tree.children[leaf]:
-            self.expand(leaf)
-        self.back_up(leaf, value, simulation)
+            yield from self._expand(leaf)
+        yield from self._back_up(leaf, value, simulation)
         self.stats.searches += 1
         self.stats.simulated_tokens += len(simulation)
 
@@ -390,7 +420,7 @@ class RainSearch:
             raise DecodeCancelled("the caller stopped waiting for this decode")
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def step(self) -> list[int] | None:
+    def _step(self) -> Steps[list[int] | None]:
         """Search from the committed context, then commit the best root child's token set. Returns
         None when the deadline passed before the root had any child to commit."""
         cfg = self.cfg
@@ -405,7 +435,7 @@ class RainSearch:
                 if not self.tree.children[ROOT_INDEX]:
                     return None
                 break
-            self.search_once()
+            yield from self._search_once()
             if not self.tree.children[ROOT_INDEX]:
                 raise RuntimeError(f"{self.lm.name} proposed no continuation of the context")
             i += 1
@@ -441,6 +471,105 @@ class RainSearch:
         self.stats.new_tokens = len(self.committed)
         return tokens
 
+    def _finished(self, tokens: list[int]) -> bool:
+        """After a commit: has the answer ended (EOS, a stop string, the budget, the deadline)?"""
+        if tokens and tokens[-1] in self.lm.eos_token_ids:
+            self.finished_by = "eos"
+        elif self.cfg.stop and any(s in self.response_text() for s in self.cfg.stop):
+            self.finished_by = "stop"
+        elif len(self.committed) >= self.budget:
+            self.finished_by = "length"
+        return self.finished_by is not None
+
+    # --- drivers: who answers the requests ------------------------------------------------------
+    @property
+    def _evaluator_name(self) -> str:
+        return str(getattr(self.evaluator, "name", type(self.evaluator).__name__))
+
+    def answer(self, request: Request) -> Any:
+        """Answer ``request`` by calling the protocols (blocking)."""
+        if request.kind in _MODEL_REQUESTS:
+            return getattr(self.lm, request.kind)(*request.args, **request.kwargs)
+        if request.kind == "score":
+            text = request.args[0]
+            if self.cfg.evaluator_timeout is not None:
+                return _call_with_timeout(lambda: self.evaluator.score(self.eval_prompt, text),
+                                          self.cfg.evaluator_timeout, self._evaluator_name)
+            return self.evaluator.score(self.eval_prompt, text)
+        if request.kind == "encode":
+            return self.encoder.encode(*request.args)  # type: ignore[union-attr]
+        raise ValueError(f"unknown search request {request.kind!r}")
+
+    async def aanswer(self, request: Request) -> Any:
+        """Answer ``request`` without blocking the event loop: the engine's and evaluator's async
+        methods when they have them, otherwise the blocking call in a worker thread."""
+        if request.kind in _MODEL_REQUESTS and isinstance(self.lm, AsyncLanguageModel):
+            return await getattr(self.lm, "a" + request.kind)(*request.args, **request.kwargs)
+        if request.kind == "score" and isinstance(self.evaluator, AsyncEvaluator):
+            coro = self.evaluator.ascore(self.eval_prompt, request.args[0])
+            if self.cfg.evaluator_timeout is None:
+                return await coro
+            try:
+                return await asyncio.wait_for(coro, self.cfg.evaluator_timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no score within evaluator_timeout={self.cfg.evaluator_timeout:g}s") from None
+        return await asyncio.to_thread(self.answer, request)
+
+    def drive(self, steps: Steps[T]) -> T:
+        """Run ``steps`` to the end, answering each request with ``answer``."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                request = steps.throw(error) if error is not None else steps.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                result = self.answer(request)
+            except Exception as exc:  # handed to the step, which may turn it into a clearer error
+                error = exc
+
+    async def adrive(self, steps: Steps[T]) -> T:
+        """``drive`` on an event loop: requests are awaited (``aanswer``)."""
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                request = steps.throw(error) if error is not None else steps.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                result = await self.aanswer(request)
+            except Exception as exc:
+                error = exc
+
+    # --- the public, driven forms ---------------------------------------------------------------
+    def select(self) -> int:
+        return self.drive(self._select())
+
+    def expand(self, node: int) -> tuple[int, ...] | None:
+        return self.drive(self._expand(node))
+
+    def simulate(self, node: int, start: Sequence[int] = ()) -> list[int]:
+        return self.drive(self._simulate(node, start))
+
+    def evaluate(self, node: int, simulation: Sequence[int]) -> float:
+        return self.drive(self._evaluate(node, simulation))
+
+    def back_up(self, leaf: int, value: float, simulation: Sequence[int]) -> None:
+        self.drive(self._back_up(leaf, value, simulation))
+
+    def search_once(self) -> None:
+        self.drive(self._search_once())
+
+    def step(self) -> list[int] | None:
+        return self.drive(self._step())
+
+    async def astep(self) -> list[int] | None:
+        return await self.adrive(self._step())
+
     def run(self) -> Iterator[list[int]]:
         """Yield committed token sets until EOS, a stop string, the token budget or the deadline."""
         t0 = time.perf_counter()
@@ -454,16 +583,25 @@ class RainSearch:
                 if tokens is None:
                     return
                 yield tokens
-                if tokens and tokens[-1] in self.lm.eos_token_ids:
-                    self.finished_by = "eos"
+                if self._finished(tokens):
                     return
-                if self.cfg.stop and any(s in self.response_text() for s in self.cfg.stop):
-                    self.finished_by = "stop"
+        finally:
+            self.stats.seconds = time.perf_counter() - t0
+
+    async def arun(self) -> AsyncIterator[list[int]]:
+        """``run`` on an event loop (see ``aanswer``); cancelling the task stops the search at once."""
+        t0 = time.perf_counter()
+        try:
+            if self.budget <= 0:
+                self.finished_by = "length"
+                return
+            while True:
+                tokens = await self.astep()
+                self.stats.seconds = time.perf_counter() - t0
+                if tokens is None:
                     return
-                if len(self.committed) >= self.budget:
-                    self.finished_by = "length"
-                    return
-                if self.finished_by == "time":
+                yield tokens
+                if self._finished(tokens):
                     return
         finally:
             self.stats.seconds = time.perf_counter() - t0

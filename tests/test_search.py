@@ -289,10 +289,10 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
     cases = []
     for _ in range(12):
         sims, n_sampled, n_generated = [], len(sampled), len(generated)
-        real_back_up = s.back_up
-        s.back_up = lambda leaf, value, sim: (sims.append((leaf, list(sim))), real_back_up(leaf, value, sim))
+        real_back_up = s._back_up
+        s._back_up = lambda leaf, value, sim: (sims.append((leaf, list(sim))), real_back_up(leaf, value, sim))[1]
         s.search_once()
-        s.back_up = real_back_up
+        s._back_up = real_back_up
         if len(sampled) > n_sampled:  # this search expanded its leaf
             leaf, sim = sims[0]
             ended = s._ends_clause(s.tree.path_tokens(leaf))
