@@ -1,23 +1,22 @@
-"""LangChain adapters on fake models: fast, deterministic, no weights.
+"""LangChain ``ChatRain`` and ``RainLLM`` on fake models: fast, deterministic, no weights.
 
-``ScriptLM`` below is a character-level scripted model over all printable ASCII: it can write
-JSON tool calls, which ``fakes.ScriptedLM`` (lowercase letters and ``,.!?`` only) cannot. Tool
-calling, structured output and agent loops depend on model quality, so this is where they are
-tested; the real 135M model runs the standard suites in ``test_langchain_integration.py``.
+The fake is ``fakes.ScriptedLM`` over all printable ASCII (``vocab=PRINTABLE``), so it can write
+JSON tool calls and structured output: tool calling and structured output depend on model quality,
+so this is where they are tested; the real 135M model runs the standard suites in
+``test_langchain_integration.py``. Cancellation and concurrency: ``test_langchain_async.py``;
+guards and agent middleware: ``test_langchain_guards.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
+from uuid import UUID
 
-import numpy as np
 import pytest
-from langchain.agents import create_agent
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -34,142 +33,19 @@ from pydantic import BaseModel, Field, ValidationError
 from typing_extensions import TypedDict
 
 from conftest import SMALL
-from fakes import CharLM, ScriptedLM, words_penalty
-from rain_core import RainConfig, RainDecoder
-from rain_core.lm import Continuation, EngineStats
+from fakes import PRINTABLE, CharLM, ScriptedLM
+from rain_core import JudgeEvaluator, RainConfig, RainDecoder, SelfEvaluator
 from rain_integrations.langchain import (
     MIN_TEMPERATURE,
+    RAIN_COMMIT_EVENT,
     ChatRain,
-    GuardStrategy,
-    RainGuard,
     RainLLM,
-    RainToolGuard,
     TemplateSupport,
+    messages_from_langchain,
     parse_tool_calls,
     template_support,
     to_rain_messages,
 )
-
-EOS = 0
-
-
-class ScriptLM:
-    """Continues the text after the last ``marker`` with ``script(text before it)``, then EOS.
-
-    Any printable ASCII character can be scripted. ``chat_prompt`` renders ``role: content``
-    lines, a ``tools: [...]`` line when given tools (unless ``tools_in_template`` is False, like
-    SmolLM2's template), and never renders ``tool_calls`` (so the adapter writes them as text).
-    Every rendered generation prompt is kept in ``prompts``. ``delay`` slows each forward pass.
-    """
-
-    name = "script-lm"
-    context_length = 8192
-    eos_token_ids = frozenset({EOS})
-    vocab = [EOS, ord("\n")] + list(range(32, 127))
-
-    def __init__(self, script: str | Callable[[str], str], *, marker: str = "\nassistant:",
-                 tools_in_template: bool = True, strength: float = 12.0, delay: float = 0.0,
-                 extra_chars: str = "") -> None:
-        self.script = script if callable(script) else (lambda _head, s=script: s)
-        self.marker = marker
-        self.tools_in_template = tools_in_template
-        self.strength = strength
-        self.delay = delay
-        self.prompts: list[str] = []
-        self.stats = EngineStats()
-        self.vocab = self.vocab + [ord(c) for c in dict.fromkeys(extra_chars)]
-        self._index = {tok: i for i, tok in enumerate(self.vocab)}
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) for c in text]
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return "".join(chr(t) for t in token_ids if t != EOS)
-
-    def chat_prompt(self, messages, add_generation_prompt: bool = True, **kwargs: Any) -> str:
-        lines = []
-        if kwargs.get("tools") and self.tools_in_template:
-            lines.append("tools: " + json.dumps([t["function"]["name"] for t in kwargs["tools"]]))
-        lines += [f"{m['role']}: {m.get('content') or ''}" for m in messages]
-        text = "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "\n")
-        if add_generation_prompt:
-            self.prompts.append(text)
-        return text
-
-    def _logprobs(self, ids: Sequence[int], temperature: float = 1.0) -> np.ndarray:
-        self.stats.forward_calls += 1
-        self.stats.forward_tokens += 1
-        if self.delay:
-            time.sleep(self.delay)
-        head, sep, reply = self.decode(ids).rpartition(self.marker)
-        if not sep:
-            head, reply = reply, ""
-        target = self.script(head)
-        logits = np.zeros(len(self.vocab))
-        if reply == target:
-            logits[0] = self.strength
-        elif target.startswith(reply) and ord(target[len(reply)]) in self._index:
-            logits[self._index[ord(target[len(reply)])]] = self.strength
-        else:
-            logits[0] = self.strength / 2
-        z = logits / temperature
-        z = z - z.max()
-        return z - math.log(np.exp(z).sum())
-
-    @staticmethod
-    def _draw(lp: np.ndarray, top_k: int, rng: np.random.Generator, greedy: bool) -> int:
-        order = np.argsort(-lp, kind="stable")[:top_k]
-        if greedy:
-            return int(order[0])
-        p = np.exp(lp[order] - lp[order].max())
-        return int(order[rng.choice(len(order), p=p / p.sum())])
-
-    def top_tokens(self, prefix, k, temperature=1.0, exclude=()):
-        lp = self._logprobs(prefix, temperature)
-        skip = set(exclude)
-        order = [i for i in np.argsort(-lp, kind="stable") if self.vocab[i] not in skip][:k]
-        return [Continuation((self.vocab[i],), float(lp[i])) for i in order]
-
-    def sample(self, prefix, n, length, *, top_k, temperature, seed, greedy_first=True):
-        out = []
-        for row in range(n):
-            rng = np.random.default_rng(seed + 7919 * row)
-            ids, toks, total = list(prefix), [], 0.0
-            for _ in range(length):
-                lp = self._logprobs(ids, temperature)
-                i = self._draw(lp, top_k, rng, greedy_first and row == 0)
-                toks.append(self.vocab[i])
-                ids.append(self.vocab[i])
-                total += float(lp[i])
-                if self.vocab[i] == EOS:
-                    break
-            out.append(Continuation(tuple(toks), total))
-        return out
-
-    def continue_until(self, prefix, stop, max_tokens, *, top_k, temperature, seed, min_tokens=1):
-        rng = np.random.default_rng(seed)
-        ids, out = list(prefix), []
-        while len(out) < max_tokens:
-            tok = self.vocab[self._draw(self._logprobs(ids, temperature), top_k, rng, False)]
-            out.append(tok)
-            ids.append(tok)
-            if tok == EOS or (len(out) >= min_tokens and any(s in self.decode(out) for s in stop)):
-                break
-        return out
-
-    def next_token_logprobs(self, prompts, candidates):
-        rows = []
-        for p in prompts:
-            lp = self._logprobs(p)
-            rows.append([float(lp[self._index[c]]) if c in self._index else -1e9 for c in candidates])
-        return rows
-
-    def cache_prefix(self, prefix):
-        pass
-
-    def release_prefix(self, prefix):
-        pass
-
 
 FAKE = dict(SMALL, max_new_tokens=200)
 
@@ -178,13 +54,21 @@ def always_good(prompt: str, response: str) -> float:
     return 1.0
 
 
+def scripted(script: Any, *, extra_chars: str = "", **kwargs: Any) -> ScriptedLM:
+    """A scripted fake over printable ASCII (plus ``extra_chars``)."""
+    return ScriptedLM(script, vocab=PRINTABLE + extra_chars, **kwargs)
+
+
 def decoder_for(lm: Any, evaluator: Any = always_good, **overrides: Any) -> RainDecoder:
     return RainDecoder(lm, evaluator, encoder=None, **{**FAKE, **overrides})
 
 
+LM_OPTIONS = ("tools_in_template", "delay", "marker", "extra_chars", "name")
+
+
 def chat_for(script: Any, **kwargs: Any) -> ChatRain:
-    lm_kwargs = {k: kwargs.pop(k) for k in ("tools_in_template", "delay", "marker", "extra_chars") if k in kwargs}
-    return ChatRain(decoder=decoder_for(ScriptLM(script, **lm_kwargs)), **kwargs)
+    lm_kwargs = {k: kwargs.pop(k) for k in LM_OPTIONS if k in kwargs}
+    return ChatRain(decoder=decoder_for(scripted(script, **lm_kwargs)), **kwargs)
 
 
 def last_user(head: str) -> str:
@@ -204,15 +88,34 @@ class TokenRecorder(BaseCallbackHandler):
     def __init__(self) -> None:
         self.tokens: list[str] = []
         self.starts = 0
+        self.commits: list[dict[str, Any]] = []
+        self.commit_runs: set[UUID] = set()
+        self.llm_runs: set[UUID] = set()
 
     def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
         self.tokens.append(token)
 
-    def on_llm_start(self, serialized: Any, prompts: list[str], **kwargs: Any) -> None:
+    def on_llm_start(self, serialized: Any, prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
         self.starts += 1
+        self.llm_runs.add(run_id)
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self.starts += 1
+        self.llm_runs.add(run_id)
+
+    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if name == RAIN_COMMIT_EVENT:
+            self.commits.append(data)
+            self.commit_runs.add(run_id)
+
+
+class AsyncRecorder(AsyncCallbackHandler):
+    def __init__(self) -> None:
+        self.commits: list[dict[str, Any]] = []
+
+    async def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if name == RAIN_COMMIT_EVENT:
+            self.commits.append(data)
 
 
 # --- the standard unit suite -----------------------------------------------------------------------
@@ -223,13 +126,13 @@ class TestChatRainStandardUnit(ChatModelUnitTests):
 
     @property
     def chat_model_params(self) -> dict:
-        return {"decoder": decoder_for(ScriptLM("hello there."))}
+        return {"decoder": decoder_for(scripted("hello there."))}
 
     @property
     def standard_chat_model_params(self) -> dict:
-        # ChatRain decodes in-process: there is no API key, network timeout or retry to configure.
+        # ChatRain decodes in-process: there is no API key or retry to configure (timeout is RAIN's max_seconds).
         params = dict(super().standard_chat_model_params)
-        for key in ("api_key", "timeout", "max_retries"):
+        for key in ("api_key", "max_retries"):
             params.pop(key)
         return params
 
@@ -239,19 +142,22 @@ class TestChatRainStandardUnit(ChatModelUnitTests):
 
 
 def test_standard_params_are_forwarded_to_rain():
-    chat = chat_for("hello.", max_tokens=7, temperature=0, stop=["x"], rain_options={"max_searches": 3})
-    opts = chat._options(None, {})
-    assert opts == {"max_searches": 3, "max_new_tokens": 7, "temperature": MIN_TEMPERATURE, "stop": ["x"]}
-    call = chat._options(["yy"], {"max_tokens": 5, "temperature": 0.5, "seed": 3, "rain_config": RainConfig(top_k=4)})
-    assert call["max_new_tokens"] == 5 and call["temperature"] == 0.5 and call["stop"] == ["yy"]
-    assert call["seed"] == 3 and call["config"].top_k == 4
+    chat = chat_for("hello.", max_tokens=7, temperature=0, stop=["x"], timeout=30, rain_options={"max_searches": 3})
+    call = chat._call(None, {})
+    assert call.options == {"max_searches": 3, "max_new_tokens": 7, "temperature": MIN_TEMPERATURE, "stop": ["x"],
+                            "max_seconds": 30}
+    call = chat._call(["yy"], {"max_tokens": 5, "temperature": 0.5, "seed": 3, "timeout": 2,
+                               "rain_config": RainConfig(top_k=4)})
+    opts = call.options
+    assert opts["max_new_tokens"] == 5 and opts["temperature"] == 0.5 and opts["stop"] == ["yy"]
+    assert opts["seed"] == 3 and opts["config"].top_k == 4 and opts["max_seconds"] == 2
     ls = chat._get_ls_params(stop=["yy"])
     assert ls["ls_provider"] == "rain" and ls["ls_model_type"] == "chat"
-    assert ls["ls_model_name"] == "script-lm" and ls["ls_max_tokens"] == 7 and ls["ls_stop"] == ["yy"]
+    assert ls["ls_model_name"] == "scripted-lm" and ls["ls_max_tokens"] == 7 and ls["ls_stop"] == ["yy"]
 
 
 def test_fields_are_validated():
-    dec = decoder_for(ScriptLM("a"))
+    dec = decoder_for(scripted("a"))
     with pytest.raises(ValidationError):
         ChatRain(decoder=dec, not_a_field=1)
     with pytest.raises(TypeError, match="unknown RAIN option"):
@@ -259,7 +165,63 @@ def test_fields_are_validated():
     with pytest.raises(ValidationError):
         ChatRain(decoder=dec, temperature=-1)
     with pytest.raises(ValidationError):
+        ChatRain(decoder=dec, timeout=0)
+    with pytest.raises(ValidationError):
         RainLLM(decoder=dec, max_tokens=0)
+
+
+# --- constructors ----------------------------------------------------------------------------------
+def test_from_engine_splits_fields_from_rain_options():
+    lm = scripted("hi.")
+    chat = ChatRain.from_engine(lm, evaluator=always_good, encoder=None, max_tokens=9, max_searches=3, seed=5)
+    assert chat.decoder.lm is lm and chat.max_tokens == 9
+    assert chat.decoder.config.max_searches == 3 and chat.decoder.config.seed == 5
+    assert chat.invoke("x").content == "hi."
+    with pytest.raises(TypeError, match="ChatRain fields or RainConfig fields"):
+        ChatRain.from_engine(lm, encoder=None, max_serches=3)
+    llm = RainLLM.from_engine(lm, evaluator=always_good, encoder=None, stop=["!"])
+    assert llm.stop == ["!"] and llm.decoder.lm is lm
+
+
+def test_from_engine_principle_and_judge():
+    lm, judge = scripted("hi."), CharLM(name="judge-lm")
+    own = ChatRain.from_engine(lm, encoder=None)
+    assert isinstance(own.decoder.evaluator, SelfEvaluator) and own.decoder.evaluator.lm is lm
+    truthful = ChatRain.from_engine(lm, principle="truthful", encoder=None, scoring="continuous")
+    assert truthful.decoder.evaluator.principle.name == "truthful"
+    assert truthful.decoder.evaluator.scoring.value == "continuous"
+    judged = ChatRain.from_engine(lm, judge=judge, encoder=None)
+    assert type(judged.decoder.evaluator) is JudgeEvaluator and judged.decoder.evaluator.lm is judge
+    with pytest.raises(TypeError, match="either judge"):
+        ChatRain.from_engine(lm, judge=judge, evaluator=always_good)
+
+
+def test_from_model_id_passes_loading_options_through(monkeypatch):
+    """``from_model_id`` hands its loading options to ``load_model`` untouched (device_map, dtype,
+    quantization, model kwargs), for the judge too; the real loader runs in the integration tests."""
+    import rain_core.engines.loading as loading
+
+    loads: list[tuple[str, dict]] = []
+
+    def fake_load(name: str, **options: Any) -> ScriptedLM:
+        loads.append((name, options))
+        return scripted("loaded.", name=name)
+
+    monkeypatch.setattr(loading, "load_model", fake_load)
+    quant = object()
+    chat = ChatRain.from_model_id("org/model-7b", judge="org/judge-70b", device_map="auto", dtype="bfloat16",
+                                  quantization_config=quant, model_kwargs={"attn_implementation": "sdpa"},
+                                  encoder=None, max_tokens=5, max_searches=2)
+    expected = {"device_map": "auto", "dtype": "bfloat16", "quantization_config": quant, "attn_implementation": "sdpa"}
+    assert loads == [("org/model-7b", expected), ("org/judge-70b", expected)]
+    assert chat.model_name == "org/model-7b" and chat.max_tokens == 5 and chat.decoder.config.max_searches == 2
+    assert chat.decoder.evaluator.lm.name == "org/judge-70b"
+    loads.clear()
+    RainLLM.from_model_id("org/model-7b", judge="org/model-7b", device="cpu", encoder=None)
+    assert loads == [("org/model-7b", {"device": "cpu"})]  # the same id judges with the loaded copy
+    loads.clear()
+    ChatRain.from_model_id("org/a", judge="org/b", device="cuda:0", judge_kwargs={"device": "cuda:1"}, encoder=None)
+    assert loads == [("org/a", {"device": "cuda:0"}), ("org/b", {"device": "cuda:1"})]
 
 
 # --- invoke, metadata, options ----------------------------------------------------------------------
@@ -272,9 +234,9 @@ def test_invoke_returns_text_usage_and_rain_stats():
     assert msg.usage_metadata["input_tokens"] == len(chat.decoder.lm.prompts[-1])
     assert msg.usage_metadata["total_tokens"] == msg.usage_metadata["input_tokens"] + msg.usage_metadata["output_tokens"]
     meta = msg.response_metadata
-    assert meta["model_name"] == "script-lm" and meta["finish_reason"] == "eos"
+    assert meta["model_name"] == "scripted-lm" and meta["finish_reason"] == "eos"
     assert meta["rain"]["searches"] >= meta["rain"]["commits"] > 0
-    assert "evaluations" in meta["rain"] and "commit_log" not in meta["rain"]
+    assert "evaluations" in meta["rain"] and "commit_log" not in meta["rain"] and "rain_trace" not in meta
 
 
 def test_generation_info_carries_rain_stats():
@@ -282,7 +244,7 @@ def test_generation_info_carries_rain_stats():
     result = chat.generate([[HumanMessage("hi")]])
     info = result.generations[0][0].generation_info
     assert info["finish_reason"] == "eos" and info["rain"]["commits"] > 0
-    assert result.llm_output["model_name"] == "script-lm"
+    assert result.llm_output["model_name"] == "scripted-lm"
 
 
 def test_per_call_rain_overrides_change_the_search():
@@ -296,7 +258,9 @@ def test_per_call_rain_overrides_change_the_search():
     assert (bound["searches"], bound["commits"]) == (narrow["searches"], narrow["commits"])
     with pytest.raises(TypeError, match="unknown RAIN option"):
         chat.invoke("hi", max_serches=1)
-    with pytest.raises(ValueError, match="decodes with 'script-lm'"):
+    with pytest.raises(TypeError, match="unknown RAIN option"):
+        chat.stream("hi", max_serches=1).__next__()
+    with pytest.raises(ValueError, match="decodes with 'scripted-lm'"):
         chat.invoke("hi", model="gpt-4")
 
 
@@ -321,6 +285,79 @@ def test_stop_sequences_of_any_length(stop):
     assert ChatRain(decoder=chat.decoder, stop=stop).invoke("hi").content == expected
 
 
+def test_trace_on_request():
+    chat = chat_for("hello there.", return_trace=True)
+    msg = chat.invoke("hi")
+    trace = msg.response_metadata["rain_trace"]
+    assert trace["schema"] == "rain.trace" and trace["version"] == 1
+    assert trace["text"] == msg.content and trace["finish_reason"] == "eos"
+    assert len(trace["commits"]) == msg.response_metadata["rain"]["commits"]
+    assert "".join(c["text"] for c in trace["commits"]) == "hello there."
+    assert all("tree" not in c for c in trace["commits"])
+    with_trees = chat.invoke("hi", keep_trees=True).response_metadata["rain_trace"]
+    tree = with_trees["commits"][0]["tree"]
+    assert tree["parent"][0] == -1 and len(tree["visits"]) == len(tree["parent"]) > 1
+    last = list(chat.stream("hi"))[-1]
+    assert last.response_metadata["rain_trace"]["text"] == "hello there."
+    assert "rain_trace" not in chat_for("hi.").invoke("x").response_metadata
+
+
+# --- callbacks: one rain_commit event per committed token set --------------------------------------
+def commits_seen(msg: AIMessage, recorder: Any) -> list[dict[str, Any]]:
+    """The commits a caller received: as ``rain_commit`` events where LangChain gives the model its run
+    manager, else (its streaming paths) on the chunks, merged into the message."""
+    assert not (recorder.commits and msg.response_metadata.get("rain_commits")), "reported twice"
+    return recorder.commits or msg.response_metadata.get("rain_commits", [])
+
+
+def test_commit_events_carry_each_commits_statistics():
+    chat = chat_for("hello there, friend.")
+    rec = TokenRecorder()
+    msg = chat.invoke("hi", config={"callbacks": [rec]})
+    commits = msg.response_metadata["rain"]["commits"]
+    assert len(rec.commits) == commits > 3
+    assert [c["index"] for c in rec.commits] == list(range(commits))
+    assert "".join(c["text"] for c in rec.commits) == "hello there, friend."
+    first = rec.commits[0]
+    assert {"tokens", "searches", "visits", "real_visits", "value", "early_stop", "seconds"} <= set(first)
+    assert sum(c["searches"] for c in rec.commits) == msg.response_metadata["rain"]["searches"]
+    assert rec.commit_runs == rec.llm_runs and len(rec.llm_runs) == 1  # attached to the model's own run
+    # stream(): LangChain reports the tokens itself, so the commits ride on the chunks
+    streamed = TokenRecorder()
+    chunks = list(chat.stream("hi", config={"callbacks": [streamed]}))
+    assert streamed.commits == []
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert [c["text"] for c in full.response_metadata["rain_commits"]] == [c["text"] for c in rec.commits]
+    assert all(c.response_metadata.get("rain_commits") for c in chunks[:-1] if c.content)
+
+
+async def test_commit_events_on_async_paths_and_in_astream_events():
+    chat = chat_for("hello there.")
+    rec = AsyncRecorder()
+    msg = await chat.ainvoke("hi", config={"callbacks": [rec]})
+    assert len(rec.commits) == msg.response_metadata["rain"]["commits"] > 0
+    chunks = [c async for c in chat.astream("hi")]
+    commits = [c for chunk in chunks for c in chunk.response_metadata.get("rain_commits", [])]
+    assert [c["text"] for c in commits] == [c["text"] for c in rec.commits]
+    events = [e async for e in chat.astream_events("hi", version="v2")]
+    streamed = [c for e in events if e["event"] == "on_chat_model_stream"
+                for c in e["data"]["chunk"].response_metadata.get("rain_commits", [])]
+    assert [c["text"] for c in streamed] == [c["text"] for c in rec.commits]
+    streaming = ChatRain(decoder=chat.decoder, streaming=True)  # ainvoke through _astream
+    rec3 = AsyncRecorder()
+    msg = await streaming.ainvoke("hi", config={"callbacks": [rec3]})
+    assert [c["text"] for c in commits_seen(msg, rec3)] == [c["text"] for c in rec.commits]
+
+
+def test_rain_llm_commit_events():
+    llm = completion_llm()
+    rec = TokenRecorder()
+    out = llm.generate(["Q: red\nA:"], callbacks=[rec])
+    assert len(rec.commits) == out.generations[0][0].generation_info["rain"]["commits"] > 0
+
+
 # --- messages in --------------------------------------------------------------------------------
 def test_every_message_kind_reaches_the_template():
     chat = chat_for(lambda head: "seen.")
@@ -340,14 +377,14 @@ def test_every_message_kind_reaches_the_template():
     )
 
 
-def test_to_rain_messages_native_and_fallback_rendering():
+def test_messages_from_langchain_native_and_fallback_rendering():
     msgs = [
         HumanMessage([{"type": "text", "text": "add"}, {"type": "text", "text": "1 and 2"}]),
         AIMessage([{"type": "text", "text": "sure"}, {"type": "tool_use", "id": "c1", "name": "add", "input": {}}],
                   tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}]),
         ToolMessage("missing b", tool_call_id="c1", name="add", status="error"),
     ]
-    native, kwargs = to_rain_messages(msgs)
+    native, kwargs = messages_from_langchain(msgs)
     assert kwargs == {}
     assert native == [
         {"role": "user", "content": "add\n1 and 2"},
@@ -355,17 +392,19 @@ def test_to_rain_messages_native_and_fallback_rendering():
             {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
         {"role": "tool", "content": "(tool error) missing b", "tool_call_id": "c1", "name": "add"},
     ]
-    plain, _ = to_rain_messages(msgs, support=TemplateSupport(tools=False, tool_calls=False, tool_role=False))
+    plain, _ = messages_from_langchain(msgs, support=TemplateSupport(tools=False, tool_calls=False, tool_role=False))
     assert plain[1] == {"role": "assistant", "content":
                         'sure\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'}
     assert plain[2] == {"role": "user", "content": "Result of tool add:\n(tool error) missing b"}
     with pytest.raises(ValueError, match="text-only"):
-        to_rain_messages([HumanMessage([{"type": "image_url", "image_url": {"url": "http://x"}}])])
+        messages_from_langchain([HumanMessage([{"type": "image_url", "image_url": {"url": "http://x"}}])])
+    assert to_rain_messages is messages_from_langchain  # the old name still works
 
 
 def test_template_support_is_probed():
-    assert template_support(ScriptLM("a")) == TemplateSupport(tools=True, tool_calls=False, tool_role=True)
-    assert template_support(ScriptLM("a", tools_in_template=False)).tools is False
+    assert template_support(scripted("a")) == TemplateSupport(tools=True, tool_calls=False, tool_role=True)
+    assert template_support(scripted("a", tools_in_template=False)).tools is False
+    assert chat_for("a").decoder.template_support == TemplateSupport(tools=True, tool_calls=False, tool_role=True)
 
 
 # --- streaming, callbacks, async ------------------------------------------------------------------
@@ -381,7 +420,7 @@ def test_stream_yields_committed_token_sets_then_a_last_chunk():
     assert chunks[-1].chunk_position == "last"
     assert [c for c in chunks if c.usage_metadata] == [chunks[-1]]
     assert full.usage_metadata["output_tokens"] == len("hello there, friend.") + 1
-    assert full.response_metadata["rain"]["commits"] > 0 and full.response_metadata["model_name"] == "script-lm"
+    assert full.response_metadata["rain"]["commits"] > 0 and full.response_metadata["model_name"] == "scripted-lm"
 
 
 def test_streaming_callbacks_receive_each_token_set():
@@ -393,6 +432,7 @@ def test_streaming_callbacks_receive_each_token_set():
     rec2 = TokenRecorder()
     msg = ChatRain(decoder=chat.decoder, streaming=True).invoke("hi", config={"callbacks": [rec2]})
     assert len([t for t in rec2.tokens if t]) > 3 and "".join(rec2.tokens) == msg.content
+    assert len(commits_seen(msg, rec2)) == msg.response_metadata["rain"]["commits"]
 
 
 async def test_astream_and_ainvoke_match_sync():
@@ -464,7 +504,7 @@ def test_parse_tool_calls_formats():
     _, calls, _ = parse_tool_calls('[{"type": "function", "function": {"name": "add", "arguments": {}}}]', names)
     assert calls[0]["name"] == "add"
     _, calls, bad = parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": </tool_call>', names)
-    assert not calls and bad[0]["error"].startswith("invalid JSON")
+    assert not calls and bad[0]["error"].startswith("invalid JSON") and bad[0]["type"] == "invalid_tool_call"
     _, calls, bad = parse_tool_calls('<tool_call>{"name": "launch", "arguments": {}}</tool_call>', names)
     assert not calls and "unknown tool" in bad[0]["error"]
     text = '{"name": "Ann", "arguments": "none"}'
@@ -548,7 +588,7 @@ def test_unicode_tool_arguments_survive(tools_in_template):
     for c in model.stream(f"Create a customer named {name}"):
         full = c if full is None else full + c
     assert full.tool_calls[0]["args"] == {"customer_name": name}
-    rendered, _ = to_rain_messages([msg], support=TemplateSupport(tool_calls=False))
+    rendered, _ = messages_from_langchain([msg], support=TemplateSupport(tool_calls=False))
     assert name in rendered[0]["content"]  # written as characters, not \\u escapes
 
 
@@ -571,6 +611,44 @@ def test_text_reply_with_tools_bound_stays_text():
     assert "".join(c.content for c in chat.bind_tools([get_weather]).stream("weather?")) == "It is sunny."
 
 
+class OwnParserLM(ScriptedLM):
+    """A model whose engine parses its own reply format (``ParsesResponses``): ``CALL name key=value``."""
+
+    def __init__(self, script: Any, *, answer: str | None = "parsed", **kwargs: Any) -> None:
+        super().__init__(script, vocab=PRINTABLE, **kwargs)
+        self.answer = answer
+        self.parsed: list[tuple[str, str]] = []
+
+    def parse_response(self, text: str, *, prefix: str = "", tools: Any = None) -> dict[str, Any] | None:
+        self.parsed.append((text, prefix))
+        if self.answer == "raise":
+            raise ValueError("cannot parse this")
+        if self.answer is None or not text.startswith("CALL "):
+            return None
+        name, arg = text[5:].split(" ", 1)
+        key, value = arg.split("=", 1)
+        return {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {key: value}}}]}
+
+
+def test_tool_calls_parsed_by_the_models_own_parser_first():
+    lm = OwnParserLM("CALL get_weather city=Lyon")
+    msg = ChatRain(decoder=decoder_for(lm)).bind_tools([get_weather]).invoke("weather in lyon?")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Lyon"})]
+    text, prefix = lm.parsed[-1]
+    assert text == "CALL get_weather city=Lyon" and prefix == lm.prompts[-1]  # the rendered prompt it continues
+    # a parser that has no result, or fails, leaves the shared parser to read the reply
+    for answer in (None, "raise"):
+        fallback = OwnParserLM(WEATHER_CALL, answer=answer)
+        msg = ChatRain(decoder=decoder_for(fallback)).bind_tools([get_weather]).invoke("weather?")
+        assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Paris"})]
+        assert fallback.parsed
+    plain = OwnParserLM("CALL get_weather city=Lyon")
+    assert ChatRain(decoder=decoder_for(plain)).invoke("hi").content == "CALL get_weather city=Lyon"
+    assert plain.parsed == []  # no tools bound: the reply is text
+
+
+# --- structured output --------------------------------------------------------------------------
 class Person(BaseModel):
     """A person."""
 
@@ -585,26 +663,82 @@ class PersonDict(TypedDict):
     age: int
 
 
-@pytest.mark.parametrize("schema", [Person, PersonDict, Person.model_json_schema()], ids=["pydantic", "typeddict", "json"])
-def test_with_structured_output(schema):
-    title = "Person" if isinstance(schema, dict) or schema is Person else "PersonDict"
-    chat = chat_for(f'<tool_call>{{"name": "{title}", "arguments": {{"name": "Ann", "age": 31}}}}</tool_call>')
-    structured = chat.with_structured_output(schema)
+SCHEMAS = pytest.mark.parametrize("schema", [Person, PersonDict, Person.model_json_schema()],
+                                  ids=["pydantic", "typeddict", "json"])
+
+
+def expected_person(schema: Any) -> Any:
+    return Person(name="Ann", age=31) if schema is Person else {"name": "Ann", "age": 31}
+
+
+@SCHEMAS
+def test_structured_output_json_schema(schema):
+    chat = chat_for('```json\n{"name": "Ann", "age": 31}\n```')
+    structured = chat.with_structured_output(schema)  # method="json_schema" by default
     out = structured.invoke("Ann is 31.")
-    if schema is Person:
-        assert out == Person(name="Ann", age=31)
-    else:
-        assert out == {"name": "Ann", "age": 31}
-    assert "You must call one of the tools." in chat.decoder.lm.prompts[-1]
-    streamed = list(structured.stream("Ann is 31."))
-    assert streamed[-1] == out
+    assert out == expected_person(schema)
+    prompt = chat.decoder.lm.prompts[-1]
+    assert "Reply with only a JSON object" in prompt and '"age"' in prompt and '"integer"' in prompt
+    assert list(structured.stream("Ann is 31."))[-1] == out
     raw = chat.with_structured_output(schema, include_raw=True).invoke("Ann is 31.")
-    assert raw["parsing_error"] is None and raw["raw"].response_metadata["rain"]["commits"] > 0
+    assert raw["parsed"] == out and raw["parsing_error"] is None
+    assert raw["raw"].response_metadata["rain"]["commits"] > 0
+
+
+@SCHEMAS
+def test_structured_output_function_calling(schema):
+    title = "PersonDict" if schema is PersonDict else "Person"
+    chat = chat_for(f'<tool_call>{{"name": "{title}", "arguments": {{"name": "Ann", "age": 31}}}}</tool_call>')
+    structured = chat.with_structured_output(schema, method="function_calling")
+    assert structured.invoke("Ann is 31.") == expected_person(schema)
+    assert f"You must call the tool {title}." in chat.decoder.lm.prompts[-1]
+    assert list(structured.stream("Ann is 31."))[-1] == expected_person(schema)
+
+
+def test_structured_output_json_mode():
+    chat = chat_for('{"name": "Ann", "age": 31} is the answer.')
+    assert chat.with_structured_output(method="json_mode").invoke("Ann?") == {"name": "Ann", "age": 31}
+    assert "Reply with only a JSON object, no other text." in chat.decoder.lm.prompts[-1]
+    assert chat.with_structured_output(Person, method="json_mode").invoke("Ann?") == Person(name="Ann", age=31)
+
+
+JSON_SCHEMA = Person.model_json_schema()
+
+
+@pytest.mark.parametrize("schema, method, reply, why", [
+    (Person, "json_schema", "Ann is thirty-one.", "not JSON"),
+    (JSON_SCHEMA, "json_schema", "Ann is thirty-one.", "not JSON"),
+    (Person, "json_schema", '{"name": "Ann", "age": "old"}', "does not match the schema"),
+    (Person, "json_schema", '{"name": "Ann"}', "does not match the schema"),
+    (JSON_SCHEMA, "json_schema", '{"name": "Ann"}', "does not match the schema"),  # required keys checked
+    (JSON_SCHEMA, "json_schema", '["Ann", 31]', "does not match the schema"),
+    (Person, "function_calling", "Ann is thirty-one.", "did not call the output tool"),
+    (JSON_SCHEMA, "function_calling", "Ann is thirty-one.", "did not call the output tool"),
+])
+async def test_structured_output_that_does_not_parse_raises(schema, method, reply, why):
+    chat = chat_for(reply)
+    structured = chat.with_structured_output(schema, method=method)
+    with pytest.raises(OutputParserException, match=why) as info:
+        structured.invoke("Ann?")
+    assert info.value.llm_output == reply  # the reply is attached, never a silent None
+    with pytest.raises(OutputParserException, match=why):
+        await structured.ainvoke("Ann?")
+    raw = chat.with_structured_output(schema, method=method, include_raw=True).invoke("Ann?")
+    assert raw["parsed"] is None and isinstance(raw["parsing_error"], OutputParserException)
+    assert raw["raw"].content == reply
+
+
+def test_structured_output_arguments_are_checked():
+    chat = chat_for("x")
+    with pytest.raises(ValueError, match="method must be one of"):
+        chat.with_structured_output(Person, method="regex")
+    with pytest.raises(ValueError, match="needs a schema"):
+        chat.with_structured_output(None)
 
 
 # --- RainLLM ------------------------------------------------------------------------------------
 def completion_llm(**kwargs: Any) -> RainLLM:
-    lm = ScriptLM(lambda head: f" {head.strip().split()[-1]} done.", marker="A:")
+    lm = scripted(lambda head: f" {head.strip().split()[-1]} done.", marker="A:")
     return RainLLM(decoder=decoder_for(lm), **kwargs)
 
 
@@ -645,162 +779,16 @@ async def test_rain_llm_async():
     assert await llm.ainvoke("Q: red\nA:") == " red done."
     assert "".join([p async for p in llm.astream("Q: red\nA:")]) == " red done."
     rec = TokenRecorder()
-    await llm.agenerate(["Q: red\nA:"], callbacks=[rec])
-    assert "".join(rec.tokens) == " red done."
+    out = await llm.agenerate(["Q: red\nA:", "Q: tan\nA:"], callbacks=[rec])
+    assert "".join(rec.tokens) == " red done. tan done."
+    assert [g[0].text for g in out.generations] == [" red done.", " tan done."]
+    assert len(rec.commits) == sum(g[0].generation_info["rain"]["commits"] for g in out.generations)
 
 
 def test_rain_llm_in_a_chain_renders_no_chat_template():
-    llm = completion_llm()
+    llm = completion_llm(return_trace=True)
     chain = PromptTemplate.from_template("Q: {colour}\nA:") | llm | StrOutputParser()
     assert chain.invoke({"colour": "teal"}) == " teal done."
     assert llm.decoder.lm.prompts == []  # raw completion: the chat template was never used
-
-
-# --- guards -------------------------------------------------------------------------------------
-HARMFUL = "Mix the two cleaners to make poison gas."
-HARMLESS = "Rinse surfaces with water after cleaning."
-guard_eval = words_penalty("poison")
-
-
-def rewrite_decoder() -> RainDecoder:
-    return RainDecoder(ScriptedLM("the tool gave unsafe instructions, so they are left out."), guard_eval,
-                       encoder=None, **dict(SMALL, max_new_tokens=120))
-
-
-def test_guard_validation():
-    with pytest.raises(ValidationError, match="needs a decoder"):
-        RainGuard()
-    with pytest.raises(ValidationError, match="rewrite"):
-        RainGuard(evaluator=guard_eval, strategy="rewrite")
-    with pytest.raises(ValidationError):
-        RainGuard(evaluator=guard_eval, strategy="delete")
-    with pytest.raises(ValidationError):
-        RainGuard(evaluator=guard_eval, thresold=0.2)
-    assert RainGuard(evaluator=guard_eval, strategy="flag").strategy is GuardStrategy.FLAG
-
-
-@pytest.mark.parametrize("strategy", ["block", "rewrite", "flag"])
-def test_guard_runnable_on_strings_and_messages(strategy):
-    guard = RainGuard(decoder=rewrite_decoder(), evaluator=guard_eval, strategy=strategy)
-    safe = AIMessage(HARMLESS)
-    assert guard.invoke(safe) is safe and guard.invoke(HARMLESS) == HARMLESS
-    out = guard.invoke(AIMessage(HARMFUL))
-    meta = out.response_metadata["rain_guard"]
-    assert meta["verdict"] == "fail" and meta["score"] == -1.0 and meta["strategy"] == strategy
-    text = guard.invoke(HARMFUL)
-    if strategy == "block":
-        assert "withheld by a RAIN guard" in out.content and text == out.content
-    elif strategy == "rewrite":
-        assert out.content == "the tool gave unsafe instructions, so they are left out." == text
-        assert meta["rewrite"]["score"] == 1.0 and meta["rewrite"]["rain"]["commits"] > 0
-    else:
-        assert out.content == HARMFUL and text == HARMFUL
-
-
-def test_guard_at_the_end_of_an_lcel_chain():
-    chat = chat_for(lambda head: HARMFUL if "clean" in last_user(head) else HARMLESS)
-    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | chat | RainGuard(evaluator=guard_eval)
-    blocked = chain.invoke({"q": "how do I clean?"})
-    assert blocked.response_metadata["rain_guard"]["verdict"] == "fail" and "poison" not in blocked.content
-    assert blocked.response_metadata["rain"]["commits"] > 0  # the model's metadata is kept
-    fine = chain.invoke({"q": "hello"})
-    assert fine.content == HARMLESS and "rain_guard" not in fine.response_metadata
-
-
-def agent_model() -> ChatRain:
-    """Calls ``lookup`` first; once a tool result is in the conversation, answers ``done.``"""
-    def script(head: str) -> str:
-        if "\ntool: " in head:
-            return "done."
-        topic = last_user(head)
-        return f'<tool_call>{{"name": "lookup", "arguments": {{"topic": "{topic}"}}}}</tool_call>'
-    return chat_for(script, tools_in_template=False)
-
-
-@tool
-def lookup(topic: str) -> str:
-    """Look up advice on a topic."""
-    return HARMFUL if topic == "cleaning" else HARMLESS
-
-
-def run_agent(guard: RainToolGuard, topic: str) -> tuple[ToolMessage, list, str]:
-    """Run the agent on ``topic``: (its one tool result, all messages, the model's last prompt)."""
-    model = agent_model()
-    agent = create_agent(model, tools=[lookup], middleware=[guard])
-    messages = agent.invoke({"messages": [HumanMessage(topic)]})["messages"]
-    tool_msgs = [m for m in messages if isinstance(m, ToolMessage)]
-    assert len(tool_msgs) == 1 and messages[-1].content == "done."
-    return tool_msgs[0], messages, model.decoder.lm.prompts[-1]
-
-
-@pytest.mark.parametrize("strategy", ["block", "rewrite", "flag"])
-def test_agent_tool_guard_strategies(strategy):
-    guard = RainToolGuard(rewrite_decoder(), evaluator=guard_eval, strategy=strategy)
-    msg, messages, last_prompt = run_agent(guard, "cleaning")
-    assert msg.tool_call_id == messages[1].tool_calls[0]["id"] and msg.name == "lookup"
-    meta = msg.response_metadata["rain_guard"]
-    assert meta["verdict"] == "fail" and meta["score"] == -1.0 and meta["threshold"] == 0.0
-    if strategy == "block":
-        assert msg.status == "error" and "withheld by a RAIN guard" in msg.content and "poison" not in msg.content
-    elif strategy == "rewrite":
-        assert msg.status == "success" and msg.content == "the tool gave unsafe instructions, so they are left out."
-    else:
-        assert msg.status == "success" and msg.content == HARMFUL
-    # the model's next turn read the guarded result, not the raw one
-    tool_line = last_prompt.split("\ntool: ", 1)[1].split("\nassistant:", 1)[0]
-    assert tool_line == ("(tool error) " + msg.content if strategy == "block" else msg.content)
-
-
-def test_rewrite_that_still_fails_is_blocked_instead():
-    """When no restatement the search finds passes the check (here: an evaluator that fails every
-    text), the harmful text is blocked rather than passed on half-rewritten."""
-    parrot = RainDecoder(ScriptedLM(HARMFUL), guard_eval, encoder=None, **dict(SMALL, max_new_tokens=120))
-    always_failing_rewrite = RainToolGuard(parrot, evaluator=lambda _c, _t: -1.0, strategy="rewrite")
-    msg, _, last_prompt = run_agent(always_failing_rewrite, "cleaning")
-    meta = msg.response_metadata["rain_guard"]
-    assert meta["strategy"] == "rewrite" and meta["fallback"] == "block"
-    assert meta["rewrite"]["score"] == -1.0 and meta["rewrite"]["passed"] is False
-    assert meta["rewrite"]["rain"]["commits"] > 0  # the rewrite really ran
-    assert msg.status == "error" and "withheld by a RAIN guard" in msg.content
-    assert "poison" not in msg.content and "poison" not in last_prompt
-    guard = RainGuard(decoder=parrot, evaluator=guard_eval, strategy="rewrite")
-    rewritten = guard.invoke(AIMessage(HARMFUL))  # the search steers the parrot off "poison": no fallback
-    assert "fallback" not in rewritten.response_metadata["rain_guard"]
-    assert rewritten.response_metadata["rain_guard"]["rewrite"]["passed"] is True
-
-
-@pytest.mark.parametrize("strategy", ["block", "rewrite", "flag"])
-def test_agent_tool_guard_lets_harmless_results_through(strategy):
-    msg, _, _ = run_agent(RainToolGuard(rewrite_decoder(), evaluator=guard_eval, strategy=strategy), "gardening")
-    assert msg.content == HARMLESS and msg.status == "success" and "rain_guard" not in msg.response_metadata
-
-
-def test_agent_tool_guard_sees_the_conversation_and_the_call():
-    seen: list[tuple[str, str]] = []
-
-    def spy(prompt: str, response: str) -> float:
-        seen.append((prompt, response))
-        return guard_eval(prompt, response)
-
-    run_agent(RainToolGuard(evaluator=spy), "cleaning")
-    assert seen == [("User: cleaning\nAssistant: [calls tools: lookup]", HARMFUL)]
-
-
-def test_agent_tool_guard_can_be_limited_to_some_tools():
-    msg, _, _ = run_agent(RainToolGuard(evaluator=guard_eval, tools=["other_tool"]), "cleaning")
-    assert msg.content == HARMFUL and "rain_guard" not in msg.response_metadata
-
-
-async def test_agent_tool_guard_async():
-    agent = create_agent(agent_model(), tools=[lookup],
-                         middleware=[RainToolGuard(rewrite_decoder(), evaluator=guard_eval, strategy="rewrite")])
-    messages = (await agent.ainvoke({"messages": [HumanMessage("cleaning")]}))["messages"]
-    msg = next(m for m in messages if isinstance(m, ToolMessage))
-    assert msg.content == "the tool gave unsafe instructions, so they are left out."
-    assert msg.response_metadata["rain_guard"]["verdict"] == "fail"
-
-
-def test_default_evaluator_comes_from_the_decoder():
-    dec = RainDecoder(CharLM(), words_penalty("poison"), encoder=None, **SMALL)
-    guard = RainGuard(decoder=dec, strategy="flag")
-    assert guard.check(HARMFUL).passed is False and guard.check(HARMLESS).passed is True
+    info = llm.generate(["Q: teal\nA:"]).generations[0][0].generation_info
+    assert info["rain_trace"]["text"] == " teal done." and info["usage"]["completion_tokens"] > 0

@@ -1,0 +1,275 @@
+"""What the LangChain and LlamaIndex adapters share, framework-neutral and written once:
+
+- building a ``RainDecoder`` from a model id or folder, a ready ``LanguageModel`` (a remote engine
+  plugs in here) or the embedded default model, with a judge model or an evaluator;
+- splitting constructor keywords into adapter fields and ``RainConfig`` fields;
+- usage, finish reason, statistics and commit-event payloads of a ``RainResult``;
+- ``decode_events``: one decode as a stream of commits, text pieces and the final result;
+- ``aiter_in_thread``: the one bridge from a blocking decode to ``async for``. It runs the decode in
+  a worker thread and, when the consumer cancels its task or abandons the stream (``aclose``, or
+  the stream garbage-collected), sets the decode's ``cancel`` event so that the search stops within
+  one search step and the model is free for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, TypeVar, Union
+
+from rain_core import JudgeEvaluator, LanguageModel, RainConfig, RainDecoder, RainResult, SelfEvaluator
+from rain_core.decoder import Cancel
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIN_TEMPERATURE = 0.01
+"""Frameworks' ``temperature=0`` means "as greedy as possible"; RAIN samples candidates, so 0 becomes
+this small positive temperature instead of an error."""
+
+
+
+# --- models and decoders ---------------------------------------------------------------------------
+def default_lm() -> LanguageModel:
+    """The embedded SmolLM2-135M-Instruct, loaded once per process and shared by every adapter."""
+    from rain_core.engines.loading import shared_default_model
+
+    return shared_default_model()
+
+
+def load_lm(model: str | LanguageModel, load_options: Mapping[str, Any]) -> LanguageModel:
+    """``model`` itself when it is a ready ``LanguageModel``; else ``load_model(model, ...)``."""
+    if isinstance(model, LanguageModel):
+        if load_options:
+            raise TypeError(f"{sorted(load_options)} apply when loading a model by id; "
+                            f"{getattr(model, 'name', 'this model')} is already loaded")
+        return model
+    if not isinstance(model, str) or not model.strip():
+        raise TypeError(f"a model must be a model id or folder (str) or a LanguageModel, got {type(model).__name__}")
+    from rain_core.engines.loading import load_model
+
+    return load_model(model, **load_options)
+
+
+def build_decoder(
+    model: str | LanguageModel,
+    *,
+    judge: str | LanguageModel | None = None,
+    evaluator: Any = None,
+    principle: Any = "harmless",
+    encoder: Any = "default",
+    config: RainConfig | None = None,
+    device: str | None = None,
+    device_map: Any = None,
+    dtype: Any = None,
+    quantization_config: Any = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    judge_kwargs: Mapping[str, Any] | None = None,
+    **rain_fields: Any,
+) -> RainDecoder:
+    """The one decoder builder behind every ``from_model_id``/``from_model_name``/``from_engine``/
+    ``from_default`` constructor.
+
+    ``model``: a model id or folder (loaded with ``rain_core.engines.loading.load_model``, which
+    passes ``device_map``, ``dtype``, ``quantization_config`` and ``model_kwargs`` through to
+    ``from_pretrained`` and never moves a dispatched or quantised model; ``model_kwargs`` are further
+    ``load_model`` options such as ``attn_implementation`` or ``trust_remote_code``) or a ready
+    ``LanguageModel`` (a local engine or a server). ``judge``: a model id/folder or
+    ``LanguageModel`` that judges replies against ``principle`` (a ``JudgeEvaluator``; loaded with
+    the same options unless ``judge_kwargs`` are given). ``evaluator``: any ``Evaluator`` or function
+    ``fn(prompt, response) -> float`` instead. Neither: the model judges itself (``SelfEvaluator``).
+    ``rain_fields``: ``RainConfig`` fields (``max_searches=10``, ...)."""
+    if judge is not None and evaluator is not None:
+        raise TypeError("pass either judge (a model that judges) or evaluator, not both")
+    load_options = {k: v for k, v in {"device": device, "device_map": device_map, "dtype": dtype,
+                                      "quantization_config": quantization_config}.items() if v is not None}
+    load_options.update(model_kwargs or {})
+    cfg = (config or RainConfig()).merged(**rain_fields) if (config or rain_fields) else None
+    lm = load_lm(model, load_options)
+    if judge is not None:
+        judge_options = dict(judge_kwargs) if judge_kwargs is not None else load_options
+        same = judge is model or (isinstance(judge, str) and judge == model and judge_kwargs is None)
+        judge_lm = lm if same else load_lm(judge, judge_options if isinstance(judge, str) else {})
+        evaluator = JudgeEvaluator(judge_lm, principle, scoring=(cfg or RainConfig()).scoring)
+    elif evaluator is None and principle != "harmless":
+        evaluator = SelfEvaluator(lm, principle, scoring=(cfg or RainConfig()).scoring)
+    return RainDecoder(lm, evaluator, encoder=encoder, config=cfg)
+
+
+def split_fields(owner: type, fields: Iterable[str], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Constructor keywords as (the adapter's own fields, ``RainConfig`` fields); anything else is a
+    ``TypeError`` naming both kinds."""
+    names = set(fields)
+    own = {k: v for k, v in kwargs.items() if k in names}
+    rain = {k: v for k, v in kwargs.items() if k not in names}
+    unknown = sorted(set(rain) - set(RainConfig.model_fields))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}: pass {owner.__name__} fields or RainConfig fields")
+    return own, rain
+
+
+def rain_temperature(value: float | None) -> float | None:
+    """A framework's temperature as RAIN's: 0 becomes ``MIN_TEMPERATURE``."""
+    if value is None:
+        return None
+    return MIN_TEMPERATURE if value == 0 else value
+
+
+def join_cancels(*cancels: Cancel) -> Cancel:
+    """One ``cancel`` for the decoder that fires when any of ``cancels`` does."""
+    given = [c for c in cancels if c is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+    checks = [c.is_set if isinstance(c, threading.Event) else c for c in given]
+    return lambda: any(check() for check in checks)
+
+
+# --- results out -----------------------------------------------------------------------------------
+def stats_of(result: RainResult) -> dict[str, Any]:
+    """The search statistics of a result, without the per-commit log."""
+    return {k: v for k, v in result.stats.items() if k != "commit_log"}
+
+
+def usage_of(result: RainResult) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def commit_payload(entry: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """A commit's log entry as a callback or instrumentation event: its index and statistics
+    (``tokens``, ``text``, ``searches``, ``visits``, ``real_visits``, ``value``, ``early_stop``,
+    ``seconds``, ...); the search tree (``keep_trees``) stays in the trace."""
+    return {"index": index, **{k: v for k, v in entry.items() if k not in ("tree", "chosen")}}
+
+
+# --- one decode as events --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Commit:
+    """A token set was committed; ``data`` is ``commit_payload`` of its log entry."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Text:
+    """New final text of the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The decode ended."""
+
+    result: RainResult
+
+
+Event = Union[Commit, Text, Done]
+
+
+def decode_events(decoder: RainDecoder, prompt: Any, *, plain: bool = False, cancel: Cancel = None,
+                  on_commit: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Iterator[Event]:
+    """Decode ``prompt`` and yield what happens: ``Commit`` (after ``on_commit`` saw it, in the decode's
+    thread), ``Text`` pieces, then one ``Done``. ``plain`` decodes without the search (no commits).
+    Closing the iterator, or ``cancel``, stops the decode (see ``RainDecoder.stream``)."""
+    if plain:
+        result = decoder.vanilla(prompt, **options)
+        if result.text:
+            yield Text(result.text)
+        yield Done(result)
+        return
+    pending: list[dict[str, Any]] = []
+    count = [0]
+
+    def committed(entry: dict[str, Any]) -> None:
+        data = commit_payload(entry, count[0])
+        count[0] += 1
+        if on_commit is not None:
+            on_commit(data)
+        pending.append(data)
+
+    holder: list[RainResult] = []
+    for piece in decoder.stream(prompt, result=holder, cancel=cancel, on_commit=committed, **options):
+        yield from _drain(pending)
+        yield Text(piece)
+    yield from _drain(pending)
+    yield Done(holder[0])
+
+
+def _drain(pending: list[dict[str, Any]]) -> Iterator[Commit]:
+    while pending:
+        yield Commit(pending.pop(0))
+
+
+def run_events(events: Iterable[Event], on_text: Callable[[str], None] | None = None) -> RainResult:
+    """Consume ``events`` and return the result (``on_text`` sees each piece)."""
+    for event in events:
+        if isinstance(event, Text) and on_text is not None:
+            on_text(event.text)
+        elif isinstance(event, Done):
+            return event.result
+    raise RuntimeError("the decode ended without a result")
+
+
+# --- the one sync -> async bridge ------------------------------------------------------------------
+_END = object()
+
+
+def _next(items: Iterator[Any]) -> Any:
+    return next(items, _END)
+
+
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:  # the decode already failed or stopped; nothing is waiting for it
+            logger.debug("closing an abandoned decode: %s", exc)
+
+
+async def aiter_in_thread(start: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    """``async for`` over the blocking iterator ``start(cancel)`` (for example
+    ``lambda cancel: decode_events(decoder, prompt, cancel=cancel)``).
+
+    Each step runs in this stream's own worker thread, in a copy of the caller's context (so
+    callbacks and tracing spans see the right parent run), and the event loop stays free. When the
+    consumer stops early (``aclose``, a cancelled task, the stream garbage-collected), ``cancel`` is
+    set at once: the decode raises ``DecodeCancelled`` at its next search and releases the model;
+    the worker then closes the iterator and ends. Nobody waits for that."""
+    cancel = threading.Event()
+    items = start(cancel)
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rain-decode")
+    try:
+        while True:
+            item = await loop.run_in_executor(worker, context.run, _next, items)
+            if item is _END:
+                return
+            yield item
+    finally:
+        cancel.set()
+        worker.submit(_close, items)  # runs after a step still in progress, in the same thread
+        worker.shutdown(wait=False)
+
+
+async def arun_in_thread(start: Callable[[threading.Event], Iterator[Event]],
+                         on_event: Callable[[Event], Any] | None = None) -> RainResult:
+    """Run ``start(cancel)``'s events through ``aiter_in_thread`` to the end and return the result;
+    ``on_event`` (sync or async) sees each event. Cancelling the awaiting task stops the decode."""
+    async with contextlib.aclosing(aiter_in_thread(start)) as events:
+        async for event in events:
+            if on_event is not None:
+                ret = on_event(event)
+                if asyncio.iscoroutine(ret):
+                    await ret
+            if isinstance(event, Done):
+                return event.result
+    raise RuntimeError("the decode ended without a result")

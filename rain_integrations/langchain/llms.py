@@ -1,0 +1,142 @@
+"""``RainLLM``: a LangChain text-completion model that decodes with RAIN (no chat template)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, AsyncIterator, Iterator
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseLLM
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict
+
+from rain_core import RainResult
+
+from .._common import Commit, Done, Event, Text, aiter_in_thread, decode_events, usage_of
+from .params import RainCall, RainParams, acommit_dispatch, commit_dispatcher
+
+__all__ = ["RainLLM"]
+
+
+class RainLLM(RainParams, BaseLLM):
+    """A LangChain text-completion model that decodes with RAIN: the prompt is sent as it is.
+
+    ``generate``/``batch`` send all prompts through one ``_generate`` call; each prompt's committed
+    token sets reach ``on_llm_new_token`` callbacks as they are found (and ``rain_commit`` custom
+    events carry each commit's statistics). RAIN's search statistics are in each generation's
+    ``generation_info["rain"]``. Constructors as ``ChatRain``'s: ``from_model_id``, ``from_engine``,
+    ``from_default``.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    @property
+    def _llm_type(self) -> str:
+        return "rain"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._identifying()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return LangSmithParams(ls_model_type="llm", **self._ls_common(stop, kwargs))  # type: ignore[typeddict-item]
+
+    def _events(self, prompt: str, call: RainCall, cancel: Any = None) -> Iterator[Event]:
+        return decode_events(self.decoder, prompt, chat=False, **call.decode_kwargs(cancel))
+
+    def _generation_info(self, result: RainResult, call: RainCall) -> dict[str, Any]:
+        usage = usage_of(result)
+        return {**self._info(result, call), "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens")}}
+
+    @staticmethod
+    def _llm_result(results: list[RainResult], infos: list[dict[str, Any]], model_name: str) -> LLMResult:
+        prompt_tokens = sum(r.prompt_tokens for r in results)
+        completion_tokens = sum(r.completion_tokens for r in results)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        return LLMResult(generations=[[Generation(text=r.text, generation_info=i)] for r, i in zip(results, infos)],
+                         llm_output={"model_name": model_name, "token_usage": usage})
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        call = self._call(stop, kwargs)
+        results = [result for prompt in prompts
+                   for _, result in self._chunks(self._events(prompt, call), call, run_manager) if result is not None]
+        return self._llm_result(results, [self._generation_info(r, call) for r in results], self.model_name)
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        call = self._call(stop, kwargs)
+        results = []
+        for prompt in prompts:
+            async with contextlib.aclosing(self._achunks(prompt, call, run_manager)) as chunks:
+                results += [result async for _, result in chunks if result is not None]
+        return self._llm_result(results, [self._generation_info(r, call) for r in results], self.model_name)
+
+    def _chunk_of(self, event: Event, call: RainCall) -> tuple[GenerationChunk, RainResult | None] | None:
+        if isinstance(event, Text):
+            return GenerationChunk(text=event.text), None
+        if isinstance(event, Done):
+            return GenerationChunk(text="", generation_info=self._generation_info(event.result, call)), event.result
+        return None
+
+    def _chunks(self, events: Iterator[Event], call: RainCall, run_manager: CallbackManagerForLLMRun | None,
+                ) -> Iterator[tuple[GenerationChunk, RainResult | None]]:
+        """One chunk per committed token set (callbacks told), then a closing chunk with the result."""
+        dispatch = commit_dispatcher(run_manager)
+        for event in events:
+            if isinstance(event, Commit):
+                if dispatch is not None:
+                    dispatch(event.data)
+                continue
+            out = self._chunk_of(event, call)
+            if out is not None:
+                if run_manager and out[0].text:
+                    run_manager.on_llm_new_token(out[0].text, chunk=out[0])
+                yield out
+
+    async def _achunks(self, prompt: str, call: RainCall, run_manager: AsyncCallbackManagerForLLMRun | None,
+                       ) -> AsyncIterator[tuple[GenerationChunk, RainResult | None]]:
+        async with contextlib.aclosing(aiter_in_thread(lambda cancel: self._events(prompt, call, cancel))) as events:
+            async for event in events:
+                if isinstance(event, Commit):
+                    await acommit_dispatch(run_manager, event.data)
+                    continue
+                out = self._chunk_of(event, call)
+                if out is not None:
+                    if run_manager and out[0].text:
+                        await run_manager.on_llm_new_token(out[0].text, chunk=out[0])
+                    yield out
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        call = self._call(stop, kwargs)
+        for chunk, _ in self._chunks(self._events(prompt, call), call, run_manager):
+            yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        async with contextlib.aclosing(self._achunks(prompt, self._call(stop, kwargs), run_manager)) as chunks:
+            async for chunk, _ in chunks:
+                yield chunk

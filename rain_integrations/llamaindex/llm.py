@@ -1,0 +1,367 @@
+"""``RainLlamaIndexLLM``: a LlamaIndex function-calling LLM that decodes with RAIN."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from typing import Any, Iterator, Optional, Sequence, Union
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from pydantic import Field, model_validator
+
+from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
+
+from .._common import (
+    Commit,
+    Done,
+    Event,
+    Text,
+    aiter_in_thread,
+    arun_in_thread,
+    build_decoder,
+    decode_events,
+    default_lm,
+    join_cancels,
+    rain_temperature,
+    run_events,
+    split_fields,
+    stats_of,
+    usage_of,
+)
+from .._tools import parse_reply, render_tools, tool_call_start
+from .events import instrumented
+from .messages import messages_from_llamaindex
+
+__all__ = ["RainLlamaIndexLLM"]
+
+Prompt = Union[str, Sequence[ChatMessage]]
+
+
+@dataclasses.dataclass
+class _Request:
+    prompt: Any
+    chat: bool
+    chat_kwargs: dict[str, Any]
+    options: dict[str, Any]
+    tools: list[dict[str, Any]]
+    cancel: Any = None
+
+
+def _openai_calls(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Neutral tool calls as OpenAI-style dicts in ``additional_kwargs["tool_calls"]``."""
+    return [{"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+            for c in calls]
+
+
+class RainLlamaIndexLLM(FunctionCallingLLM):
+    """A LlamaIndex LLM that decodes with RAIN: ``complete``, ``chat``, their streaming and async
+    variants, and tool calling (``chat_with_tools``, ``FunctionAgent``). Usable as ``Settings.llm``
+    or as the ``llm=`` of query and chat engines.
+
+    Build it with ``RainLlamaIndexLLM.from_model_name("Qwen/Qwen2.5-7B-Instruct", device_map="auto")``,
+    ``from_engine(lm)`` (any ready ``LanguageModel``), ``from_default()`` (the embedded
+    SmolLM2-135M-Instruct, offline) or ``RainLlamaIndexLLM(decoder)``. Keyword arguments of
+    ``complete``/``chat`` and friends are ``RainConfig`` overrides for that call (``max_new_tokens=32``,
+    ``seed=1``, ...). Async calls stop their decode when the caller's task is cancelled or the stream
+    is abandoned. Each decode dispatches ``RainSearchStartEvent``, ``RainCommitEvent`` and
+    ``RainSearchEndEvent`` instrumentation events.
+    """
+
+    decoder: RainDecoder = Field(exclude=True, description="The RAIN decoder every call delegates to.")
+    context_window: Optional[int] = Field(
+        default=None, gt=1,
+        description="Prompt plus answer token cap, passed to RAIN as max_length; LlamaIndex packs "
+        "retrieved context up to it. Default: the model's real context window.",
+    )
+    chat_template: bool = Field(
+        default=True,
+        description="Render prompts with the model's chat template (completions as one user turn). "
+        "False sends text as-is: completion_to_prompt / messages_to_prompt apply, as for any "
+        "LlamaIndex completion model (and tools are not offered).",
+    )
+    plain: bool = Field(
+        default=False,
+        description="Decode without the search (plain sampling with the same model, limits and seed): "
+        "the baseline to compare RAIN against.",
+    )
+    return_trace: bool = Field(
+        default=False,
+        description="Put the decode's trace (RainResult.trace, docs/integrations.md) in "
+        "additional_kwargs['rain_trace'].",
+    )
+
+    def __init__(self, decoder: RainDecoder | None = None, **kwargs: Any) -> None:
+        if decoder is None and "decoder" not in kwargs:
+            raise TypeError("RainLlamaIndexLLM needs a RainDecoder: RainLlamaIndexLLM(RainDecoder(lm, ...)), "
+                            "or use RainLlamaIndexLLM.from_model_name(...) / .from_default()")
+        if decoder is not None:
+            kwargs["decoder"] = decoder
+        super().__init__(**kwargs)
+
+    @model_validator(mode="after")
+    def _fill_context_window(self) -> "RainLlamaIndexLLM":
+        if self.context_window is None:
+            self.context_window = int(self.decoder.lm.context_length)
+        return self
+
+    # --- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def _from_parts(cls, model: str | LanguageModel, build: dict[str, Any], llm_kwargs: dict[str, Any] | None,
+                    kwargs: dict[str, Any]) -> "RainLlamaIndexLLM":
+        own, rain = split_fields(cls, cls.model_fields, kwargs)
+        return cls(build_decoder(model, **build, **rain), **{**(llm_kwargs or {}), **own})
+
+    @classmethod
+    def from_model_name(
+        cls, model_name: str, *, judge: str | LanguageModel | None = None, evaluator: Any = None,
+        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
+        device: str | None = None, device_map: Any = None, dtype: Any = None, quantization_config: Any = None,
+        model_kwargs: dict[str, Any] | None = None, judge_kwargs: dict[str, Any] | None = None,
+        llm_kwargs: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> "RainLlamaIndexLLM":
+        """Load ``model_name`` (a local folder or a hub id in the local cache) and decode with RAIN on
+        it. ``device``/``device_map``/``dtype``/``quantization_config``/``model_kwargs`` pass through to
+        ``from_pretrained`` (a dispatched or quantised model is never moved). ``judge``: a model
+        id/folder or ``LanguageModel`` judging against ``principle``; ``evaluator`` instead; neither:
+        the model judges itself. ``kwargs``: fields of this class (``context_window``, ``system_prompt``,
+        ...) or ``RainConfig`` fields (``max_searches``, ...)."""
+        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config,
+                     device=device, device_map=device_map, dtype=dtype, quantization_config=quantization_config,
+                     model_kwargs=model_kwargs, judge_kwargs=judge_kwargs)
+        return cls._from_parts(model_name, build, llm_kwargs, kwargs)
+
+    @classmethod
+    def from_engine(
+        cls, lm: LanguageModel, *, judge: str | LanguageModel | None = None, evaluator: Any = None,
+        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
+        llm_kwargs: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> "RainLlamaIndexLLM":
+        """RAIN on a ready ``LanguageModel`` (a loaded model, a served one, your own); other arguments
+        as in ``from_model_name``."""
+        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
+        return cls._from_parts(lm, build, llm_kwargs, kwargs)
+
+    @classmethod
+    def from_default(cls, evaluator: Any = None, *, judge: str | LanguageModel | None = None,
+                     principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
+                     llm_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> "RainLlamaIndexLLM":
+        """RAIN on the embedded SmolLM2-135M-Instruct (loaded once per process, offline, shared with
+        the LangChain adapter); arguments as in ``from_engine``."""
+        return cls.from_engine(default_lm(), judge=judge, evaluator=evaluator, principle=principle, encoder=encoder,
+                               config=config, llm_kwargs=llm_kwargs, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RainLlamaIndexLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.decoder.config.max_new_tokens,
+            is_chat_model=self.chat_template,
+            is_function_calling_model=self.chat_template,
+            model_name=self.decoder.model_name,
+        )
+
+    # --- the one prompt builder -------------------------------------------------------------------
+    def _request(self, prompt: Prompt, formatted: bool, kwargs: dict[str, Any]) -> _Request:
+        """What ``RainDecoder`` receives for a completion (``str``) or a chat (messages), with tools
+        and this call's options. Every public method builds its request here."""
+        kwargs = dict(kwargs)
+        tools = list(kwargs.pop("tools", None) or [])
+        tool_choice = kwargs.pop("tool_choice", None)
+        cancel = kwargs.pop("cancel", None)
+        keep_trees = bool(kwargs.pop("keep_trees", False))
+        config = kwargs.pop("rain_config", None)
+        if isinstance(tool_choice, dict):
+            tool_choice = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        if tools and not self.chat_template:
+            raise ValueError("tools need the chat template (chat_template=True)")
+        chat_kwargs: dict[str, Any] = {}
+        if isinstance(prompt, str) and not self.chat_template:
+            rain_prompt: Any = prompt if formatted else self._extend_prompt(self.completion_to_prompt(prompt))
+        elif not self.chat_template:
+            rain_prompt = self.messages_to_prompt(self._extend_messages(list(prompt)))
+        else:
+            if isinstance(prompt, str):
+                system = None if formatted else self.system_prompt
+                neutral = messages_from_llamaindex([ChatMessage(role=MessageRole.USER, content=prompt)], system)
+            else:
+                neutral = messages_from_llamaindex(prompt, self.system_prompt)
+            rain_prompt, chat_kwargs = render_tools(neutral, tools=tools, tool_choice=tool_choice,
+                                                    support=self.decoder.template_support if tools else None)
+        if "temperature" in kwargs:
+            kwargs["temperature"] = rain_temperature(kwargs["temperature"])
+        options = {"max_length": self.context_window, **kwargs}
+        self.decoder.resolve_config(config, **options)  # checked now: a stream fails at the call, not at its first chunk
+        if config is not None:
+            options["config"] = config
+        if keep_trees and not self.plain:
+            options["keep_trees"] = True
+        parsed_tools = tools if tool_choice != "none" else []
+        return _Request(rain_prompt, self.chat_template, chat_kwargs, options, parsed_tools, cancel)
+
+    def _events(self, request: _Request, cancel: threading.Event | None = None) -> Iterator[Event]:
+        extra = {"chat_kwargs": request.chat_kwargs} if request.chat_kwargs else {}
+        config = {k: v for k, v in request.options.items() if k not in ("config", "keep_trees")}
+        events = decode_events(self.decoder, request.prompt, plain=self.plain, chat=request.chat,
+                               cancel=join_cancels(cancel, request.cancel), **extra, **request.options)
+        return instrumented(events, self.decoder.model_name, plain=self.plain, config=config)
+
+    # --- results out ------------------------------------------------------------------------------
+    def _extras(self, result: RainResult | None) -> dict[str, Any]:
+        """``additional_kwargs`` and ``raw`` of a response: token counts, finish reason, RAIN stats.
+        ``raw["usage"]`` is where LlamaIndex's token counter looks."""
+        if result is None:
+            return {}
+        info = {**usage_of(result), "finish_reason": result.finish_reason, "rain_stats": stats_of(result)}
+        if self.return_trace:
+            info["rain_trace"] = result.trace
+        raw = {**dataclasses.asdict(result), "completion_tokens": result.completion_tokens, "usage": usage_of(result)}
+        return {"additional_kwargs": info, "raw": raw}
+
+    def _reply(self, result: RainResult, request: _Request) -> tuple[str, list[dict[str, Any]]]:
+        """The reply's text and its tool calls (OpenAI style) when tools were offered."""
+        if not request.tools:
+            return result.text, []
+        content, calls, _invalid = parse_reply(
+            self.decoder.lm, result.text, tools=request.tools,
+            prefix=lambda: self.decoder.chat_prompt(request.prompt, **request.chat_kwargs))
+        return content, _openai_calls(calls)
+
+    def _message(self, content: str, calls: list[dict[str, Any]]) -> ChatMessage:
+        extra = {"tool_calls": calls} if calls else {}
+        return ChatMessage(role=MessageRole.ASSISTANT, content=content, additional_kwargs=extra)
+
+    def _chat_responses(self, request: _Request, events: Iterator[Event]) -> Iterator[ChatResponse]:
+        """One response per committed token set (cumulative ``message``, new ``delta``; tool-call
+        syntax held back while tools are offered), then a last one with the statistics and any tool
+        calls."""
+        text, sent = "", 0
+        for event in events:
+            if isinstance(event, Text):
+                text += event.text
+                safe = tool_call_start(text) if request.tools else len(text)
+                if safe > sent:
+                    delta, sent = text[sent:safe], safe
+                    yield ChatResponse(message=self._message(text[:sent], []), delta=delta)
+            elif isinstance(event, Done):
+                content, calls = self._reply(event.result, request)
+                delta = text[sent:] if not calls else (content[sent:] if content.startswith(text[:sent]) else "")
+                yield ChatResponse(message=self._message(content, calls), delta=delta, **self._extras(event.result))
+
+    def _completion_responses(self, request: _Request, events: Iterator[Event]) -> Iterator[CompletionResponse]:
+        text = ""
+        for event in events:
+            if isinstance(event, Text):
+                text += event.text
+                yield CompletionResponse(text=text, delta=event.text)
+            elif isinstance(event, Done):
+                yield CompletionResponse(text=text, delta="", **self._extras(event.result))
+
+    def _chat_response(self, request: _Request, result: RainResult) -> ChatResponse:
+        content, calls = self._reply(result, request)
+        return ChatResponse(message=self._message(content, calls), **self._extras(result))
+
+    # --- LlamaIndex API -----------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        request = self._request(prompt, formatted, kwargs)
+        result = run_events(self._events(request))
+        return CompletionResponse(text=result.text, **self._extras(result))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        request = self._request(prompt, formatted, kwargs)
+        return self._completion_responses(request, self._events(request))
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request = self._request(messages, False, kwargs)
+        return self._chat_response(request, run_events(self._events(request)))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        request = self._request(messages, False, kwargs)
+        return self._chat_responses(request, self._events(request))
+
+    # Async: the decode runs in a worker thread (the event loop stays free); cancelling the caller's
+    # task or abandoning the stream stops it within one search.
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        request = self._request(prompt, formatted, kwargs)
+        result = await arun_in_thread(lambda cancel: self._events(request, cancel))
+        return CompletionResponse(text=result.text, **self._extras(result))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        request = self._request(prompt, formatted, kwargs)
+        return aiter_in_thread(lambda cancel: self._completion_responses(request, self._events(request, cancel)))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request = self._request(messages, False, kwargs)
+        result = await arun_in_thread(lambda cancel: self._events(request, cancel))
+        return self._chat_response(request, result)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        request = self._request(messages, False, kwargs)
+        return aiter_in_thread(lambda cancel: self._chat_responses(request, self._events(request, cancel)))
+
+    # --- tools --------------------------------------------------------------------------------------
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: Optional[Union[str, ChatMessage]] = None,
+        chat_history: Optional[list[ChatMessage]] = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The ``chat`` arguments for a turn with tools: the messages, the tools in OpenAI format and
+        the tool choice (``tool_required`` means "required")."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg)
+        specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools]
+        if tool_choice is None:
+            tool_choice = "required" if tool_required else "auto"
+        return {"messages": messages, "tools": specs, "tool_choice": tool_choice, **kwargs}
+
+    def _validate_chat_with_tools_response(self, response: ChatResponse, tools: Sequence[Any],
+                                           allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not allow_parallel_tool_calls and len(calls) > 1:
+            response.message.additional_kwargs["tool_calls"] = calls[:1]
+        return response
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        """The tool calls of a reply (parsed when it was decoded: with the model's own response
+        parser where its engine has one, else the shared ``<tool_call>``/JSON parser)."""
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"Expected at least one tool call, but got 0 tool calls; the model replied: "
+                             f"{response.message.content!r}")
+        return [ToolSelection(tool_id=c["id"], tool_name=c["function"]["name"],
+                              tool_kwargs=json.loads(c["function"]["arguments"] or "{}")) for c in calls]
+
