@@ -166,6 +166,11 @@ class RainConfig(BaseModel):
         lengths = self.token_set_lengths
         return lengths[min(step, len(lengths) - 1)]
 
+    def token_budget(self, prompt_tokens: int, context_length: int) -> int:
+        """New tokens a decode may produce: ``max_new_tokens``, within ``max_length`` and the model's
+        context window."""
+        return min(self.max_new_tokens, self.max_length - prompt_tokens, context_length - prompt_tokens)
+
     # The speed deviations of the fast preset, each a field of its own (see ``fast``).
     FAST: ClassVar[dict[str, Any]] = {
         "lazy_expansion": True,

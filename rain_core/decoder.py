@@ -60,11 +60,6 @@ def resolve_seed(seed: int | None) -> int:
     return seed if seed is not None else secrets.randbelow(2**31 - 1)
 
 
-def token_budget(cfg: RainConfig, prompt_tokens: int, context_length: int) -> int:
-    """New tokens a decode may produce: max_new_tokens, within max_length and the context window."""
-    return min(cfg.max_new_tokens, cfg.max_length - prompt_tokens, context_length - prompt_tokens)
-
-
 def _new_text(search: RainSearch, emitted: int) -> tuple[str, int]:
     """The committed text not yet streamed that is safe to stream (a possible stop string's start
     and an unfinished character wait), and the new count of streamed characters."""
@@ -391,7 +386,7 @@ class RainDecoder:
         cfg = self.resolve_config(config, **overrides)
         prompt_ids, _ = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
         self._check_room(prompt_ids, cfg)
-        budget = token_budget(cfg, len(prompt_ids), self.lm.context_length)
+        budget = cfg.token_budget(len(prompt_ids), self.lm.context_length)
         before = self._engine_stats()
         t0 = time.perf_counter()
         with self._turn():

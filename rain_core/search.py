@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Iterator, Mapping, S
 
 import numpy as np
 
+from .chat import cut_at_stop
 from .config import RainConfig
 from .protocols import (
     AsyncEvaluator,
@@ -155,11 +156,7 @@ class RainSearch:
         self.committed: list[int] = []
         self.tree = Tree()
         self.stats = SearchStats()
-        self.budget = min(
-            config.max_new_tokens,
-            config.max_length - len(self.prompt_ids),
-            lm.context_length - len(self.prompt_ids),
-        )
+        self.budget = config.token_budget(len(self.prompt_ids), lm.context_length)
         self.scores: dict[str, float] = {}
         self.embeds = encoder is not None and (config.similarity_update or config.dynamic_node_addition)
         self.boundary_ids = lm.token_ids_ending_with(config.clause_boundaries)
@@ -180,13 +177,6 @@ class RainSearch:
 
     def response_text(self, extra: Sequence[int] = ()) -> str:
         return self.lm.decode(self.committed + list(extra))
-
-    def _cut(self, text: str) -> str:
-        """``text`` up to the first stop string."""
-        for s in self.cfg.stop:
-            if s in text:
-                text = text[: text.index(s)]
-        return text
 
     def _ends_clause(self, path: Sequence[int]) -> bool:
         """Whether the text so far (prompt, then the response along ``path``) ends a clause, or the
@@ -350,7 +340,7 @@ class RainSearch:
 
     def _evaluate(self, node: int, simulation: Sequence[int]) -> Steps[float]:
         """The evaluator's value of (prompt, response up to ``node`` + ``simulation``), cached by text."""
-        text = self._cut(self.response_text(self.tree.path_tokens(node) + list(simulation)))
+        text, _ = cut_at_stop(self.response_text(self.tree.path_tokens(node) + list(simulation)), self.cfg.stop)
         if text in self.scores:
             self.stats.evaluation_cache_hits += 1
             return self.scores[text]

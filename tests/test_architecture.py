@@ -24,7 +24,7 @@ ALLOWED = {
     "principles/__init__": set(),
     "chat": {"protocols"},
     "evaluators": {"config", "principles", "protocols"},
-    "search": {"config", "protocols", "tree"},
+    "search": {"chat", "config", "protocols", "tree"},
     "decoder": {"chat", "config", "evaluators", "protocols", "search"},
 }
 
