@@ -10,10 +10,12 @@ from typing import Any, Iterator
 
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.span import active_span_id
 
 from .._common import Commit, Done, Event, stats_of
 
-__all__ = ["RainCommitEvent", "RainSearchEndEvent", "RainSearchStartEvent", "dispatcher", "instrumented"]
+__all__ = ["RainCommitEvent", "RainSearchEndEvent", "RainSearchStartEvent", "current_span_id", "dispatcher",
+           "instrumented"]
 
 dispatcher = get_dispatcher(__name__)
 
@@ -25,7 +27,7 @@ class RainSearchStartEvent(BaseEvent):
     plain: bool = False
     """Plain decoding (no search) for comparison."""
     config: dict[str, Any] = {}
-    """The ``RainConfig`` overrides of this call."""
+    """The ``RainConfig`` of this decode (JSON)."""
 
     @classmethod
     def class_name(cls) -> str:
@@ -58,17 +60,29 @@ class RainSearchEndEvent(BaseEvent):
         return "RainSearchEndEvent"
 
 
-def instrumented(events: Iterator[Event], model_name: str, *, plain: bool, config: dict[str, Any]) -> Iterator[Event]:
-    """``events``, with the instrumentation events dispatched as they happen (in the decode's
-    thread, which runs in the caller's context)."""
-    dispatcher.event(RainSearchStartEvent(model_name=model_name, plain=plain, config=config))
+def current_span_id() -> str | None:
+    """The active instrumentation span (the LLM call's, inside its method)."""
+    return active_span_id.get()
+
+
+def instrumented(events: Iterator[Event], model_name: str, *, plain: bool, config: dict[str, Any],
+                 span_id: str | None = None) -> Iterator[Event]:
+    """``events``, with the instrumentation events dispatched as they happen, in ``span_id`` (default:
+    the active span). A stream is consumed after the LLM call returned, so its events carry the span
+    of the call that made it (as LlamaIndex's own in-progress events do)."""
+    return _dispatching(events, model_name, plain, config, span_id or active_span_id.get())
+
+
+def _dispatching(events: Iterator[Event], model_name: str, plain: bool, config: dict[str, Any],
+                 span_id: str | None) -> Iterator[Event]:
+    dispatcher.event(RainSearchStartEvent(model_name=model_name, plain=plain, config=config, span_id=span_id))
     for event in events:
         if isinstance(event, Commit):
-            dispatcher.event(RainCommitEvent(model_name=model_name, commit=event.data))
+            dispatcher.event(RainCommitEvent(model_name=model_name, commit=event.data, span_id=span_id))
         elif isinstance(event, Done):
             result = event.result
             dispatcher.event(RainSearchEndEvent(
-                model_name=model_name, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
+                model_name=model_name, span_id=span_id, finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                 stats=stats_of(result)))
         yield event

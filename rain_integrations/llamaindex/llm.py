@@ -43,7 +43,7 @@ from .._common import (
     usage_of,
 )
 from .._tools import parse_reply, render_tools, tool_call_start
-from .events import instrumented
+from .events import current_span_id, instrumented
 from .messages import messages_from_llamaindex
 
 __all__ = ["RainLlamaIndexLLM"]
@@ -217,12 +217,14 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         parsed_tools = tools if tool_choice != "none" else []
         return _Request(rain_prompt, self.chat_template, chat_kwargs, options, parsed_tools, cancel)
 
-    def _events(self, request: _Request, cancel: threading.Event | None = None) -> Iterator[Event]:
+    def _events(self, request: _Request, cancel: threading.Event | None = None,
+                span_id: str | None = None) -> Iterator[Event]:
         extra = {"chat_kwargs": request.chat_kwargs} if request.chat_kwargs else {}
-        config = {k: v for k, v in request.options.items() if k not in ("config", "keep_trees")}
+        overrides = {k: v for k, v in request.options.items() if k not in ("config", "keep_trees")}
+        config = self.decoder.resolve_config(request.options.get("config"), **overrides).model_dump(mode="json")
         events = decode_events(self.decoder, request.prompt, plain=self.plain, chat=request.chat,
                                cancel=join_cancels(cancel, request.cancel), **extra, **request.options)
-        return instrumented(events, self.decoder.model_name, plain=self.plain, config=config)
+        return instrumented(events, self.decoder.model_name, plain=self.plain, config=config, span_id=span_id)
 
     # --- results out ------------------------------------------------------------------------------
     def _extras(self, result: RainResult | None) -> dict[str, Any]:
@@ -311,8 +313,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        request = self._request(prompt, formatted, kwargs)
-        return aiter_in_thread(lambda cancel: self._completion_responses(request, self._events(request, cancel)))
+        request, span = self._request(prompt, formatted, kwargs), current_span_id()
+        return aiter_in_thread(lambda cancel: self._completion_responses(request, self._events(request, cancel, span)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -322,8 +324,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        request = self._request(messages, False, kwargs)
-        return aiter_in_thread(lambda cancel: self._chat_responses(request, self._events(request, cancel)))
+        request, span = self._request(messages, False, kwargs), current_span_id()
+        return aiter_in_thread(lambda cancel: self._chat_responses(request, self._events(request, cancel, span)))
 
     # --- tools --------------------------------------------------------------------------------------
     def _prepare_chat_with_tools(
