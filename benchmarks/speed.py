@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what rain does")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    from rain_core.bench import main as bench_main
+    from rain_bench.speed import main as bench_main
 
     return bench_main(quick=args.quick, out=args.out)
 

@@ -42,11 +42,25 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     gen.add_argument("--plot", default=None, help="save a picture of the first commit's search tree to this PNG")
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["speed"], help="the benchmark to run")
-    bench.add_argument("--quick", action="store_true", help="a small version (seconds, for CI)")
-    bench.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+    _add_bench_and_demo(sub)
     return parser
+
+
+def _add_bench_and_demo(sub: Any) -> None:
+    """``rain bench WHICH ...`` and ``rain demo``: their options are parsed by ``rain_bench.cli``
+    (imported only when they run: the core never imports the benchmarks)."""
+    bench = sub.add_parser("bench", help="benchmarks: speed, evaluator, quality (`rain bench WHICH --help`)")
+    bench.add_argument("which", choices=["speed", "evaluator", "quality"], help="the benchmark to run")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options (see `rain bench WHICH --help`)")
+    sub.add_parser("demo", help="what RAIN does and cannot do with the embedded model (a few minutes)",
+                   description="The embedded model's measured self-evaluation accuracy, the lock-picking prompt "
+                   "with plain decoding and RAIN, and RAIN steering the model with a scoring function.")
+
+
+def _bench_or_demo(args: argparse.Namespace) -> int:
+    from rain_bench.cli import bench_main, demo_main
+
+    return bench_main(args.which, args.args) if args.command == "bench" else demo_main()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,10 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
-        if args.command == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(quick=args.quick, out=args.out)
+        if args.command in ("bench", "demo"):
+            return _bench_or_demo(args)
     except (ValueError, TypeError, ValidationError) as exc:
         sys.stderr.write(f"rain: error: {exc}\n")
         return 2

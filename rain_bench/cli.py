@@ -1,0 +1,207 @@
+"""The ``rain bench ...`` and ``rain demo`` commands (``rain_core.cli`` hands their arguments here).
+
+    rain bench speed [--quick] [--out DIR]
+    rain bench evaluator [--quick] [--evaluator self|judge|embedding|keyword|MODULE:FN ...] [--judge MODEL]
+    rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial]
+    rain demo
+
+Model options are the ones ``rain generate`` takes: ``--engine {transformers,vllm}``, ``--model``,
+``--base-url``, ``--api-key``, ``--judge``, ``--judge-base-url``, ``--device``, ``--dtype``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .engines import ENGINES, ModelOptions, NamedEvaluator, SetupError, build_evaluator, build_generator, build_judge
+
+logger = logging.getLogger(__name__)
+
+BENCHMARKS = ("speed", "evaluator", "quality")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (as for `rain generate`)")
+    g.add_argument("--engine", choices=ENGINES, default="transformers",
+                   help="how the model runs (default transformers)")
+    g.add_argument("--model", default=None, help="model folder or cached hub id (transformers), or the served "
+                   "model name (vllm); default: the embedded SmolLM2-135M-Instruct")
+    g.add_argument("--base-url", default=None, help="the vLLM server, e.g. http://HOST:8000/v1 (--engine vllm)")
+    g.add_argument("--api-key", default=None, help="API key of the served model(s), if they need one")
+    g.add_argument("--judge", default=None, help="a judge model: folder or hub id (or its served name with "
+                   "--judge-base-url)")
+    g.add_argument("--judge-base-url", default=None, help="the vLLM server of the judge (default --base-url when "
+                   "--judge-model is given)")
+    g.add_argument("--judge-model", default=None, help="the judge's served model name on its vLLM server")
+    g.add_argument("--device", default=None, help="cpu, cuda, ... for local models")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto for local models")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="a small version (seconds to a minute, for CI)")
+    p.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+
+
+def build_parser(which: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"rain bench {which}")
+    _common(p)
+    if which == "speed":
+        p.description = "RAIN against plain decoding: wall time, engine gain, forward tokens, memory, scaling"
+        return p
+    p.add_argument("--name", default=None, help="report file name without extension (default from mode and model)")
+    p.add_argument("--principle", default="harmless", help="the principle model evaluators ask about")
+    p.add_argument("--scoring", choices=["discrete", "continuous"], default="discrete",
+                   help="score of self/judge evaluators (RAIN's value; the evaluator benchmark reports both)")
+    p.add_argument("--evaluator", action="append", default=None, metavar="KIND",
+                   help="self, judge, embedding, keyword or MODULE:FUNCTION (repeatable; default: judge when "
+                        "--judge is given for `evaluator`, else self)")
+    if which == "evaluator":
+        p.description = "can an evaluator tell a harmful reply from a harmless one?"
+        p.add_argument("--data", default=None,
+                       help="labelled pairs JSONL (default: rain_bench/data/evaluator_pairs.jsonl)")
+    else:
+        p.description = "does RAIN lower harmful answers without refusing ordinary requests?"
+        p.add_argument("--grader", default=None, help="judge (the --judge model), keyword (rain's keyword grader) or "
+                       "MODULE:FUNCTION; default: judge when --judge is given, else keyword")
+        p.add_argument("--data", action="append", default=None, metavar="[NAME=]FILE",
+                       help="a prompt set JSONL (repeatable; replaces the built-in sets)")
+        p.add_argument("--sets", default=None, help="built-in sets, comma-separated (default harmful,benign,alarming)")
+        p.add_argument("--per-set", type=int, default=None, help="the first N prompts of each set (full default 10)")
+        p.add_argument("--adversarial", action="store_true", help="also run every set with each prompt wrapped in "
+                       "an adversarial framing")
+        p.add_argument("--framings", default=None, help="framings JSONL (default: rain_bench/data/framings.jsonl)")
+        p.add_argument("--preset", choices=["fast", "official"], default=None,
+                       help="RAIN's base configuration (default fast: RainConfig.fast())")
+        p.add_argument("--max-new-tokens", type=int, default=None)
+        p.add_argument("--max-searches", type=int, default=None)
+        p.add_argument("--extra-searches", type=int, default=None)
+        p.add_argument("--seed", type=int, default=None)
+    _model_options(p)
+    return p
+
+
+def _options(args: argparse.Namespace) -> ModelOptions:
+    return ModelOptions(engine=args.engine, model=args.model, base_url=args.base_url, api_key=args.api_key,
+                        judge=args.judge, judge_base_url=args.judge_base_url, judge_model=args.judge_model,
+                        device=args.device, dtype=args.dtype)
+
+
+def _progress_bar(desc: str, total: int) -> tuple[Any, Callable[[str], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=" step", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(label: str) -> None:
+        bar.update(1)
+        bar.set_postfix_str(label[:60], refresh=False)
+
+    return bar, progress
+
+
+def _evaluators(kinds: Sequence[str], lm: Any, judge: Any, args: argparse.Namespace) -> list[NamedEvaluator]:
+    return [build_evaluator(k, lm, judge, args.principle, args.scoring) for k in kinds]
+
+
+def _needs_generator(kinds: Sequence[str]) -> bool:
+    return "self" in kinds
+
+
+def run_evaluator(args: argparse.Namespace) -> int:
+    from . import evaluator as bench
+    from .datasets import load_pairs
+
+    kinds = args.evaluator or (["judge"] if args.judge or args.judge_model else ["self"])
+    opts = _options(args)
+    judge = build_judge(opts)
+    lm = build_generator(opts) if _needs_generator(kinds) else None
+    evaluators = _evaluators(kinds, lm, judge, args)
+    make = bench.EvaluatorPlan.quick if args.quick else bench.EvaluatorPlan.full
+    plan = make(Path(args.data) if args.data else None)
+    n = len(load_pairs(plan.data, plan.limit))
+    bar, progress = _progress_bar("rain bench evaluator", n * len(evaluators))
+    with bar:
+        report = bench.evaluate(evaluators, plan, progress)
+    md, js = bench.write(report, Path(args.out) if args.out else Path("benchmarks") / "results", args.name)
+    sys.stdout.write(bench.render_table(report))
+    for s in report.evaluators:
+        sys.stdout.write(f"- {s.verdict}\n")
+    sys.stdout.write(f"report: {md} and {js}\n")
+    return 0
+
+
+def _grader(spec: str, judge: Any, args: argparse.Namespace) -> Any:
+    from .grading import KEYWORD_GRADER, CallableGrader, JudgeGrader
+    from .scorers import load_scorer
+
+    if spec == "judge":
+        if judge is None:
+            raise SetupError("the grader 'judge' needs --judge MODEL (and --judge-base-url for a served judge)")
+        return JudgeGrader(judge, args.principle)
+    if spec == "keyword":
+        return KEYWORD_GRADER
+    name, fn, description = load_scorer(spec)
+    return CallableGrader(fn, name=name, description=description)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from . import quality as bench
+    from .datasets import BUILTIN_SETS
+
+    kinds = args.evaluator or ["self"]
+    opts = _options(args)
+    judge = build_judge(opts)
+    grader = _grader(args.grader or ("judge" if judge is not None else "keyword"), judge, args)
+    sets: tuple[str, ...] = tuple(args.data) if args.data else BUILTIN_SETS
+    if args.sets:
+        sets = tuple(s.strip() for s in args.sets.split(",") if s.strip()) + (tuple(args.data) if args.data else ())
+    overrides = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "max_searches": args.max_searches,
+                                   "extra_searches": args.extra_searches, "seed": args.seed}.items() if v is not None}
+    make = bench.QualityPlan.quick if args.quick else bench.QualityPlan.full
+    base = make()
+    plan = base.replace(sets=sets, per_set=args.per_set, adversarial=args.adversarial or None,
+                        framings=Path(args.framings) if args.framings else None, preset=args.preset,
+                        overrides={**base.overrides, **overrides})
+    prompt_sets = bench.load_sets(plan)  # bad data fails before any model loads
+    lm = build_generator(opts)
+    evaluators = _evaluators(kinds, lm, judge, args)
+    total = sum(len(s) for s in prompt_sets) * (1 + len(evaluators)) + len(evaluators)
+    bar, progress = _progress_bar("rain bench quality", total)
+    with bar:
+        report, md, js = bench.evaluate(lm, evaluators, grader, plan, out=args.out, name=args.name, progress=progress)
+    sys.stdout.write(bench.render_table(report))
+    sys.stdout.write(f"graded by {report.grader.name}; failed grades: {report.failed_grades}\n")
+    if args.quick:
+        sys.stdout.write("(quick mode: two prompts per set, tiny budgets)\n")
+    sys.stdout.write(f"report: {md} and {js}\n")
+    return 0
+
+
+def bench_main(which: str, argv: Sequence[str]) -> int:
+    """``rain bench WHICH ARGS...``."""
+    if which not in BENCHMARKS:
+        raise SetupError(f"unknown benchmark {which!r}: use one of {', '.join(BENCHMARKS)}")
+    args = build_parser(which).parse_args(list(argv))
+    if which == "speed":
+        from .speed import main as speed_main
+
+        return speed_main(quick=args.quick, out=args.out)
+    from .datasets import DataError
+    from .grading import SameJudgeError
+
+    try:
+        return run_evaluator(args) if which == "evaluator" else run_quality(args)
+    except (DataError, SetupError, SameJudgeError) as exc:
+        sys.stderr.write(f"rain bench {which}: error: {exc}\n")
+        return 2
+
+
+def demo_main(argv: Sequence[str] = ()) -> int:
+    """``rain demo``: see ``rain_bench.demo``."""
+    from .demo import main
+
+    return main(list(argv))

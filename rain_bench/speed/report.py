@@ -1,0 +1,150 @@
+"""The speed report: one summary table (a row per figure, a column per device), the details as
+Markdown, and the records as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..output import fmt_mib, fmt_x, write_report
+from .plan import TARGET_BEST_CASE_OVERHEAD, TARGET_ENGINE_GAIN, TARGET_LINEAR_GROWTH, TARGET_PEAK_MEMORY
+from .records import Device, DeviceError, SpeedReport
+
+
+def _fmt_config(cfg: object) -> str:
+    if isinstance(cfg, dict):
+        return ", ".join(f"{k}={v}" for k, v in cfg.items())
+    return str(cfg)
+
+
+def met(flag: bool) -> str:
+    return "met" if flag else "NOT met"
+
+
+def _cells(dev: Device) -> list[str]:
+    """One column of the summary table for one device."""
+    if isinstance(dev, DeviceError):
+        return [f"error: {dev.error}"] + [""] * 8
+    o, e, w, m, s, t = dev.overhead, dev.engine, dev.forward_work, dev.memory, dev.scaling, dev.targets
+    r = o.rain
+    return [
+        f"{fmt_x(r['self'].wall_ratio)} ({r['self'].searches_per_commit:.1f} searches/commit)",
+        f"{fmt_x(r['everything'].wall_ratio)} ({r['everything'].searches_per_commit:.1f} searches/commit)"
+        f" — {met(t['best_case_overhead'].met)}",
+        f"{fmt_x(r['nothing'].wall_ratio)} ({r['nothing'].searches_per_commit:.1f} searches/commit)",
+        f"{fmt_x(e.gain)} ({e.off.seconds_per_search:.3f} s → {e.on.seconds_per_search:.3f} s; "
+        f"same tokens {e.identical_prompts}/{e.prompts}) — {met(t['engine_gain'].met)}",
+        f"{w.on_forward_tokens_per_token:.0f} on / {w.off_forward_tokens_per_token:.0f} off "
+        f"({fmt_x(w.reduction, 1)} fewer)",
+        f"{fmt_x(m.ratio)} ({fmt_mib(m.rain_peak_bytes)} / {fmt_mib(m.vanilla_peak_bytes)})"
+        f" — {met(t['peak_memory'].met)}",
+        " / ".join(f"{row.rain_seconds_per_token:.3f}" for row in s.rows)
+        + " s/token (" + ", ".join(str(row.max_new_tokens) for row in s.rows) + " tokens)",
+        f"{fmt_x(s.growth)} (vanilla {fmt_x(s.vanilla_growth)})"
+        + ("" if s.reached_cap else ", EOS before cap") + f" — {met(t['linear_cost'].met)}",
+    ]
+
+
+def render_table(report: SpeedReport) -> str:
+    """The one summary table: a row per figure, a column per device."""
+    plan = report.config
+    lengths, budget = plan["lengths"], plan["fixed_budget_overrides"]["max_searches"]
+    labels = [
+        ("1", "RAIN / vanilla wall time, self-evaluation", "—"),
+        ("1", "RAIN / vanilla wall time, satisfied with everything (best case)",
+         f"≤ {TARGET_BEST_CASE_OVERHEAD:g}x"),
+        ("1", "RAIN / vanilla wall time, satisfied with nothing (worst case)", "—"),
+        ("2", f"engine gain: time per search off / on ({budget} searches/commit)",
+         f"≥ {TARGET_ENGINE_GAIN:g}x, same tokens"),
+        ("3", "model forward tokens per committed token", "—"),
+        ("4", "peak memory RAIN / vanilla", f"≤ {TARGET_PEAK_MEMORY:g}x"),
+        ("5", "RAIN seconds per token by max_new_tokens", "—"),
+        ("5", f"per-token cost at {lengths[-1]} / at {lengths[0]} tokens", f"≤ {TARGET_LINEAR_GROWTH:g}x (linear)"),
+    ]
+    names = list(report.devices)
+    columns = {name: _cells(report.devices[name]) for name in names}
+    head = "| # | figure | target | " + " | ".join(names) + " |\n"
+    head += "|---|---|---|" + "---|" * len(names) + "\n"
+    body = ""
+    for i, (num, label, target) in enumerate(labels):
+        body += f"| {num} | {label} | {target} | " + " | ".join(columns[n][i] for n in names) + " |\n"
+    return head + body
+
+
+def render_markdown(report: SpeedReport) -> str:
+    m, cfg = report.machine, report.config
+    lines = [
+        f"# rain speed benchmark ({cfg['mode']})",
+        "",
+        f"Date: {report.date}  ",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['cpus_usable']} usable, torch threads {m['torch_threads']}), "
+        f"load average at start {m['load_average_at_start']}; GPU: {m['gpu'] or 'none'}  ",
+        f"Software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, rain {m['rain']}"
+        f" (git {m['git']}), {m['platform']}  ",
+        f"Wall time of the whole run: {report.seconds:.0f} s",
+        "",
+    ]
+    if cfg["mode"] == "quick":
+        lines += ["**Quick mode**: tiny budgets, not the official defaults; the verdicts below only show the",
+                  "program works. Run the full benchmark for figures to quote.", ""]
+    lines += ["## Summary", "", render_table(report), "## Targets", ""]
+    for dev_name, dev in report.devices.items():
+        if isinstance(dev, DeviceError):
+            lines.append(f"- {dev_name}: not measured ({dev.error})")
+            continue
+        for t in dev.targets.values():
+            lines.append(f"- {dev_name}: {t.target}: measured {fmt_x(t.value)} — **{met(t.met)}**")
+    lines += ["", "## Configuration", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    for dev_name, dev in report.devices.items():
+        if isinstance(dev, DeviceError):
+            continue
+        o, e, mem, s = dev.overhead, dev.engine, dev.memory, dev.scaling
+        lines += [
+            f"## Details: {dev_name} ({dev.model}, {dev.dtype}, {dev.seconds:.0f} s)", "",
+            f"### 1. RAIN / vanilla wall time ({o.max_new_tokens} new tokens, {_fmt_config(o.config)})", "",
+            "| decoder | seconds | new tokens | searches | commits | early stops | wall ratio | per-token ratio |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        v = o.vanilla
+        lines.append(f"| vanilla | {v.seconds:.2f} | {v.new_tokens} | — | — | — | 1.00x | 1.00x |")
+        for var in o.rain.values():
+            d = var.decodes
+            lines.append(f"| RAIN, {var.label} | {d.seconds:.2f} | {d.new_tokens} | {d.searches} | "
+                         f"{d.commits} | {d.early_stops} | {fmt_x(var.wall_ratio)} | "
+                         f"{fmt_x(var.per_token_ratio)} |")
+        lines += ["", f"### 2–3. Engine on / off ({e.searches_per_commit} searches per commit, no early stop, "
+                      f"{e.max_new_tokens} new tokens)", "",
+                  "| engine | seconds | searches | s/search | forward calls | forward tokens | "
+                  "forward tokens / token |", "|---|---|---|---|---|---|---|"]
+        for name, d in (("on", e.on), ("off", e.off)):
+            lines.append(f"| {name} | {d.seconds:.2f} | {d.searches} | {d.seconds_per_search:.4f} | "
+                         f"{d.forward_calls} | {d.forward_tokens} | {d.forward_tokens_per_token:.1f} |")
+        lines += ["", f"Gain {fmt_x(e.gain)}; committed token ids identical for "
+                      f"{e.identical_prompts} of {e.prompts} prompts. Vanilla for comparison: "
+                      f"{v.forward_tokens_per_token:.1f} forward tokens per token.", "",
+                  f"### 4. Peak memory ({mem.measure})", "",
+                  f"Vanilla {fmt_mib(mem.vanilla_peak_bytes)}, RAIN {fmt_mib(mem.rain_peak_bytes)} "
+                  f"(by evaluator: " + ", ".join(f"{k} {fmt_mib(b)}" for k, b in mem.rain_peak_by_evaluator.items())
+                  + f"), ratio {fmt_x(mem.ratio)}; KV cache held afterwards {fmt_mib(mem.kv_cache_bytes_after)}.",
+                  "", f"### 5. Cost against max_new_tokens ({s.searches_per_commit} searches per commit)", "",
+                  "| max_new_tokens | RAIN tokens | RAIN s/token | RAIN s/search | vanilla tokens | vanilla s/token |",
+                  "|---|---|---|---|---|---|"]
+        for r in s.rows:
+            lines.append(f"| {r.max_new_tokens} | {r.rain_new_tokens} | {r.rain_seconds_per_token:.4f} | "
+                         f"{(r.rain_seconds_per_search or float('nan')):.4f} | {r.vanilla_new_tokens} | "
+                         f"{r.vanilla_seconds_per_token:.4f} |")
+        lines += ["", f"Growth of RAIN's per-token cost: {fmt_x(s.growth)} "
+                      f"(vanilla {fmt_x(s.vanilla_growth)})"
+                      + ("." if s.reached_cap else "; some answers ended (EOS) before the cap."), ""]
+    return "\n".join(lines)
+
+
+def report_name(report: SpeedReport) -> str:
+    if report.config["mode"] == "quick":
+        return "speed-quick"
+    return "speed-" + "-".join(report.devices)
+
+
+def write(report: SpeedReport, folder: Path) -> tuple[Path, Path]:
+    """``<folder>/speed-*.md`` and ``.json``, written atomically."""
+    return write_report(folder, report_name(report), render_markdown(report), report)
