@@ -4,6 +4,7 @@
     rain generate --compare "..." "..."              # plain decoding and RAIN side by side, with stats
     rain generate --stream "..."                     # print token sets as they are committed
     rain generate --json "..."                       # machine-readable result
+    rain generate --engine vllm --base-url http://HOST:PORT/v1 --model NAME "..."   # a model served by vLLM
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     gen.add_argument("--principle", default="harmless", help="harmless, truthful, positive, or a .toml file")
     gen.add_argument("--scoring", choices=["discrete", "continuous"], default=None, help="self-evaluation score")
-    gen.add_argument("--model", default=None, help="a causal LM folder or cached hub id (default: embedded SmolLM2-135M)")
+    gen.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                     help="transformers: the model in this process; vllm: a vLLM server (--base-url)")
+    gen.add_argument("--base-url", default=None, help="the vLLM server, http://HOST:PORT/v1 (with --engine vllm)")
+    gen.add_argument("--api-key", default=None, help="the vLLM servers' --api-key, if they have one")
+    gen.add_argument("--model", default=None, help="a causal LM folder or cached hub id (default: embedded SmolLM2-135M); "
+                     "with --engine vllm the served model name (default: the only one served)")
     gen.add_argument("--judge", default=None, help="a separate judge model folder or cached hub id")
+    gen.add_argument("--judge-base-url", default=None, help="a vLLM server whose model judges (default: --base-url "
+                     "when --judge-model is given)")
+    gen.add_argument("--judge-model", default=None, help="the judge's served model name on the judge's vLLM server")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     gen.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
     gen.add_argument("--max-new-tokens", type=int, default=None)
@@ -69,13 +78,35 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr) is not None}
 
 
+def _served(base_url: str, model: str | None, args: argparse.Namespace):
+    from .engines.vllm import VLLMEngine
+
+    return VLLMEngine(base_url, model, api_key=args.api_key)
+
+
 def _load(args: argparse.Namespace):
     from . import RainDecoder, SelfEvaluator, JudgeEvaluator, load_default_model, load_model
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
-    lm = load_model(args.model, **kw) if args.model else load_default_model(**kw)
+    if args.engine == "vllm":
+        if not args.base_url:
+            raise ValueError("--engine vllm needs --base-url http://HOST:PORT/v1 (the vLLM server)")
+        if kw:
+            raise ValueError("--device and --dtype apply to --engine transformers; a vLLM server chooses its own")
+        lm = _served(args.base_url, args.model, args)
+    elif args.base_url:
+        raise ValueError("--base-url needs --engine vllm")
+    else:
+        lm = load_model(args.model, **kw) if args.model else load_default_model(**kw)
     scoring = args.scoring or "discrete"
-    if args.judge:
+    if args.judge and (args.judge_base_url or args.judge_model):
+        raise ValueError("give either --judge (a local model) or --judge-base-url/--judge-model (a served one)")
+    if args.judge_base_url or args.judge_model:
+        judge_url = args.judge_base_url or (args.base_url if args.engine == "vllm" else None)
+        if not judge_url:
+            raise ValueError("--judge-model names a served model: give --judge-base-url http://HOST:PORT/v1 too")
+        evaluator = JudgeEvaluator(_served(judge_url, args.judge_model, args), args.principle, scoring=scoring)
+    elif args.judge:
         evaluator = JudgeEvaluator(load_model(args.judge, **kw), args.principle, scoring=scoring)
     else:
         evaluator = SelfEvaluator(lm, args.principle, scoring=scoring)
@@ -88,6 +119,16 @@ def _stats_line(stats: dict[str, Any]) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .protocols import EngineError
+
+    try:
+        return _generate_all(args)
+    except EngineError as exc:  # a server unreachable, refusing the model, lacking a feature, ...
+        sys.stderr.write(f"rain: error: {exc}\n")
+        return 1
+
+
+def _generate_all(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     dec = _load(args)

@@ -6,7 +6,10 @@ It serves the embedded SmolLM2-135M-Instruct (the materialised folder in the use
 ``.venv-vllm`` (built by ``make vllm``, which ``make test`` runs first) with the CPU flags of
 ``rain_core.engines.vllm_launch.CPU_FLAGS`` on a free loopback port. Without ``.venv-vllm`` the
 tests fail with a message saying to run ``make vllm``: they are not skipped, so a CI run that
-forgot it shows up as a failure."""
+forgot it shows up as a failure.
+
+``RAIN_VLLM_TEST_URL=http://127.0.0.1:PORT/v1`` runs the tests against a server already running
+(started with ``scripts/vllm_server.sh start PORT``, which serves the same model as "smollm2")."""
 
 from __future__ import annotations
 
@@ -34,6 +37,21 @@ def _stop() -> None:
         _server = None
 
 
+class ExternalServer:
+    """A server someone else started (``RAIN_VLLM_TEST_URL``); stopping it is theirs to do."""
+
+    def __init__(self, base_url: str) -> None:
+        from rain_core.engines.embedded import materialize_default_model
+
+        self.base_url = base_url.rstrip("/")
+        self.name = SERVED_NAME
+        self.model = materialize_default_model()
+        self.log_path = None
+
+    def stop(self) -> None:
+        pass
+
+
 def shared_server():
     """The session's server, started on first use (a ``pytest.fail`` when it cannot start)."""
     global _server, _error
@@ -43,6 +61,8 @@ def shared_server():
     with _lock:
         if _error is not None:
             pytest.fail(_error)
+        if _server is None and os.environ.get("RAIN_VLLM_TEST_URL"):
+            _server = ExternalServer(os.environ["RAIN_VLLM_TEST_URL"])
         if _server is None:
             if not PYTHON.exists():
                 _error = (f"{PYTHON} is missing: the vllm tests need the vLLM virtualenv; run `make vllm` "

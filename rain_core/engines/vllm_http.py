@@ -79,6 +79,7 @@ def error_message(response: httpx.Response) -> str:
 
 
 _MAX_LOGPROBS = re.compile(r"greater than max allowed:\s*(-?\d+)")
+_ASKED = re.compile(r"logprobs of\s*(\d+)")
 _CONTEXT = ("maximum context length", "max_tokens must be at least 1", "is too long", "exceeds the model")
 
 
@@ -96,10 +97,12 @@ def raise_for_answer(response: httpx.Response, base_url: str, model: str, seeds_
     match = _MAX_LOGPROBS.search(msg)
     if match:
         limit = int(match.group(1))
+        asked = _ASKED.search(msg)
+        need = asked.group(1) if asked else "N"
         raise LogprobsLimitError(
             f"{base_url} returns at most {limit} log-probabilities per token ({msg}); restart vLLM with "
-            "--max-logprobs N (N at least RAIN's top_k and the number of top tokens asked for), or lower top_k",
-            limit=limit)
+            f"--max-logprobs {need} (or more: at least RAIN's top_k and the number of top tokens asked for), "
+            "or lower top_k", limit=limit)
     if status in (400, 422) and ("prompt" in low and ("type" in low or "str" in low or "list" in low)):
         raise MissingFeatureError(
             f"{base_url} does not accept token-id prompts ({msg}); RAIN needs an OpenAI-compatible /v1/completions "
