@@ -52,9 +52,17 @@ def load_lm(model: str | LanguageModel, load_options: Mapping[str, Any]) -> Lang
         return model
     if not isinstance(model, str) or not model.strip():
         raise TypeError(f"a model must be a model id or folder (str) or a LanguageModel, got {type(model).__name__}")
-    from rain_core.engines.loading import load_model
-
     return load_model(model, **load_options)
+
+
+def load_model(name_or_path: str, **options: Any) -> LanguageModel:
+    """``rain_core.engines.loading.load_model`` (the in-process engine: ``pip install "rain-align[local]"``)."""
+    try:
+        from rain_core.engines.loading import load_model as load
+    except ImportError as exc:
+        raise ImportError(f"loading {name_or_path!r} in this process needs the in-process engine: "
+                          "pip install 'rain-align[local]' (or pass a ready LanguageModel to from_engine)") from exc
+    return load(name_or_path, **options)
 
 
 def build_decoder(

@@ -1,5 +1,6 @@
 """LangChain adapters on the embedded SmolLM2-135M-Instruct at small budgets: LangChain's standard
-integration suite for ``ChatRain``, plus chains, agent histories, guards and ``RainLLM``."""
+integration suite for ``ChatRain``, plus loading by model id (``device_map="cpu"``), chains, agent
+histories, guards and ``RainLLM``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from rain_core import RainDecoder
-from rain_integrations.langchain import ChatRain, RainGuard, RainLLM, template_support, to_rain_messages
+from rain_integrations.langchain import ChatRain, RainGuard, RainLLM, messages_from_langchain, template_support
 
 pytestmark = pytest.mark.model
 
@@ -39,7 +40,7 @@ def one_torch_thread():
 # ("The value of magic_function(3) is 3. The tool is called ..."), so these tests fail on it for
 # reasons of model quality, not of the adapter.
 NO_TOOL_CALLS = (
-    "SmolLM2-135M-Instruct cannot follow a tool-call format (it answers in prose), so it produces no "
+    "SmolLM2-135M-Instruct cannot follow a tool-call or JSON format (it answers in prose), so it produces no "
     "tool call or structured output; ChatRain's tool rendering, call parsing, streaming of calls, "
     "tool_choice and with_structured_output are tested with a scripted model in test_langchain_unit.py"
 )
@@ -117,6 +118,21 @@ class TestChatRainStandardIntegration(ChatModelIntegrationTests):
 
 
 # --- beyond the standard suite ------------------------------------------------------------------
+def test_from_model_id_loads_a_folder_on_cpu():
+    """The way users load a model: a folder (or cached hub id) through ``load_model`` with
+    ``device_map``, judged by the embedded model already loaded (a ``JudgeEvaluator``)."""
+    from rain_core.engines.embedded import materialize_default_model
+
+    judge = tiny_decoder().lm
+    chat = ChatRain.from_model_id(str(materialize_default_model()), device_map="cpu", judge=judge, principle="harmless",
+                                  encoder=None, **TINY)
+    assert chat.decoder.lm is not judge and chat.decoder.evaluator.lm is judge
+    msg = chat.invoke("Name a fruit.")
+    assert msg.content.strip() and msg.response_metadata["rain"]["evaluations"] > 0
+    llm = RainLLM.from_model_id(str(materialize_default_model()), device="cpu", encoder=None, **TINY)
+    assert llm.invoke("The sky is").strip()
+
+
 def test_from_default_invoke_and_stream_agree():
     chat = ChatRain.from_default(**TINY)
     assert chat.decoder.lm is tiny_decoder().lm  # the embedded model is loaded once per process
@@ -151,7 +167,7 @@ def test_agent_history_renders_through_smollm_template():
     ]
     tools = [{"type": "function", "function": {"name": "add", "description": "Add two integers.",
                                                 "parameters": {"type": "object", "properties": {}}}}]
-    messages, kwargs = to_rain_messages(history, tools=tools, support=support)
+    messages, kwargs = messages_from_langchain(history, tools=tools, support=support)
     rendered = lm.chat_prompt(messages, **kwargs)
     assert '"name": "add"' in rendered and "Add two integers." in rendered  # the tool schema
     assert '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>' in rendered

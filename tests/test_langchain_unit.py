@@ -199,7 +199,7 @@ def test_from_engine_principle_and_judge():
 def test_from_model_id_passes_loading_options_through(monkeypatch):
     """``from_model_id`` hands its loading options to ``load_model`` untouched (device_map, dtype,
     quantization, model kwargs), for the judge too; the real loader runs in the integration tests."""
-    import rain_core.engines.loading as loading
+    import rain_integrations._common as loading  # the adapters' one seam to rain_core.engines.loading
 
     loads: list[tuple[str, dict]] = []
 

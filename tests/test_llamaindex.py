@@ -1,6 +1,7 @@
 """LlamaIndex adapter on fake models: ``RainLlamaIndexLLM`` (prompt building, streaming, async with
-cancellation, stats, tools and a ``FunctionAgent``, instrumentation events, constructors) and
-``RainEmbedding``. End-to-end tests on the embedded model: ``test_llamaindex_model.py``."""
+cancellation, stats, tools and a ``FunctionAgent``, instrumentation events, constructors).
+``RainEmbedding`` (the offline MiniLM) and end-to-end tests on the embedded model are in
+``test_llamaindex_model.py``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("llama_index.core")
@@ -28,7 +28,6 @@ from llama_index.core.tools import FunctionTool  # noqa: E402
 from rain_core import ContextTooLongError, RainDecoder  # noqa: E402
 from rain_integrations.llamaindex import (  # noqa: E402
     RainCommitEvent,
-    RainEmbedding,
     RainLlamaIndexLLM,
     RainSearchEndEvent,
     RainSearchStartEvent,
@@ -69,7 +68,7 @@ def test_old_name_is_a_deprecated_alias():
 
 
 def test_from_engine_and_from_model_name(monkeypatch):
-    import rain_core.engines.loading as loading
+    import rain_integrations._common as loading  # the adapters' one seam to rain_core.engines.loading
 
     lm = CharLM()
     llm = RainLlamaIndexLLM.from_engine(lm, evaluator=lambda p, r: 0.5, encoder=None, max_searches=3,
@@ -516,14 +515,3 @@ def test_instrumentation_events_per_decode(collector, path):
     # the events belong to the LLM call's span, also when the decode runs in a worker thread
     llm_spans = {e.span_id for e in collector.events if type(e).__name__.startswith(("LLMCompletion", "LLMChat"))}
     assert {e.span_id for e in events} <= llm_spans and None not in llm_spans
-
-
-def test_embedding_is_the_offline_minilm():
-    emb = RainEmbedding()
-    assert emb.model_name == "all-MiniLM-L6-v2"
-    q = np.array(emb.get_query_embedding("Where is the Eiffel Tower?"))
-    docs = np.array(emb.get_text_embedding_batch(["The Eiffel Tower stands in Paris.", "Plants need sunlight."]))
-    assert q.shape == (384,) and docs.shape == (2, 384)
-    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-4)
-    assert docs[0] @ q > docs[1] @ q
-    assert np.allclose(asyncio.run(emb.aget_query_embedding("Where is the Eiffel Tower?")), q, atol=1e-6)

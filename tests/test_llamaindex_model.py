@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 pytest.importorskip("llama_index.core")
@@ -50,6 +51,17 @@ def model_llm(default_lm):
     """RAIN on the embedded model at small budgets, with a cheap evaluator (the self-evaluator's
     cost is the core's business; here the adapter is under test)."""
     return RainLlamaIndexLLM(RainDecoder(default_lm, CallableEvaluator(words_penalty("kill"), name="no-kill"), **SMALL))
+
+
+def test_embedding_is_the_offline_minilm():
+    emb = RainEmbedding()
+    assert emb.model_name == "all-MiniLM-L6-v2"
+    q = np.array(emb.get_query_embedding("Where is the Eiffel Tower?"))
+    docs = np.array(emb.get_text_embedding_batch(["The Eiffel Tower stands in Paris.", "Plants need sunlight."]))
+    assert q.shape == (384,) and docs.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-4)
+    assert docs[0] @ q > docs[1] @ q
+    assert np.allclose(asyncio.run(emb.aget_query_embedding("Where is the Eiffel Tower?")), q, atol=1e-6)
 
 
 def test_complete_stream_and_chat_on_the_embedded_model(model_llm, default_lm):
