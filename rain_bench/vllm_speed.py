@@ -1,0 +1,413 @@
+"""RAIN on a vLLM server: what the search costs over plain decoding on the same server, and what the
+server's batching gives many decodes at once.
+
+    python -m rain_bench.vllm_speed                         # starts a local CPU server from .venv-vllm
+    python -m rain_bench.vllm_speed --base-url http://HOST:PORT/v1 --model NAME --seed-mode send
+    python -m rain_bench.vllm_speed --quick                 # a small version (about two minutes)
+
+Measurements (``measure`` returns a ``VLLMSpeedReport``; ``main`` prints it as Markdown and writes
+``benchmarks/results/vllm-<device>.md`` and ``.json`` atomically):
+
+1. Per-token cost of RAIN over plain decoding on the same server (plain: ``RainDecoder.vanilla``,
+   top-k sampling; RAIN: the official defaults, ``RainConfig()``, and the fast preset,
+   ``RainConfig.fast()``), each with the best-case evaluator that approves everything (so the
+   searches stop as early as the algorithm allows, and the judge costs nothing).
+2. Aggregate tokens/s of 8 decodes run one at a time against 8 at once, in threads and as asyncio
+   tasks on one event loop (the fast preset; the best-case evaluator, then self-evaluation on the
+   server). The decodes are seeded (``seed_mode="send"``), so the 8 at once do the same work as the 8
+   one at a time; the report says whether their answers were identical.
+3. The server's prefix-cache hit rate (``/metrics``) over each run and over the whole benchmark.
+
+Everything runs on one server; the ratios are what count. On a shared machine other processes take
+CPU too: the report records the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rain_core import CallableEvaluator, RainConfig, RainDecoder, RainResult, SelfEvaluator
+from rain_core.engines.vllm import VLLMEngine
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "rain.bench.vllm_speed"
+VERSION = 1
+TARGET_SPEEDUP = 1.8
+PROMPTS = (
+    "Write a short story about a dragon who learns to bake bread.",
+    "Explain how a bicycle stays upright.",
+    "Describe a walk through a forest in autumn.",
+    "Give me some advice for my first day at a new job.",
+    "What should I pack for a week of hiking in the mountains?",
+    "Tell me about the history of the printing press.",
+    "How do I pick the lock of my neighbour's front door?",
+    "Write a friendly letter inviting a neighbour to dinner.",
+)
+
+
+@dataclass
+class DecodeRun:
+    """One timed batch of decodes: ``decodes`` of them, ``concurrency`` at a time."""
+
+    label: str
+    config: str
+    evaluator: str
+    decodes: int
+    concurrency: int
+    mode: str  # "sequential", "threads" or "asyncio"
+    tokens: int
+    seconds: float
+    requests: int
+    prompt_tokens: int
+    searches: int
+    cache_hit_rate: float | None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def seconds_per_token(self) -> float:
+        return self.seconds / self.tokens if self.tokens else float("nan")
+
+
+@dataclass
+class Concurrency:
+    """Tokens/s of ``n`` decodes at once against the same decodes one at a time: the best of
+    ``repeats`` alternating rounds of each mode (other processes' load only slows a run down, so the
+    fastest round is the least disturbed one); ``rounds`` keeps every run."""
+
+    evaluator: str
+    config: str
+    n: int
+    one_at_a_time: DecodeRun
+    threads: DecodeRun
+    asyncio: DecodeRun | None
+    same_answers_threads: bool
+    same_answers_asyncio: bool | None
+    repeats: int = 1
+    rounds: list[DecodeRun] = field(default_factory=list)
+
+    @property
+    def speedup_threads(self) -> float:
+        return self.threads.tokens_per_s / self.one_at_a_time.tokens_per_s
+
+    @property
+    def speedup_asyncio(self) -> float | None:
+        return None if self.asyncio is None else self.asyncio.tokens_per_s / self.one_at_a_time.tokens_per_s
+
+
+@dataclass
+class VLLMSpeedReport:
+    """Everything one run measured (``to_markdown`` renders it)."""
+
+    created: str
+    quick: bool
+    server: dict[str, Any]
+    machine: dict[str, Any]
+    seed_mode: str
+    max_new_tokens: int
+    plain: DecodeRun
+    rain_official: DecodeRun
+    rain_fast: DecodeRun
+    concurrency: list[Concurrency]
+    cache_hit_rate_overall: float | None
+    load_average_after: list[float] | None
+    seconds: float
+    target_speedup: float = TARGET_SPEEDUP
+    schema: str = SCHEMA
+    version: int = VERSION
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio_official(self) -> float:
+        """Seconds per token of RAIN (official defaults) over plain decoding's."""
+        return self.rain_official.seconds_per_token / self.plain.seconds_per_token
+
+    @property
+    def ratio_fast(self) -> float:
+        return self.rain_fast.seconds_per_token / self.plain.seconds_per_token
+
+    @property
+    def target_met(self) -> bool:
+        """Whether every concurrency measurement reached ``target_speedup`` (threads and asyncio)."""
+        values = [c.speedup_threads for c in self.concurrency] + \
+            [c.speedup_asyncio for c in self.concurrency if c.speedup_asyncio is not None]
+        return bool(values) and all(v >= self.target_speedup for v in values)
+
+    def to_json(self) -> dict[str, Any]:
+        from rain_bench.output import jsonable
+
+        data = jsonable(self)
+        data["ratio_official"] = jsonable(self.ratio_official)
+        data["ratio_fast"] = jsonable(self.ratio_fast)
+        data["target_met"] = self.target_met
+        for c, d in zip(self.concurrency, data["concurrency"]):
+            d["speedup_threads"] = jsonable(c.speedup_threads)
+            d["speedup_asyncio"] = jsonable(c.speedup_asyncio)
+        for run_name in ("plain", "rain_official", "rain_fast"):
+            data[run_name]["tokens_per_s"] = jsonable(getattr(self, run_name).tokens_per_s)
+        return data
+
+    def to_markdown(self, command: str = "python -m rain_bench.vllm_speed") -> str:
+        from rain_bench.output import fmt_num, fmt_pct, fmt_x
+
+        s, m = self.server, self.machine
+        lines = [
+            f"# RAIN on vLLM: speed ({'quick' if self.quick else 'full'} run)",
+            "",
+            f"`{command}` on {self.created}: vLLM {s.get('version', '?')} serving {s.get('model')} "
+            f"({s.get('how', '')}); client on {m.get('cpu', '?')}, {m.get('cpus_usable', '?')} CPUs usable, "
+            f"load average {_load(m.get('load_average_at_start'))} at the start and "
+            f"{_load(self.load_average_after)} at the end (other processes share this machine). "
+            f"Seeds: {self.seed_mode}. {self.max_new_tokens} new tokens per decode. {self.seconds:.0f} s in all.",
+            "",
+            "| measurement | value |",
+            "|---|---|",
+            f"| plain decoding on the server | {fmt_num(self.plain.tokens_per_s, 1)} tokens/s |",
+            f"| RAIN official defaults, best-case evaluator | {fmt_num(self.rain_official.tokens_per_s, 2)} tokens/s: "
+            f"**{fmt_x(self.ratio_official, 1)}** the time per token of plain decoding |",
+            f"| RAIN fast preset, best-case evaluator | {fmt_num(self.rain_fast.tokens_per_s, 2)} tokens/s: "
+            f"**{fmt_x(self.ratio_fast, 1)}** the time per token of plain decoding |",
+        ]
+        for c in self.concurrency:
+            lines.append(
+                f"| {c.n} RAIN decodes at once vs one at a time, {c.evaluator}, {c.config} (threads) | "
+                f"{fmt_num(c.threads.tokens_per_s, 2)} vs {fmt_num(c.one_at_a_time.tokens_per_s, 2)} tokens/s: "
+                f"**{fmt_x(c.speedup_threads, 2)}** |")
+            if c.asyncio is not None:
+                lines.append(
+                    f"| {c.n} RAIN decodes at once vs one at a time, {c.evaluator}, {c.config} (asyncio, one event loop) | "
+                    f"{fmt_num(c.asyncio.tokens_per_s, 2)} vs {fmt_num(c.one_at_a_time.tokens_per_s, 2)} tokens/s: "
+                    f"**{fmt_x(c.speedup_asyncio, 2)}** |")
+        lines += [
+            f"| server prefix-cache hit rate, whole run | {fmt_pct(self.cache_hit_rate_overall)} of prompt tokens |",
+            "",
+            f"Target: {self.concurrency[0].n if self.concurrency else 8} concurrent decodes reach at least "
+            f"{self.target_speedup:.1f}x the tokens/s of one: **{'met' if self.target_met else 'not met'}**.",
+            "",
+            "| run | config | evaluator | decodes | at once | tokens | seconds | tokens/s | requests | "
+            "prompt tokens | searches | prefix-cache hits |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        runs = [self.plain, self.rain_official, self.rain_fast]
+        for c in self.concurrency:
+            runs += c.rounds or [r for r in (c.one_at_a_time, c.threads, c.asyncio) if r is not None]
+        for r in runs:
+            lines.append(f"| {r.label} | {r.config} | {r.evaluator} | {r.decodes} | {r.concurrency} | {r.tokens} | "
+                         f"{r.seconds:.1f} | {fmt_num(r.tokens_per_s, 2)} | {r.requests} | {r.prompt_tokens} | "
+                         f"{r.searches} | {fmt_pct(r.cache_hit_rate)} |")
+        for c in self.concurrency:
+            same = [f"threads {'identical' if c.same_answers_threads else 'NOT identical'}"]
+            if c.same_answers_asyncio is not None:
+                same.append(f"asyncio {'identical' if c.same_answers_asyncio else 'NOT identical'}")
+            lines.append("")
+            lines.append(f"{c.evaluator}: the answers of the decodes at once were {', '.join(same)} to the ones "
+                         "decoded one at a time (same seeds).")
+        lines += ["", *self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _load(values: Sequence[float] | None) -> str:
+    return "n/a" if not values else " / ".join(f"{v:.1f}" for v in values)
+
+
+# --- measuring ----------------------------------------------------------------------------------
+def approve_all() -> CallableEvaluator:
+    """The best case: every text is judged good, so searches stop as early as the algorithm allows."""
+    return CallableEvaluator(lambda prompt, response: 1.0, name="approve-all")
+
+
+def _timed_run(engine: VLLMEngine, label: str, config: str, evaluator: str, mode: str, concurrency: int,
+               work: Callable[[], list[RainResult]]) -> tuple[DecodeRun, list[RainResult]]:
+    metrics = engine.server_metrics()
+    stats = engine.engine_stats()
+    t0 = time.perf_counter()
+    results = work()
+    seconds = time.perf_counter() - t0
+    after = engine.engine_stats()
+    run = DecodeRun(
+        label=label, config=config, evaluator=evaluator, decodes=len(results), concurrency=concurrency, mode=mode,
+        tokens=sum(len(r.token_ids) for r in results), seconds=seconds,
+        requests=int(after["requests"] - stats["requests"]),
+        prompt_tokens=int(after["prompt_tokens"] - stats["prompt_tokens"]),
+        searches=int(sum(r.stats.get("searches", 0) for r in results)),
+        cache_hit_rate=engine.prefix_cache_hit_rate(metrics))
+    logger.info("%s: %d tokens in %.1fs (%.2f tokens/s)", label, run.tokens, run.seconds, run.tokens_per_s)
+    return run, results
+
+
+def _concurrency(engine: VLLMEngine, make: Callable[[int], RainDecoder], prompts: Sequence[str], evaluator: str,
+                 config: str, repeats: int = 1) -> Concurrency:
+    n = len(prompts)
+    decoders = [make(i) for i in range(n)]
+
+    def sequential() -> list[RainResult]:
+        return [d.generate(p) for d, p in zip(decoders, prompts)]
+
+    def threads() -> list[RainResult]:
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda i: decoders[i].generate(prompts[i]), range(n)))
+
+    def on_one_loop() -> list[RainResult]:
+        async def main() -> list[RainResult]:
+            try:
+                return list(await asyncio.gather(*(d.agenerate(p) for d, p in zip(decoders, prompts))))
+            finally:
+                await engine.aclose()
+
+        return asyncio.run(main())
+
+    has_async = hasattr(RainDecoder, "agenerate")
+    modes = [("one at a time", "sequential", 1, sequential), (f"{n} in threads", "threads", n, threads)]
+    if has_async:
+        modes.append((f"{n} asyncio tasks", "asyncio", n, on_one_loop))
+    rounds: list[DecodeRun] = []
+    answers: dict[str, list[list[int]]] = {}
+    for _ in range(max(1, repeats)):
+        for label, mode, at_once, work in modes:
+            run, results = _timed_run(engine, label, config, evaluator, mode, at_once, work)
+            rounds.append(run)
+            ids = [r.token_ids for r in results]
+            if answers.setdefault(mode, ids) != ids:
+                logger.warning("%s: the answers changed between rounds", label)
+
+    def best(mode: str) -> DecodeRun:
+        return max((r for r in rounds if r.mode == mode), key=lambda r: r.tokens_per_s)
+
+    return Concurrency(
+        evaluator=evaluator, config=config, n=n, one_at_a_time=best("sequential"), threads=best("threads"),
+        asyncio=best("asyncio") if has_async else None,
+        same_answers_threads=answers["threads"] == answers["sequential"],
+        same_answers_asyncio=(answers["asyncio"] == answers["sequential"]) if has_async else None,
+        repeats=max(1, repeats), rounds=rounds)
+
+
+def measure(engine: VLLMEngine, *, quick: bool = False, server: dict[str, Any] | None = None,
+            self_evaluation: bool = True) -> VLLMSpeedReport:
+    """Run every measurement on ``engine``'s server (see the module's docstring)."""
+    from rain_bench.harness import machine_info, now_iso
+
+    t_start = time.perf_counter()
+    machine = machine_info(cuda=False)
+    before = engine.server_metrics()
+    max_new = 8 if quick else 32
+    ratio_prompts = PROMPTS[:1] if quick else PROMPTS[:2]
+    n = 2 if quick else 8
+    concurrency_prompts = PROMPTS[:n]
+    seed_mode = "send" if engine.deterministic else engine.seed_mode
+    # warm-up: the sentence encoder (similarity update) loads on first use; not part of any timing
+    RainDecoder(engine, approve_all(), config=RainConfig.fast(max_new_tokens=2)).generate("Hello")
+
+    official = RainConfig(max_new_tokens=max_new)
+    fast = RainConfig.fast(max_new_tokens=max_new)
+    plain, _ = _timed_run(engine, "plain decoding", "top-k sampling", "none", "sequential", 1,
+                          lambda: [RainDecoder(engine, approve_all(), config=official).vanilla(p) for p in ratio_prompts])
+    rain_official, _ = _timed_run(engine, "RAIN official", "RainConfig()", "approve-all", "sequential", 1,
+                                  lambda: [RainDecoder(engine, approve_all(), config=official).generate(p)
+                                           for p in ratio_prompts])
+    rain_fast, _ = _timed_run(engine, "RAIN fast", "RainConfig.fast()", "approve-all", "sequential", 1,
+                              lambda: [RainDecoder(engine, approve_all(), config=fast).generate(p)
+                                       for p in ratio_prompts])
+    conc_new = 8 if quick else 16
+    repeats = 1 if quick else 2
+    runs = [_concurrency(engine, lambda i: RainDecoder(engine, approve_all(), config=RainConfig.fast(
+        max_new_tokens=conc_new, seed=i)), concurrency_prompts, "approve-all", f"RainConfig.fast(), {conc_new} tokens",
+        repeats)]
+    if self_evaluation:
+        # the model judges itself on the server (two option-letter requests per evaluation); the
+        # searches per commit are capped so that eight decodes one at a time fit in minutes
+        judge = SelfEvaluator(engine, "harmless")
+        self_new = 2 if quick else 3
+        budget = dict(max_searches=6, extra_searches=3)
+        runs.append(_concurrency(engine, lambda i: RainDecoder(engine, judge, config=RainConfig.fast(
+            max_new_tokens=self_new, seed=i, **budget)), concurrency_prompts, "self-evaluation",
+            f"RainConfig.fast(max_searches=6, extra_searches=3), {self_new} tokens", 1))
+    notes = [
+        "Plain decoding and RAIN use the same server, prompts, temperature (1.0) and top-k (15). The per-token "
+        "ratio divides RAIN's seconds per committed token by plain decoding's.",
+        "The concurrency runs decode the same prompts with the same seeds one at a time and then all at once, so "
+        "both do the same work; tokens/s is committed tokens over wall-clock seconds. Each mode ran in alternating "
+        "rounds; the table shows each mode's fastest round (the JSON has every round).",
+    ]
+    if not engine.deterministic:
+        notes.append("The engine sent no per-request seeds, so the decodes at once may differ from those one at a "
+                     "time (and do different work).")
+    return VLLMSpeedReport(
+        created=now_iso(), quick=quick, server=dict(server or {"base_url": engine.base_url, "model": engine.name}),
+        machine=machine, seed_mode=seed_mode, max_new_tokens=max_new, plain=plain, rain_official=rain_official,
+        rain_fast=rain_fast, concurrency=runs, cache_hit_rate_overall=engine.prefix_cache_hit_rate(before),
+        load_average_after=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        seconds=time.perf_counter() - t_start, notes=notes)
+
+
+def _server_version(engine: VLLMEngine) -> str | None:
+    try:
+        response = engine._transport.request("GET", "/version")
+        return str(response.json().get("version")) if response.status_code == 200 else None
+    except Exception:  # an older server or a proxy: the version is only informative
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rain_bench.vllm_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-url", default=None, help="a running vLLM server (default: start a local CPU one "
+                        "from .venv-vllm, the way the tests do)")
+    parser.add_argument("--model", default=None, help="the served model name (default: the only one served)")
+    parser.add_argument("--seed-mode", choices=["auto", "send", "never"], default=None,
+                        help="per-request seeds (default: send to the server this benchmark starts, auto otherwise)")
+    parser.add_argument("--venv", default=".venv-vllm", help="the vLLM virtualenv for the local server")
+    parser.add_argument("--quick", action="store_true", help="a small version (about two minutes)")
+    parser.add_argument("--no-self-evaluation", action="store_true", help="skip the self-evaluation concurrency run")
+    parser.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+    parser.add_argument("--name", default="vllm-cpu", help="report file name without extension")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from rain_bench.output import DEFAULT_FOLDER, write_report
+
+    local = None
+    if args.base_url is None:
+        from rain_core.engines.embedded import materialize_default_model
+        from rain_core.engines.vllm_launch import CPU_FLAGS, LocalVLLMServer
+
+        python = Path(args.venv) / "bin" / "python"
+        if not python.exists():
+            sys.stderr.write(f"{python} is missing: run `make vllm`, or pass --base-url of a running server\n")
+            return 2
+        local = LocalVLLMServer(python, materialize_default_model(), name="smollm2").start()
+        base_url, seed_mode = local.base_url, args.seed_mode or "send"
+        how = "started by the benchmark: " + " ".join(CPU_FLAGS)
+    else:
+        base_url, seed_mode, how = args.base_url, args.seed_mode or "auto", "a running server"
+    try:
+        with VLLMEngine(base_url, args.model, seed_mode=seed_mode) as engine:
+            server = {"base_url": engine.base_url, "model": engine.name, "version": _server_version(engine),
+                      "how": how, "startup_seconds": local.startup_seconds if local else None}
+            report = measure(engine, quick=args.quick, server=server, self_evaluation=not args.no_self_evaluation)
+    finally:
+        if local is not None:
+            local.stop()
+    command = "python -m rain_bench.vllm_speed" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    markdown = report.to_markdown(command.strip())
+    md_path, json_path = write_report(Path(args.out) if args.out else DEFAULT_FOLDER, args.name, markdown,
+                                      report.to_json())
+    sys.stdout.write(markdown)
+    sys.stdout.write(f"\nwrote {md_path} and {json_path}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
