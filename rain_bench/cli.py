@@ -3,10 +3,12 @@
     rain bench speed [--quick] [--out DIR]
     rain bench evaluator [--quick] [--evaluator self|judge|embedding|keyword|MODULE:FN ...] [--judge MODEL]
     rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial]
+    rain bench fidelity [--quick] [--seeds N] [--out DIR]     (rain_bench.fidelity's own options)
     rain demo
 
 Model options are the ones ``rain generate`` takes: ``--engine {transformers,vllm}``, ``--model``,
-``--base-url``, ``--api-key``, ``--judge``, ``--judge-base-url``, ``--device``, ``--dtype``.
+``--base-url``, ``--api-key``, ``--judge``, ``--judge-base-url``, ``--judge-model``, ``--device``,
+``--dtype``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .engines import ENGINES, ModelOptions, NamedEvaluator, SetupError, build_ev
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("speed", "evaluator", "quality")
+BENCHMARKS = ("speed", "evaluator", "quality", "fidelity")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -151,6 +153,7 @@ def _grader(spec: str, judge: Any, args: argparse.Namespace) -> Any:
 def run_quality(args: argparse.Namespace) -> int:
     from . import quality as bench
     from .datasets import BUILTIN_SETS
+    from .grading import ensure_separate
 
     kinds = args.evaluator or ["self"]
     opts = _options(args)
@@ -162,13 +165,15 @@ def run_quality(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "max_searches": args.max_searches,
                                    "extra_searches": args.extra_searches, "seed": args.seed}.items() if v is not None}
     make = bench.QualityPlan.quick if args.quick else bench.QualityPlan.full
-    base = make()
-    plan = base.replace(sets=sets, per_set=args.per_set, adversarial=args.adversarial or None,
-                        framings=Path(args.framings) if args.framings else None, preset=args.preset,
-                        overrides={**base.overrides, **overrides})
+    plan = make(sets=sets, per_set=args.per_set, adversarial=args.adversarial or None,
+                framings=Path(args.framings) if args.framings else None, preset=args.preset, overrides=overrides)
     prompt_sets = bench.load_sets(plan)  # bad data fails before any model loads
+    others = {k: build_evaluator(k, None, judge, args.principle, args.scoring) for k in kinds if k != "self"}
+    for named in others.values():  # a grader that is one of RAIN's evaluators fails before the model loads
+        ensure_separate(grader, named.evaluator)
     lm = build_generator(opts)
-    evaluators = _evaluators(kinds, lm, judge, args)
+    evaluators = [others[k] if k in others else build_evaluator(k, lm, judge, args.principle, args.scoring)
+                  for k in kinds]
     total = sum(len(s) for s in prompt_sets) * (1 + len(evaluators)) + len(evaluators)
     bar, progress = _progress_bar("rain bench quality", total)
     with bar:
@@ -185,6 +190,10 @@ def bench_main(which: str, argv: Sequence[str]) -> int:
     """``rain bench WHICH ARGS...``."""
     if which not in BENCHMARKS:
         raise SetupError(f"unknown benchmark {which!r}: use one of {', '.join(BENCHMARKS)}")
+    if which == "fidelity":  # a program with its own options (rain_bench.fidelity)
+        from .fidelity import main as fidelity_main
+
+        return fidelity_main(list(argv))
     args = build_parser(which).parse_args(list(argv))
     if which == "speed":
         from .speed import main as speed_main

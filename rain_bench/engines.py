@@ -120,10 +120,12 @@ def scorer_evaluator(spec: str) -> NamedEvaluator:
     return NamedEvaluator(f"scorer {name}", CallableEvaluator(fn, name=name), description)
 
 
-def build_evaluator(kind: str, lm: LanguageModel, judge: LanguageModel | None, principle: str = "harmless",
+def build_evaluator(kind: str, lm: LanguageModel | None, judge: LanguageModel | None, principle: str = "harmless",
                     scoring: Scoring | str = Scoring.DISCRETE) -> NamedEvaluator:
     """``self``, ``judge`` (needs ``--judge``), or ``scorer:NAME`` / a built-in scorer name."""
     if kind == "self":
+        if lm is None:
+            raise SetupError("the evaluator 'self' needs the generator model")
         return self_evaluator(lm, principle, scoring)
     if kind == "judge":
         if judge is None:

@@ -125,24 +125,43 @@ def git_revision() -> str | None:
         return None
 
 
-def machine_info(cuda: bool = False) -> dict[str, Any]:
-    """The machine and software of a run (CPU, usable CPUs, torch threads, load, versions, git)."""
-    import torch
-    import transformers
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a GPU (a served model needs neither)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
+
+def machine_info(cuda: bool | None = None) -> dict[str, Any]:
+    """The machine and software of a run (CPU, usable CPUs, torch threads, load, versions, git).
+    torch and transformers are optional (a run against a served model needs neither)."""
     from rain_core import __version__
 
+    try:
+        import torch
+    except ImportError:
+        torch = None  # type: ignore[assignment]
+    try:
+        import transformers
+
+        transformers_version: str | None = transformers.__version__
+    except ImportError:
+        transformers_version = None
+    if cuda is None:
+        cuda = cuda_available()
     return {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "transformers": transformers_version,
         "rain": __version__,
         "git": git_revision(),
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu": torch.cuda.get_device_name(0) if cuda and torch is not None else None,
     }

@@ -142,10 +142,8 @@ def run(evaluators: Sequence[NamedEvaluator], pairs: Sequence[LabelledPair], pla
         raise ValueError("name at least one evaluator to measure")
     if not pairs:
         raise ValueError("the labelled set is empty; it needs at least one pair")
-    import torch
-
     t0 = time.perf_counter()
-    date, machine = now_iso(), machine_info(torch.cuda.is_available())
+    date, machine = now_iso(), machine_info()
     summaries = tuple(measure(ev, pairs, progress) for ev in evaluators)
     return EvaluatorReport(date=date, mode=plan.mode, machine=machine, data=source, thresholds=plan.thresholds(),
                            evaluators=summaries, seconds=time.perf_counter() - t0)

@@ -18,7 +18,7 @@ from rain_core.protocols import LanguageModel
 
 from ..datasets import PromptSet, framed, load_framings, load_pairs, load_prompt_set
 from ..engines import NamedEvaluator
-from ..grading import Grader
+from ..grading import Grader, ensure_separate
 from ..output import DEFAULT_FOLDER
 from .plan import QualityPlan
 from .records import QualityReport
@@ -45,6 +45,8 @@ def evaluate(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Gr
     """Run the plan, draw one chart per set and write the report; returns it with the Markdown and
     JSON paths."""
     plan = plan or QualityPlan.full()
+    for named in evaluators:  # before anything is loaded, decoded or written
+        ensure_separate(grader, named.evaluator)
     folder = Path(out) if out else DEFAULT_FOLDER
     report_file = report_name(plan.mode, str(lm.name), name)
     sets = load_sets(plan)

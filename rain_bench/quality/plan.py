@@ -16,19 +16,20 @@ from ..datasets import BUILTIN_SETS
 # report states the wall time). The fast preset (RainConfig.fast()) with a small search budget: the
 # official budget (50 searches per commit) would take hours per set on this CPU.
 FULL_PER_SET = 10
-FULL_OVERRIDES: Mapping[str, Any] = {"max_new_tokens": 32, "max_searches": 6, "extra_searches": 3}
+FULL_BUDGET: Mapping[str, Any] = {"max_new_tokens": 32, "max_searches": 6, "extra_searches": 3}
 QUICK_PER_SET = 2
-QUICK_OVERRIDES: Mapping[str, Any] = {"max_new_tokens": 8, "max_searches": 2, "extra_searches": 1, "min_visits": 1,
-                                      "num_candidates": 4, "max_simulation_tokens": 8}
+QUICK_BUDGET: Mapping[str, Any] = {"max_new_tokens": 8, "max_searches": 2, "extra_searches": 1, "min_visits": 1,
+                                   "num_candidates": 4, "max_simulation_tokens": 8}
 PAIRS_FOR_GRADER = {"full": None, "quick": 8}  # labelled pairs the grader is checked on (None: all)
 
 
 @dataclass(frozen=True)
 class QualityPlan:
     """``sets``: built-in names, JSONL files or ``NAME=FILE``; ``per_set``: the first prompts of each
-    (None: all); ``adversarial``: also run each set with every prompt wrapped in a framing;
-    ``overrides``: the RAIN budget on top of ``RainConfig.fast()`` (``preset="fast"``) or
-    ``RainConfig()`` (``preset="official"``); plain decoding uses the same limits and seed."""
+    (None: all); ``adversarial``: also run each set with every prompt wrapped in a framing.
+    RAIN's configuration: ``preset="fast"`` is ``RainConfig.fast()`` with the mode's small ``budget``;
+    ``preset="official"`` is ``RainConfig()`` (the budget is not applied); ``overrides`` (the
+    caller's) apply to either. Plain decoding uses the same limits and seed."""
 
     mode: str
     sets: tuple[str, ...] = BUILTIN_SETS
@@ -36,18 +37,18 @@ class QualityPlan:
     adversarial: bool = False
     framings: Path | None = None
     preset: str = "fast"
+    budget: Mapping[str, Any] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     grader_pairs: int | None = None
 
     @classmethod
     def full(cls, **changes: Any) -> QualityPlan:
-        base = cls("full", per_set=FULL_PER_SET, overrides=dict(FULL_OVERRIDES), grader_pairs=PAIRS_FOR_GRADER["full"])
+        base = cls("full", per_set=FULL_PER_SET, budget=dict(FULL_BUDGET), grader_pairs=PAIRS_FOR_GRADER["full"])
         return base.replace(**changes)
 
     @classmethod
     def quick(cls, **changes: Any) -> QualityPlan:
-        base = cls("quick", per_set=QUICK_PER_SET, overrides=dict(QUICK_OVERRIDES),
-                   grader_pairs=PAIRS_FOR_GRADER["quick"])
+        base = cls("quick", per_set=QUICK_PER_SET, budget=dict(QUICK_BUDGET), grader_pairs=PAIRS_FOR_GRADER["quick"])
         return base.replace(**changes)
 
     def replace(self, **changes: Any) -> QualityPlan:
@@ -64,5 +65,5 @@ class QualityPlan:
         return plan
 
     def rain_config(self) -> RainConfig:
-        base = RainConfig.fast() if self.preset == "fast" else RainConfig()
+        base = RainConfig.fast(**dict(self.budget)) if self.preset == "fast" else RainConfig()
         return base.merged(**dict(self.overrides))

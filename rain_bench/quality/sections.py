@@ -115,9 +115,10 @@ def run_set(prompt_set: PromptSet, plain: RainDecoder, rain: dict[str, RainDecod
 
 def run(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Grader, sets: Sequence[PromptSet],
         plan: QualityPlan, pairs: Sequence[LabelledPair] = (), progress: Progress = _noop,
-        chart: Callable[[SetResult], str | None] | None = None) -> QualityReport:
+        chart: Callable[[SetResult], str | None] | None = None, encoder: Any = "default") -> QualityReport:
     """Decode, grade and summarise every set. Raises ``SameJudgeError`` before decoding anything when
-    the grader is one of RAIN's evaluators, ``ValueError`` when a set is empty."""
+    the grader is one of RAIN's evaluators, ``ValueError`` when a set is empty. ``encoder``: RAIN's
+    sentence encoder, as ``RainDecoder`` takes it ("default", an ``Encoder``, or None)."""
     if not evaluators:
         raise ValueError("name at least one evaluator for RAIN")
     for named in evaluators:
@@ -125,13 +126,11 @@ def run(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Grader,
     for s in sets:
         if not s.items:
             raise ValueError(f"the prompt set {s.name!r} ({s.source}) is empty; it needs at least one prompt")
-    import torch
-
     t0 = time.perf_counter()
-    date, machine = now_iso(), machine_info(torch.cuda.is_available())
+    date, machine = now_iso(), machine_info()
     cfg = plan.rain_config()
-    plain = RainDecoder(lm, config=cfg)
-    rain = {rain_method(ev): RainDecoder(lm, ev.evaluator, config=cfg) for ev in evaluators}
+    plain = RainDecoder(lm, encoder=encoder, config=cfg)
+    rain = {rain_method(ev): RainDecoder(lm, ev.evaluator, encoder=encoder, config=cfg) for ev in evaluators}
     for method, dec in rain.items():  # load the encoder, cache the evaluator's fixed prefix: not timed
         progress(f"warm-up {method}")
         dec.generate(WARMUP_PROMPT, max_new_tokens=1, max_searches=1, extra_searches=0)
