@@ -128,7 +128,22 @@ def _join(chunks: Sequence[Any]) -> Any:
         return chunks[-1]
 
 
-class RainGuard(RunnableSerializable[Any, Any]):
+class _StreamsByTransform:
+    """``stream``/``astream`` of one input through ``transform``/``atransform`` (which LCEL sequences
+    call), so a single value and a stream of chunks take the same path."""
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.transform(iter([input]), config, **kwargs)  # type: ignore[attr-defined]
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(one(), config, **kwargs):  # type: ignore[attr-defined]
+            yield chunk
+
+
+class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     """Score text with a RAIN evaluator and act when it falls below ``threshold``.
 
     Input and output: a string or a message (``AIMessage``, ``ToolMessage``, ...), returned as the
@@ -336,9 +351,6 @@ class RainGuard(RunnableSerializable[Any, Any]):
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._buffered, config, run_type="chain")
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)
-
     async def atransform(self, input: AsyncIterator[Any], config: RunnableConfig | None = None,
                          **kwargs: Any) -> AsyncIterator[Any]:
         async def buffered(chunks: AsyncIterator[Any], run_manager: Any, config: RunnableConfig) -> AsyncIterator[Any]:
@@ -346,13 +358,6 @@ class RainGuard(RunnableSerializable[Any, Any]):
                 yield c
 
         async for chunk in self._atransform_stream_with_config(input, buffered, config, run_type="chain"):
-            yield chunk
-
-    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):
             yield chunk
 
 
@@ -371,7 +376,7 @@ def _final_output_type(runnable: Runnable[Any, Any]) -> Any:
             return runnable.OutputType
 
 
-class RainGuardedRunnable(RunnableSerializable[Any, Any]):
+class RainGuardedRunnable(_StreamsByTransform, RunnableSerializable[Any, Any]):
     """``guard | runnable`` for a guard with ``check_input=True``: the input is checked first; a
     blocked input returns the guard's ``input_block_message`` (a string when the runnable returns
     strings, else an ``AIMessage`` with the verdict in ``response_metadata["rain_guard"]``) without
@@ -419,9 +424,6 @@ class RainGuardedRunnable(RunnableSerializable[Any, Any]):
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._transform, config, run_type="chain")
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)
-
     async def _atransform(self, inputs: AsyncIterator[Any], run_manager: Any,
                           config: RunnableConfig) -> AsyncIterator[Any]:
         new, blocked = await run_in_executor(config, self.guard.screen_input, _join([i async for i in inputs]))
@@ -434,12 +436,5 @@ class RainGuardedRunnable(RunnableSerializable[Any, Any]):
     async def atransform(self, input: AsyncIterator[Any], config: RunnableConfig | None = None,
                          **kwargs: Any) -> AsyncIterator[Any]:
         async for chunk in self._atransform_stream_with_config(input, self._atransform, config, run_type="chain"):
-            yield chunk
-
-    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):
             yield chunk
 

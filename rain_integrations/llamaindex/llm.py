@@ -205,7 +205,7 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
             else:
                 neutral = messages_from_llamaindex(prompt, self.system_prompt)
             rain_prompt, chat_kwargs = render_tools(neutral, tools=tools, tool_choice=tool_choice,
-                                                    support=self.decoder.template_support if tools else None)
+                                                    support=self.decoder.template_support)
         if "temperature" in kwargs:
             kwargs["temperature"] = rain_temperature(kwargs["temperature"])
         options = {"max_length": self.context_window, **kwargs}
