@@ -24,6 +24,18 @@ from rain_integrations.llamaindex import RainEmbedding, RainLlamaIndexLLM, messa
 
 pytestmark = pytest.mark.model
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread: on a busy 2-core machine torch's two-thread pool spins (see
+    test_langchain_integration.py); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 DOCS = [
     "Paris is the capital of France. The Eiffel Tower stands in Paris.",
     "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen.",
