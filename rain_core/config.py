@@ -35,8 +35,8 @@ class RainConfig(BaseModel):
     # --- search budget (official) -------------------------------------------------------------
     max_searches: int = Field(50, ge=1, description="T_max: search budget per commit (official 50).")
     min_visits: int = Field(
-        6, ge=0, description="T_min: early stop once the best root child has more visits than this "
-        "(official 6; the paper uses 5 for adversarial prompts, 16 for truthfulness)."
+        6, ge=0, description="T_min: early stop once the most-visited root child has more real visits (backups, "
+        "not similarity visits) than this (official 6; the paper uses 5 for adversarial prompts, 16 for truthfulness)."
     )
     extra_searches: int = Field(
         15, ge=0, description="T_extra: at least this many new searches per commit, even when a reused "
