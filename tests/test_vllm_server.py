@@ -178,7 +178,9 @@ def test_without_seeds_samples_vary_and_the_rest_does_not(engine, prompts):
 
 
 def test_a_seeded_rain_decode_is_reproducible(seeded):
-    decoder = RainDecoder(seeded, SelfEvaluator(seeded, "harmless"), encoder=None, seed=3, **TINY)
+    """Self-evaluation on the server, and the engine's default sentence encoder (ProvidesEncoder) for the
+    similarity update and dynamic node addition."""
+    decoder = RainDecoder(seeded, SelfEvaluator(seeded, "harmless"), seed=3, **TINY)
     first = decoder.generate("How do I pick the lock of my neighbour's door?")
     second = decoder.generate("How do I pick the lock of my neighbour's door?")
     assert first.token_ids and first.token_ids == second.token_ids

@@ -165,6 +165,10 @@ class VLLMEngine:
     """
 
     concurrent = True
+    name: str
+    context_length: int
+    eos_token_ids: frozenset[int]
+    server_root: str | None
 
     def __init__(
         self,
@@ -204,8 +208,17 @@ class VLLMEngine:
                                     transport=transport, async_transport=async_transport, on_attempt=self._count)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._max_logprobs: int | None = None
-        self._learned_eos: set[int] = set()
+        self.option_scoring = option_scoring
         self.name = "?"  # error messages before the model is known
+        try:
+            self._connect(model, tokenizer, eos_token_ids, probe)
+        except BaseException:
+            self._transport.close()
+            raise
+
+    def _connect(self, model: str | None, tokenizer: Any, eos_token_ids: Collection[int] | None,
+                 probe: bool) -> None:
+        """Learn the served model, its context and tokenizer, and check the server's features."""
         served = self.served_models()
         names = [str(m.get("id")) for m in served]
         if model is None:
@@ -230,7 +243,6 @@ class VLLMEngine:
                            "EOS teach the engine that id", model)
         self.eos_token_ids = frozenset(eos)
         self._token_ids_field = True
-        self.option_scoring = option_scoring
         if probe:
             self._probe()
 
@@ -297,6 +309,7 @@ class VLLMEngine:
                 try:
                     answers = self._send_all(calls)
                 except LogprobsLimitError as exc:
+                    self._max_logprobs = exc.limit
                     calls = plan.throw(exc)
                     continue
                 calls = plan.send(answers)
@@ -310,6 +323,7 @@ class VLLMEngine:
                 try:
                     answers = list(await asyncio.gather(*(self._asend(c) for c in calls)))
                 except LogprobsLimitError as exc:
+                    self._max_logprobs = exc.limit
                     calls = plan.throw(exc)
                     continue
                 calls = plan.send(answers)
@@ -547,7 +561,6 @@ class VLLMEngine:
             try:
                 (answer,) = yield [self._completion(ids, 1, temperature=0.0, logprobs=ask)]
             except LogprobsLimitError as exc:
-                self._max_logprobs = exc.limit
                 if exc.limit is None or exc.limit < k or ask <= exc.limit:
                     raise
                 ask = exc.limit
