@@ -56,7 +56,7 @@ def shared_server():
     """The session's server, started on first use (a ``pytest.fail`` when it cannot start)."""
     global _server, _error
     from rain_core.engines.embedded import materialize_default_model
-    from rain_core.engines.vllm_launch import LocalVLLMServer, ServerStartError
+    from rain_core.engines.vllm_launch import LocalVLLMServer
 
     with _lock:
         if _error is not None:
