@@ -45,7 +45,13 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     gen.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
     gen.add_argument("--max-new-tokens", type=int, default=None)
+    gen.add_argument("--preset", choices=["official", "fast"], default="official",
+                     help="official: the authors' search (default); fast: RainConfig.fast() (docs/algorithm.md)")
     gen.add_argument("--max-searches", type=int, default=None, help="T_max, searches per commit (official 50)")
+    gen.add_argument("--extra-searches", type=int, default=None,
+                     help="T_extra, at least this many new searches per commit (official 15)")
+    gen.add_argument("--max-seconds", type=float, default=None,
+                     help="deadline per answer: the best branch so far is committed and the answer ends")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
@@ -74,7 +80,8 @@ def _bench_or_demo(args: argparse.Namespace) -> int:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = {"max_new_tokens": "max_new_tokens", "max_searches": "max_searches", "seed": "seed",
-             "temperature": "temperature", "stop": "stop", "scoring": "scoring"}
+             "temperature": "temperature", "stop": "stop", "scoring": "scoring", "extra_searches": "extra_searches",
+             "max_seconds": "max_seconds"}
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr) is not None}
 
 
@@ -110,7 +117,10 @@ def _load(args: argparse.Namespace):
         evaluator = JudgeEvaluator(load_model(args.judge, **kw), args.principle, scoring=scoring)
     else:
         evaluator = SelfEvaluator(lm, args.principle, scoring=scoring)
-    return RainDecoder(lm, evaluator, **_overrides(args))
+    from . import RainConfig
+
+    config = RainConfig.fast() if args.preset == "fast" else RainConfig()
+    return RainDecoder(lm, evaluator, config=config, **_overrides(args))
 
 
 def _stats_line(stats: dict[str, Any]) -> str:

@@ -102,3 +102,35 @@ def test_kv_cache_and_batching_do_not_change_what_is_sampled(default_lm):
     top_fast, top_slow = default_lm.top_tokens(prefix, 5), fresh.top_tokens(prefix, 5)
     assert [c.token_ids for c in top_fast] == [c.token_ids for c in top_slow]
     assert [c.logprob for c in top_fast] == pytest.approx([c.logprob for c in top_slow], abs=1e-3)
+
+
+def test_cli_presets_and_budgets(default_lm, capsys):
+    import json
+
+    from rain_core.cli import main
+
+    assert main(["generate", "--json", "--preset", "fast", "--max-new-tokens", "6", "--max-searches", "3",
+                 "--extra-searches", "1", "--max-seconds", "120", "Say hello."]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] and out["finish_reason"] in {"eos", "length", "time"}
+    assert out["stats"]["searches"] >= out["stats"]["commits"] >= 1
+
+
+def test_load_model_with_a_device_map_does_not_move_the_model(monkeypatch):
+    # A model dispatched with device_map (or quantised) raises "cannot be moved" on .to(): the loader
+    # must leave placement to transformers. Record every .to() made while loading.
+    from transformers import PreTrainedModel
+
+    from rain_core import load_model
+    from rain_core.engines.embedded import materialize_default_model
+
+    moves = []
+    real_to = PreTrainedModel.to
+    monkeypatch.setattr(PreTrainedModel, "to", lambda self, *a, **k: (moves.append(a or k), real_to(self, *a, **k))[1])
+    lm = load_model(str(materialize_default_model()), device_map="cpu", dtype="float32")
+    assert moves == []
+    assert lm.device.type == "cpu" and lm.top_tokens(lm.encode("Hello"), 2)
+    load_model(str(materialize_default_model()), device="cpu")  # one device, no map: moved as asked
+    assert moves
+    with pytest.raises(ValueError, match="either device"):
+        load_model(str(materialize_default_model()), device="cpu", device_map="cpu")
