@@ -40,9 +40,11 @@ def one_torch_thread():
 # ("The value of magic_function(3) is 3. The tool is called ..."), so these tests fail on it for
 # reasons of model quality, not of the adapter.
 NO_TOOL_CALLS = (
-    "SmolLM2-135M-Instruct cannot follow a tool-call or JSON format (it answers in prose), so it produces no "
-    "tool call or structured output; ChatRain's tool rendering, call parsing, streaming of calls, "
-    "tool_choice and with_structured_output are tested with a scripted model in test_langchain_unit.py"
+    "SmolLM2-135M-Instruct writes no complete tool call or JSON object here (it answers in prose, or a JSON "
+    "object is cut off by the 6-token test budget), so it produces no tool call or structured output; "
+    "ChatRain's tool rendering, call parsing, streaming of calls, tool_choice and with_structured_output "
+    "(all three methods, and the OutputParserException on a reply that does not parse) are tested with a "
+    "scripted model in test_langchain_unit.py"
 )
 MODEL_PARAMS = pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
 SCHEMA_TYPES = pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
@@ -66,7 +68,15 @@ class TestChatRainStandardIntegration(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False  # one ChatRain wraps one loaded model
 
-    # --- tests that need a model able to emit tool calls ---------------------------------------
+    @property
+    def supports_json_mode(self) -> bool:
+        return True  # with_structured_output(method="json_mode")
+
+    # --- tests that need a model able to emit tool calls or JSON ---------------------------------
+    @pytest.mark.xfail(reason=NO_TOOL_CALLS)
+    def test_json_mode(self, model: Any) -> None:
+        super().test_json_mode(model)
+
     @pytest.mark.xfail(reason=NO_TOOL_CALLS)
     @MODEL_PARAMS
     def test_tool_calling(self, model: Any) -> None:
