@@ -20,9 +20,25 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, TypeVar, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    TypeVar,
+    Union,
+)
 
-from rain_core import JudgeEvaluator, LanguageModel, RainConfig, RainDecoder, RainResult, SelfEvaluator
+from rain_core import (
+    JudgeEvaluator,
+    LanguageModel,
+    RainConfig,
+    RainDecoder,
+    RainResult,
+    SelfEvaluator,
+)
 from rain_core.decoder import Cancel
 
 logger = logging.getLogger(__name__)

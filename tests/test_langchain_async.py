@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-
 from conftest import SMALL
 from fakes import PRINTABLE, ScriptedLM
+
 from rain_core import RainDecoder
 from rain_integrations.langchain import ChatRain
 

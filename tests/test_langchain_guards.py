@@ -9,6 +9,8 @@ import sys
 from typing import Any
 
 import pytest
+from conftest import SMALL
+from fakes import PRINTABLE, CharLM, ScriptedLM, words_penalty
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -18,8 +20,6 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from pydantic import ValidationError
 
-from conftest import SMALL
-from fakes import PRINTABLE, CharLM, ScriptedLM, words_penalty
 from rain_core import RainDecoder
 from rain_integrations.langchain import (
     ChatRain,

@@ -14,7 +14,13 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from rain_core import RainDecoder
-from rain_integrations.langchain import ChatRain, RainGuard, RainLLM, messages_from_langchain, template_support
+from rain_integrations.langchain import (
+    ChatRain,
+    RainGuard,
+    RainLLM,
+    messages_from_langchain,
+    template_support,
+)
 
 pytestmark = pytest.mark.model
 

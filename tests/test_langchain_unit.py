@@ -15,6 +15,8 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from conftest import SMALL
+from fakes import PRINTABLE, CharLM, ScriptedLM
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import (
@@ -32,8 +34,6 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel, Field, ValidationError
 from typing_extensions import TypedDict
 
-from conftest import SMALL
-from fakes import PRINTABLE, CharLM, ScriptedLM
 from rain_core import JudgeEvaluator, RainConfig, RainDecoder, SelfEvaluator
 from rain_integrations.langchain import (
     MIN_TEMPERATURE,

@@ -20,7 +20,11 @@ from llama_index.core.llms import ChatMessage, MessageRole  # noqa: E402
 import rain_core.engines.loading as loading  # noqa: E402
 from rain_core import CallableEvaluator, RainDecoder  # noqa: E402
 from rain_integrations._tools import render_tools  # noqa: E402
-from rain_integrations.llamaindex import RainEmbedding, RainLlamaIndexLLM, messages_from_llamaindex  # noqa: E402
+from rain_integrations.llamaindex import (  # noqa: E402
+    RainEmbedding,
+    RainLlamaIndexLLM,
+    messages_from_llamaindex,
+)
 
 pytestmark = pytest.mark.model
 

@@ -20,11 +20,11 @@ import json
 import subprocess
 import sys
 import textwrap
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 import rain_core.setup_embedded as setup

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -18,7 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rain_core import RainResult
 
-from .._common import Commit, Done, Event, Text, aiter_in_thread, arun_in_thread, decode_events, run_events
+from .._common import (
+    Commit,
+    Done,
+    Event,
+    Text,
+    aiter_in_thread,
+    arun_in_thread,
+    decode_events,
+    run_events,
+)
 from .._tools import tool_call_start, tool_names
 from .messages import messages_from_langchain
 from .params import RainCall, RainParams, acommit_dispatch, commit_dispatcher

@@ -20,10 +20,21 @@ import operator
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.messages.utils import convert_to_messages
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableSequence, RunnableSerializable
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableSequence,
+    RunnableSerializable,
+)
 from langchain_core.runnables.base import coerce_to_runnable
 from langchain_core.runnables.config import patch_config, run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, AsyncIterator, Iterator
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
@@ -13,7 +16,15 @@ from pydantic import ConfigDict
 
 from rain_core import RainResult
 
-from .._common import Commit, Done, Event, Text, aiter_in_thread, decode_events, usage_of
+from .._common import (
+    Commit,
+    Done,
+    Event,
+    Text,
+    aiter_in_thread,
+    decode_events,
+    usage_of,
+)
 from .params import RainCall, RainParams, acommit_dispatch, commit_dispatcher
 
 __all__ = ["RainLLM"]

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
 from rain_core.decoder import Cancel
 
-from .._common import build_decoder, default_lm, join_cancels, rain_temperature, split_fields, stats_of
+from .._common import (
+    build_decoder,
+    default_lm,
+    join_cancels,
+    rain_temperature,
+    split_fields,
+    stats_of,
+)
 
 __all__ = ["RAIN_COMMIT_EVENT", "RainCall", "RainParams", "acommit_dispatch", "commit_dispatcher"]
 

@@ -26,7 +26,6 @@ from pydantic import Field, model_validator
 from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
 
 from .._common import (
-    Commit,
     Done,
     Event,
     Text,
