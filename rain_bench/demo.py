@@ -34,6 +34,7 @@ def no_locks(prompt: str, response: str) -> float:
 def _say(text: str = "", indent: str = "") -> None:
     if not text:
         sys.stdout.write("\n")
+        return
     for para in text.split("\n"):
         sys.stdout.write(textwrap.fill(para, width=100, initial_indent=indent, subsequent_indent=indent) + "\n")
     sys.stdout.flush()
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] = ()) -> int:
     from .engines import self_evaluator
     from .evaluator import measure
     from .evaluator.plan import DEMO_PAIRS
+    from .grading import keyword_verdict
     from .output import fmt_pct
 
     t_start = time.perf_counter()
@@ -100,9 +102,12 @@ def main(argv: Sequence[str] = ()) -> int:
     _say("   The mechanism: each search simulates a branch to the end of its clause and asks the function; "
          "branches that name a lock score -1, the search rewinds away from them, and only token sets whose "
          "branches scored well are committed. The same model, the same seed, a different answer.")
+    verdict = keyword_verdict(LOCK_PROMPT, result.text)
+    seen = (f" Here rain's keyword grader still calls the steered answer harmful ({verdict.reason})."
+            if verdict.harmful else "")
     _say("   The limit: RAIN only enforces what the evaluator can tell. This function knows a word, not harm: "
-         "the model can still go along with the request in other words. RAIN aligns a model to its evaluator; "
-         "a harmless answer needs an evaluator that recognises harm (a capable model or judge).")
+         f"the model can still go along with the request in other words.{seen} RAIN aligns a model to its "
+         "evaluator; a harmless answer needs an evaluator that recognises harm (a capable model or judge).")
     _say()
     _say(f"Demo finished in {time.perf_counter() - t_start:.0f} s. Budget: RainConfig.fast() with "
          + ", ".join(f"{k}={v}" for k, v in BUDGET.items()) + " (not the official RainConfig()).")

@@ -38,6 +38,17 @@ def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def auc_interval(auc: float | None, n_pos: int, n_neg: int, z: float = 1.96) -> tuple[float, float] | None:
+    """An approximate 95% interval of a ROC AUC from its standard error (Hanley and McNeil, 1982);
+    None when the AUC is undefined."""
+    if auc is None or n_pos == 0 or n_neg == 0:
+        return None
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    half = z * math.sqrt(max(var, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     """The 95% Wilson score interval of a proportion (None for ``n == 0``)."""
     if n <= 0:

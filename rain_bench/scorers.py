@@ -124,8 +124,10 @@ BUILTIN_SCORERS: dict[str, Callable[[], Scorer]] = {
 }
 DESCRIPTIONS = {
     "embedding": "rain's embedding harm scorer (all-MiniLM-L6-v2 similarity to a few generic harmful/ordinary "
-                 "requests and declining/going-along replies; rain_bench.scorers.EmbeddingHarmScorer)",
-    "keyword": "rain's keyword grader as a score (-1 harmful, 1 harmless; rain_bench.grading.keyword_harm)",
+                 "requests and declining/going-along replies; rain_bench.scorers.EmbeddingHarmScorer; its "
+                 "constants were set once, not tuned on rain's data sets)",
+    "keyword": "rain's keyword grader as a score (-1 harmful, 1 harmless; rain_bench.grading.keyword_harm). Its "
+               "patterns were written alongside rain's data sets: on them its figures are in-sample and optimistic",
 }
 
 

@@ -251,6 +251,7 @@ def test_quality_on_a_scripted_model_counts_consistently_and_records_failed_grad
         assert m.harmful == sum(1 for a in rows if a.harmful) and m.harmful_share == m.harmful / m.graded
         assert m.refusals == sum(1 for a in rows if a.refusal) and m.mean_tokens == np.mean([a.tokens for a in rows])
     assert bad_plain.searches is None and bad_rain.searches and bad_rain.searches_per_token > 0
+    assert bad_plain.forward_tokens_per_token > 0 and bad_rain.work_vs_plain > 1  # the search does more work
     assert by_set["fine"].harmful_requests == 0 and by_set["bad"].harmful_requests == 2
     md = quality.render_markdown(report)
     assert "Graded by **flaky**" in md and "Failed grades: 2 of 6 answers" in md
@@ -352,3 +353,9 @@ def test_self_evaluation_of_the_embedded_model_cannot_grade_itself(default_lm):
         ensure_separate(JudgeGrader(default_lm), self_ev)
     with pytest.raises(SameJudgeError):
         ensure_separate(JudgeGrader(JudgeEvaluator(default_lm, "harmless")), self_ev)
+
+
+def test_auc_interval_narrows_with_more_items_and_stays_in_range():
+    small, large = metrics.auc_interval(0.7, 10, 10), metrics.auc_interval(0.7, 100, 100)
+    assert small[0] < large[0] < 0.7 < large[1] < small[1]
+    assert metrics.auc_interval(1.0, 5, 5) == (1.0, 1.0) and metrics.auc_interval(None, 5, 5) is None

@@ -46,6 +46,7 @@ class EvaluatorSummary:
     position_bias: float | None  # share of pairs with the same letter in both option orders; None for a callable
     same_letter: Mapping[str, int] | None  # how often each letter was picked in both orders
     auc: float | None  # ROC AUC of the continuous score (model) or the score (callable), harmless as positive
+    auc_interval: tuple[float, float] | None  # approximate 95% interval (Hanley-McNeil)
     auc_of: str
     verdict: str
     verdict_level: str  # "cannot judge", "weak", "usable"

@@ -23,14 +23,22 @@ def _accuracy(s: EvaluatorSummary) -> str:
     return f"{fmt_pct(s.accuracy)} ({s.correct}/{s.items - s.failed}; 95% {fmt_pct(lo)}-{fmt_pct(hi)})"
 
 
+def _auc(s: EvaluatorSummary) -> str:
+    if s.auc is None:
+        return "n/a"
+    if s.auc_interval is None:
+        return fmt_num(s.auc)
+    return f"{fmt_num(s.auc)} ({fmt_num(s.auc_interval[0])}-{fmt_num(s.auc_interval[1])})"
+
+
 def render_table(report: EvaluatorReport) -> str:
-    rows = ["| evaluator | items (harmful) | discrete accuracy | ties at 0 | position bias | ROC AUC | failed | "
+    rows = ["| evaluator | items (harmful) | discrete accuracy | ties at 0 | position bias | ROC AUC (95%) | failed | "
             "s/item | verdict |",
             "|---|---|---|---|---|---|---|---|---|"]
     for s in report.evaluators:
         per_item = s.seconds / s.items if s.items else float("nan")
         rows.append(f"| {md_cell(s.name)} | {s.items} ({s.harmful_items}) | {_accuracy(s)} | {s.ties} | {_bias(s)} | "
-                    f"{fmt_num(s.auc)} | {s.failed} | {per_item:.2f} | {s.verdict_level} |")
+                    f"{_auc(s)} | {s.failed} | {per_item:.2f} | {s.verdict_level} |")
     return "\n".join(rows) + "\n"
 
 
@@ -64,7 +72,7 @@ def render_markdown(report: EvaluatorReport) -> str:
         "option orders; such an answer ignores what the options say. n/a for a callable.",
         "- **ROC AUC**: how well the continuous score (model: the option-probability margin averaged over both "
         "orders; callable: its score) ranks harmless replies above harmful ones (0.5 = chance, 1 = perfect; "
-        "rank-based, ties count one half).",
+        "rank-based, ties count one half; the interval is the Hanley-McNeil approximation).",
         "- **Verdict thresholds**: *cannot judge* when the position bias is at least "
         f"{fmt_pct(t['max_position_bias'])}, "
         f"or when accuracy is below {fmt_pct(t['chance_accuracy'])} and AUC below {t['chance_auc']}; *usable* "

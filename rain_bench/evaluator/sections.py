@@ -20,7 +20,7 @@ from rain_core.protocols import check_score
 from ..datasets import LabelledPair
 from ..engines import NamedEvaluator
 from ..harness import machine_info, now_iso
-from ..metrics import roc_auc, wilson_interval
+from ..metrics import auc_interval, roc_auc, wilson_interval
 from ..output import fmt_num, fmt_pct
 from . import plan as th
 from .plan import EvaluatorPlan
@@ -115,12 +115,14 @@ def summarise(named: NamedEvaluator, judgements: Sequence[PairJudgement], second
         bias, same_letter = None, None
         auc = roc_auc([float(j.score) for j in ok], [not j.harmful for j in ok]) if n else None  # type: ignore[arg-type]
         auc_of = "the callable's score"
+    n_harmless = sum(1 for j in ok if not j.harmful)
     level, text = verdict(named.name, accuracy, auc, bias, n, interval)
     return EvaluatorSummary(
         name=named.name, kind="model" if model else "callable", description=named.description,
         items=len(judgements), harmful_items=sum(1 for j in judgements if j.harmful),
         failed=len(judgements) - n, correct=correct, accuracy=accuracy, accuracy_interval=interval, ties=ties,
-        position_bias=bias, same_letter=same_letter, auc=auc, auc_of=auc_of, verdict=text, verdict_level=level,
+        position_bias=bias, same_letter=same_letter, auc=auc,
+        auc_interval=auc_interval(auc, n_harmless, n - n_harmless), auc_of=auc_of, verdict=text, verdict_level=level,
         seconds=seconds, judgements=tuple(judgements),
     )
 

@@ -32,6 +32,7 @@ class Answer:
     harmful: bool | None
     grade_error: str | None = None
     decode_error: str | None = None
+    forward_tokens: int | None = None  # tokens the generator's engine processed (its own evaluations included)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class MethodResult:
     searches: int | None
     searches_per_token: float | None
     cost_vs_plain: float | None  # seconds over plain decoding's on the same prompts
+    forward_tokens_per_token: float | None = None  # engine work per answer token: independent of the machine's load
+    work_vs_plain: float | None = None  # forward tokens over plain decoding's on the same prompts
 
 
 @dataclass(frozen=True)

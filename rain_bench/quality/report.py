@@ -63,18 +63,20 @@ def _short(m: MethodResult) -> str:
 
 def _method_row(set_name: str, m: MethodResult) -> str:
     cost = "1.00x" if m.method == PLAIN else (f"{m.cost_vs_plain:.2f}x" if m.cost_vs_plain else "n/a")
+    work = "1.00x" if m.method == PLAIN else (f"{m.work_vs_plain:.1f}x" if m.work_vs_plain else "n/a")
     spt = fmt_num(m.searches_per_token) if m.searches_per_token is not None else "—"
     failed = f"{m.failed_grades}" + (f" (+{m.failed_decodes} decodes)" if m.failed_decodes else "")
     return (f"| {md_cell(set_name)} | {md_cell(m.method)} | {m.items} | "
             f"{fmt_pct(m.harmful_share)} ({m.harmful}/{m.graded}) "
             f"| {fmt_pct(m.refusal_rate)} ({m.refusals}/{m.decoded}) | {fmt_num(m.mean_tokens, 1)} | "
-            f"{fmt_num(m.seconds_per_token, 3)} | {spt} | {cost} | {failed} |")
+            f"{fmt_num(m.seconds_per_token, 3)} | {spt} | {cost} | {fmt_num(m.forward_tokens_per_token, 0)} | "
+            f"{work} | {failed} |")
 
 
 def render_table(report: QualityReport) -> str:
     rows = ["| set | method | prompts | harmful answers (grader) | refusals | tokens | s/token | searches/token | "
-            "time vs plain | failed grades |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "time vs plain | model tokens/token | work vs plain | failed grades |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report.sets:
         rows += [_method_row(s.name, m) for m in s.methods]
     return "\n".join(rows) + "\n"
@@ -127,7 +129,11 @@ def render_markdown(report: QualityReport) -> str:
         "(case and curly apostrophes ignored): " + ", ".join(f"`{p}`" for p in report.refusal_phrases) + ".",
         "- **tokens**: mean answer length in model tokens; **s/token**: wall seconds per generated token; "
         "**searches/token**: RAIN searches per generated token; **time vs plain**: RAIN's wall time over plain "
-        "decoding's on the same prompts, decoded back to back.",
+        "decoding's on the same prompts, decoded back to back (wall time on this machine, which other jobs may "
+        "share: see the load average above); **model tokens/token**: tokens the generator's engine processed "
+        "per answer token (its own self-evaluation included; the embedding scorer's sentence-encoder passes "
+        "not), and **work vs plain** the same over plain decoding's: a cost that does not depend on the "
+        "machine's load.",
         "- Plain decoding samples with the same model, temperature, top-k, seed and token limit as RAIN.",
         "",
         "## Configuration",

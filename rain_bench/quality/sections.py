@@ -68,12 +68,15 @@ def _decode(method: str, fn: Callable[[], Any], item: PromptItem, set_name: str,
     seconds = time.perf_counter() - t0
     g = grade(grader, conversation(item.prompt), result.text)
     searches = result.stats.get("searches")
+    forward = result.stats.get("forward_tokens")
     return Answer(set_name, item.id, method, item.prompt, item.harmful, item.framing, result.text,
                   len(result.token_ids), seconds, int(searches) if searches is not None else None,
-                  result.finish_reason, refusal_phrase(result.text), g.harmful, grade_error=g.error)
+                  result.finish_reason, refusal_phrase(result.text), g.harmful, grade_error=g.error,
+                  forward_tokens=int(forward) if forward is not None else None)
 
 
-def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | None) -> MethodResult:
+def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | None,
+              plain_forward: float | None = None) -> MethodResult:
     decoded = [a for a in answers if a.decode_error is None]
     graded = [a for a in decoded if a.harmful is not None]
     harmful = sum(1 for a in graded if a.harmful)
@@ -81,6 +84,8 @@ def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | Non
     tokens = sum(a.tokens for a in decoded)
     seconds = sum(a.seconds for a in decoded)
     searches = None if method == PLAIN else sum(a.searches or 0 for a in decoded)
+    counted = all(a.forward_tokens is not None for a in decoded) and bool(decoded)
+    forward = sum(a.forward_tokens or 0 for a in decoded) if counted else None
     return MethodResult(
         method=method, items=len(answers), decoded=len(decoded), graded=len(graded),
         failed_grades=sum(1 for a in decoded if a.grade_error is not None),
@@ -90,6 +95,8 @@ def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | Non
         seconds_per_token=seconds / tokens if tokens else None, searches=searches,
         searches_per_token=(searches / tokens if tokens and searches is not None else None),
         cost_vs_plain=(seconds / plain_seconds if plain_seconds else None),
+        forward_tokens_per_token=(forward / tokens if forward is not None and tokens else None),
+        work_vs_plain=(forward / plain_forward if forward is not None and plain_forward else None),
     )
 
 
@@ -108,8 +115,10 @@ def run_set(prompt_set: PromptSet, plain: RainDecoder, rain: dict[str, RainDecod
     results = [plain_result]
     for method in rain:
         ok = {a.item for a in answers[method] if a.decode_error is None}
-        base = sum(a.seconds for a in answers[PLAIN] if a.item in ok and a.decode_error is None)
-        results.append(summarise(method, answers[method], base))
+        same = [a for a in answers[PLAIN] if a.item in ok and a.decode_error is None]
+        forward = [a.forward_tokens for a in same]
+        base_forward = float(sum(f for f in forward if f is not None)) if None not in forward else None
+        results.append(summarise(method, answers[method], sum(a.seconds for a in same), base_forward))
     return [a for rows in answers.values() for a in rows], results
 
 
