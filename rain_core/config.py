@@ -40,7 +40,7 @@ class RainConfig(BaseModel):
     )
     extra_searches: int = Field(
         15, ge=0, description="T_extra: at least this many new searches per commit, even when a reused "
-        "subtree already carries visits (official 15)."
+        "subtree already carries real visits (official 15)."
     )
     value_threshold: float = Field(
         0.8, ge=-1.0, le=1.0, description="V: early stop once the best root child's value exceeds this "

@@ -1,0 +1,37 @@
+"""The user documentation stays true to the code: every RainConfig field in the README's table with
+its default and fast-preset value, and every fast-preset deviation explained in docs/algorithm.md."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rain_core import RainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+ALGORITHM = (ROOT / "docs" / "algorithm.md").read_text()
+
+
+def _plain(value):
+    return value.value if hasattr(value, "value") else value
+
+
+@pytest.mark.parametrize("name", list(RainConfig.model_fields))
+def test_readme_configuration_table_lists_every_field_with_its_defaults(name):
+    row = re.search(rf"^\| `{name}` \| `(.*?)` \| (\w+) \| (.*?) \|", README, re.MULTILINE)
+    assert row, f"README's configuration table has no row for {name}"
+    default, _, fast = row.groups()
+    assert default == repr(_plain(getattr(RainConfig(), name)))
+    fast_value = _plain(getattr(RainConfig.fast(), name))
+    assert fast == ("same" if fast_value == _plain(getattr(RainConfig(), name)) else f"`{fast_value!r}`")
+
+
+@pytest.mark.parametrize("name", list(RainConfig.FAST))
+def test_every_fast_deviation_is_explained_in_the_algorithm_document(name):
+    assert f"`{name}`" in ALGORITHM
+
+
+def test_docs_do_not_point_users_at_files_they_do_not_have():
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        assert "../shared" not in path.read_text() and "shared/design" not in path.read_text(), path
