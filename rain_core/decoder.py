@@ -96,7 +96,7 @@ class RainResult:
 
     @property
     def trace(self) -> dict[str, Any]:
-        """The decode as JSON-ready data (schema ``rain.trace`` version 1, docs/traces.md): the
+        """The decode as JSON-ready data (schema ``rain.trace`` version 1, docs/integrations.md, "Trace schema"): the
         answer, why it ended, its cost, and one entry per commit (token ids, text, searches, visits,
         value, seconds; and the search tree when decoded with ``keep_trees=True``). Draw a commit's
         tree with ``rain_core.plotting.plot_tree(trace["commits"][i])``."""
