@@ -88,13 +88,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr) is not None}
 
 
-def _served(base_url: str, model: str | None, args: argparse.Namespace):
+def _served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
     from .engines.vllm import VLLMEngine
 
     return VLLMEngine(base_url, model, api_key=args.api_key)
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Any:
     from . import RainDecoder, SelfEvaluator, JudgeEvaluator, load_default_model, load_model
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
@@ -147,7 +147,7 @@ def _generate_all(args: argparse.Namespace) -> int:
     dec = _load(args)
     for prompt in args.prompts:
         vanilla = dec.vanilla(prompt) if args.compare else None
-        done: list = []
+        done: list[Any] = []
         if args.stream and not args.json:
             if vanilla is not None:
                 sys.stdout.write(f"--- plain decoding ---\n{vanilla.text}\n--- RAIN ---\n")
@@ -173,7 +173,7 @@ def _generate_all(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(out) + "\n")
         elif args.compare:
             sys.stdout.write(f"=== {prompt}\n")
-            if not args.stream:
+            if not args.stream and vanilla is not None:
                 sys.stdout.write(f"--- plain decoding ({vanilla.stats['seconds']:.1f}s) ---\n{vanilla.text}\n")
                 sys.stdout.write(f"--- RAIN ---\n{result.text}\n")
             sys.stdout.write(f"[{_stats_line(result.stats)}]\n\n")

@@ -137,19 +137,19 @@ class RainConfig(BaseModel):
             return ()
         if isinstance(v, str):
             v = (v,)
-        v = tuple(v)
-        for s in v:
+        stops: tuple[str, ...] = tuple(v)
+        for s in stops:
             if not isinstance(s, str) or s == "":
                 raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
-        return v
+        return stops
 
     @field_validator("clause_boundaries", mode="before")
     @classmethod
     def _check_boundaries(cls, v: Any) -> tuple[str, ...]:
-        v = tuple(v)
-        if not v or any(not isinstance(s, str) or s == "" for s in v):
+        ends: tuple[str, ...] = tuple(v)
+        if not ends or any(not isinstance(s, str) or s == "" for s in ends):
             raise ValueError("clause_boundaries must be a non-empty list of non-empty strings")
-        return v
+        return ends
 
     @model_validator(mode="before")
     @classmethod

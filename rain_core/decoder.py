@@ -139,14 +139,16 @@ class RainDecoder:
         self.lm = lm
         base = config or RainConfig()
         self.config = base.merged(**overrides) if overrides else base
-        if evaluator is not None and not isinstance(evaluator, Evaluator):
-            if callable(evaluator):
-                evaluator = CallableEvaluator(evaluator)
-            else:
-                raise TypeError(f"evaluator must be an Evaluator or a callable, got {type(evaluator).__name__}")
+        judge: Evaluator | None
+        if evaluator is None or isinstance(evaluator, Evaluator):
+            judge = evaluator
+        elif callable(evaluator):
+            judge = CallableEvaluator(evaluator)
+        else:
+            raise TypeError(f"evaluator must be an Evaluator or a callable, got {type(evaluator).__name__}")
         if isinstance(encoder, str) and encoder != "default":
             raise ValueError(f'encoder must be an Encoder, "default" or None, got {encoder!r}')
-        self._evaluator = evaluator
+        self._evaluator = judge
         self._default_evaluators: dict[Scoring, Evaluator] = {}
         self._encoder = encoder
         self._parts_lock = threading.Lock()
@@ -356,11 +358,10 @@ class RainDecoder:
         stop = threading.Event()
         search.should_stop = stop.is_set
         steps = self._steps(search, before, on_commit)
-        done = object()
         try:
             while True:
-                tokens = await asyncio.to_thread(next, steps, done)
-                if tokens is done:
+                tokens = await asyncio.to_thread(next, steps, None)
+                if tokens is None:
                     return
                 yield tokens
         finally:

@@ -55,7 +55,7 @@ class CallableEvaluator:
                 raise TypeError(f"CallableEvaluator needs a callable, got {type(f).__name__}")
         self.fn = fn
         self.batch_fn = batch_fn
-        self.name = name or getattr(fn or batch_fn, "__name__", "callable")
+        self.name: str = str(name or getattr(fn or batch_fn, "__name__", "callable"))
 
     def score(self, prompt: str, response: str) -> float:
         if self.fn is not None:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 MAX_LABEL = 14
 
 
-def _pyplot():
+def _pyplot() -> Any:
     try:
         import matplotlib
 

@@ -29,6 +29,7 @@ from .config import RainConfig
 from .protocols import (
     AsyncEvaluator,
     AsyncLanguageModel,
+    Continuation,
     DecodeCancelled,
     Encoder,
     Evaluator,
@@ -118,7 +119,7 @@ def _call_with_timeout(fn: Callable[[], float], seconds: float, name: str) -> fl
         raise TimeoutError(f"no score within evaluator_timeout={seconds:g}s")
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    return float(box["value"])
 
 
 class RainSearch:
@@ -252,7 +253,7 @@ class RainSearch:
             else:
                 rows = yield Request("sample", (self._state(node), 1, self._length(node)), dict(
                     top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True))
-            row = rows[0]
+            row: Continuation = rows[0]
             if row.token_ids:
                 self._add(node, row.token_ids, 1.0)
                 self.tree.proposals[node] = [(row.token_ids, math.exp(row.logprob))]
@@ -513,7 +514,8 @@ class RainSearch:
             try:
                 request = steps.throw(error) if error is not None else steps.send(result)
             except StopIteration as stop:
-                return stop.value
+                value: T = stop.value
+                return value
             error = None
             try:
                 result = self.answer(request)
@@ -528,7 +530,8 @@ class RainSearch:
             try:
                 request = steps.throw(error) if error is not None else steps.send(result)
             except StopIteration as stop:
-                return stop.value
+                value: T = stop.value
+                return value
             error = None
             try:
                 result = await self.aanswer(request)

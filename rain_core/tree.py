@@ -117,9 +117,11 @@ class Tree:
 
     def embedding(self, node: int) -> np.ndarray | None:
         """Mean of the embeddings folded into ``node``, or None before its first backup."""
-        if self.emb_count[node] == 0 or self.emb_sum[node] is None:
+        total = self.emb_sum[node]
+        if self.emb_count[node] == 0 or total is None:
             return None
-        return self.emb_sum[node] / self.emb_count[node]
+        mean: np.ndarray = total / self.emb_count[node]
+        return mean
 
     # --- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -45,10 +45,11 @@ class SentenceEncoder:
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
-        return pooled.float().cpu().numpy()
+        vectors: np.ndarray = pooled.float().cpu().numpy()
+        return vectors
 
 
-_DEFAULT: dict[str, Any] = {}
+_DEFAULT: dict[str, SentenceEncoder] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 

@@ -96,7 +96,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **extra)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **extra, **kwargs)
     if not placed_by_transformers and not _is_placed(model):
-        model.to(device)
+        model.to(str(device))  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
     else:
         logger.info("%s was placed by transformers (%s); not moving it", name_or_path,
                     getattr(model, "hf_device_map", None) or "quantised")

@@ -90,9 +90,10 @@ class TransformersLM:
         self._torch = torch
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.name: str = str(name or getattr(model.config, "_name_or_path", None) or type(model).__name__)
         self.context_length = int(
-            getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+            getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None)
+            or 2048
         )
         eos: set[int] = set()
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -171,15 +172,15 @@ class TransformersLM:
         return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                     **kwargs: Any) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             try:
-                return self.tokenizer.apply_chat_template(
+                return str(self.tokenizer.apply_chat_template(
                     [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-                )
+                ))
             except Exception as exc:  # jinja2 errors of a template that rejects this input
                 raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
         return plain_transcript(messages, add_generation_prompt)
@@ -460,20 +461,19 @@ class TransformersLM:
 
     @_serialised
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
-        prompts = [list(p) for p in prompts]
-        for p in prompts:
+        rows = [list(p) for p in prompts]
+        for p in rows:
             self._check_length(len(p))
-        if not self.batch or len(prompts) == 1:
-            return [self._logprobs(self._state(p, store=False)[1], 1.0)[list(candidates)].tolist() for p in prompts]
+        if not self.batch or len(rows) == 1:
+            return [self._logprobs(self._state(p, store=False)[1], 1.0)[list(candidates)].tolist() for p in rows]
         try:
-            return self._batched_logprobs(prompts, candidates)
+            return self._batched_logprobs(rows, candidates)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            self._out_of_memory(exc, "scoring option letters", len(prompts))
-            half = len(prompts) // 2
-            return self.next_token_logprobs(prompts[:half], candidates) + \
-                self.next_token_logprobs(prompts[half:], candidates)
+            self._out_of_memory(exc, "scoring option letters", len(rows))
+            half = len(rows) // 2
+            return self.next_token_logprobs(rows[:half], candidates) + self.next_token_logprobs(rows[half:], candidates)
 
     def _batched_logprobs(self, prompts: list[list[int]], candidates: Sequence[int]) -> list[list[float]]:
         """The shared prefix once (cached), then all tails in one right-padded batch."""
@@ -496,4 +496,5 @@ class TransformersLM:
             logits = out.logits[:, -1]  # (B, V): only each row's last real position was projected
         else:
             logits = out.logits[torch.arange(len(tails), device=self.device), last]
-        return self._logprobs(logits, 1.0)[:, list(candidates)].tolist()
+        table: list[list[float]] = self._logprobs(logits, 1.0)[:, list(candidates)].tolist()
+        return table

@@ -41,7 +41,7 @@ import logging
 import math
 import re
 import threading
-from typing import Any, Collection, Generator, Mapping, Sequence
+from typing import Any, Collection, Generator, Mapping, Sequence, TypeVar
 from urllib.parse import urlparse
 
 from ..protocols import ContextTooLongError, Continuation, EngineError
@@ -75,7 +75,8 @@ _TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
 _NEG_INF = -9000.0  # vLLM sends -inf as -9999.0
 
 Call = tuple[str, str, Any]  # (method, path, JSON payload)
-Plan = Generator[list[Call], list[Any], Any]
+R = TypeVar("R")
+Plan = Generator[list[Call], list[Any], R]
 
 
 def _token_id(key: str) -> int:
@@ -301,7 +302,7 @@ class VLLMEngine:
         last = self._send(calls[-1])
         return [f.result() for f in futures] + [last]
 
-    def _run(self, plan: Plan) -> Any:
+    def _run(self, plan: Plan[R]) -> R:
         """Drive a request plan (a generator that yields calls and receives their answers)."""
         try:
             calls = next(plan)
@@ -314,9 +315,10 @@ class VLLMEngine:
                     continue
                 calls = plan.send(answers)
         except StopIteration as stop:
-            return stop.value
+            result: R = stop.value
+            return result
 
-    async def _arun(self, plan: Plan) -> Any:
+    async def _arun(self, plan: Plan[R]) -> R:
         try:
             calls = next(plan)
             while True:
@@ -328,7 +330,8 @@ class VLLMEngine:
                     continue
                 calls = plan.send(answers)
         except StopIteration as stop:
-            return stop.value
+            result: R = stop.value
+            return result
 
     def _completion(self, prompt: Any, max_tokens: int, **params: Any) -> Call:
         payload = {"model": self.name, "prompt": prompt, "max_tokens": int(max_tokens),
@@ -458,7 +461,8 @@ class VLLMEngine:
         return ServerText(self._post_json, model)
 
     def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._send(("POST", path, payload))
+        answer: dict[str, Any] = self._send(("POST", path, payload))
+        return answer
 
     def _probe(self) -> None:
         """Check, with two or three one-token requests, that the server takes token-id prompts and
@@ -547,7 +551,7 @@ class VLLMEngine:
         return self._text.token_ids_ending_with(suffixes)
 
     # --- request plans (shared by the sync and async methods) ------------------------------------
-    def _top_tokens_plan(self, prefix: Sequence[int], k: int, temperature: float, exclude: Sequence[int]) -> Plan:
+    def _top_tokens_plan(self, prefix: Sequence[int], k: int, temperature: float, exclude: Sequence[int]) -> Plan[list[Continuation]]:
         ids = self._prompt(prefix, 1)
         if k <= 0:
             return []
@@ -574,7 +578,7 @@ class VLLMEngine:
         return [Continuation((i,), v / temperature) for i, v in kept[:k]]
 
     def _sample_plan(self, prefix: Sequence[int], n: int, length: int, top_k: int, temperature: float, seed: int,
-                     greedy_first: bool) -> Plan:
+                     greedy_first: bool) -> Plan[list[Continuation]]:
         ids = self._prompt(prefix, length)
         if n <= 0:
             return []
@@ -612,7 +616,7 @@ class VLLMEngine:
         return rows
 
     def _generate_plan(self, prefix: Sequence[int], max_tokens: int, top_k: int | None, temperature: float,
-                       seed: int, stop: Sequence[str], stop_token_ids: Collection[int]) -> Plan:
+                       seed: int, stop: Sequence[str], stop_token_ids: Collection[int]) -> Plan[list[int]]:
         if max_tokens <= 0:
             return []
         ids = self._prompt(prefix, 0)
@@ -631,7 +635,7 @@ class VLLMEngine:
         self._learn_eos(choice, tokens)
         return tokens
 
-    def _next_token_plan(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> Plan:
+    def _next_token_plan(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> Plan[list[list[float]]]:
         rows = [self._prompt(p, 1) for p in prompts]
         cands = [int(c) for c in candidates]
         if not rows:

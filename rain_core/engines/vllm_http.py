@@ -157,7 +157,7 @@ class Transport:
     # --- helpers -------------------------------------------------------------------------------
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with a little jitter, capped at 10 s a wait."""
-        return min(10.0, self.backoff * (2 ** attempt)) * (1.0 + 0.1 * random.random())
+        return float(min(10.0, self.backoff * (2 ** attempt)) * (1.0 + 0.1 * random.random()))
 
     def _unreachable(self, path: str, exc: BaseException, tries: int) -> EngineError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):

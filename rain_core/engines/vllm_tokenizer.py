@@ -77,14 +77,14 @@ class LocalText:
         return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                     **kwargs: Any) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             try:
-                return self.tokenizer.apply_chat_template(
-                    [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+                return str(self.tokenizer.apply_chat_template(
+                    [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs))
             except Exception as exc:  # jinja2 errors of a template that rejects this input
                 raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
         return plain_transcript(messages, add_generation_prompt)
