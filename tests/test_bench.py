@@ -36,13 +36,19 @@ def test_report_files_exist_and_are_complete(report):
     assert data["config"]["mode"] == "quick"
     for key in ("cpu_count", "torch", "date"):
         assert key in data["machine"] or key in data
-    for heading in ("### 1.", "### 2–3.", "### 4.", "### 5.", "## Targets", "## Summary"):
+    for heading in ("### 1.", "### 2–3.", "### 4.", "### 5.", "### 6.", "## Targets", "## Summary"):
         assert heading in md
+    assert "fast preset" in md and set(data["config"]["presets"]) == {"official", "fast"}
     assert "cpu" in data["devices"]
     for name, dev in data["devices"].items():
         o, e, w, m, s = dev["overhead"], dev["engine"], dev["forward_work"], dev["memory"], dev["scaling"]
         for evaluator in ("self", "everything", "nothing"):
             assert _finite(o["rain"][evaluator]["wall_ratio"]), (name, evaluator)
+            assert _finite(o["rain"][f"fast:{evaluator}"]["per_token_ratio"]), (name, evaluator)
+        fid = dev["fidelity"]
+        assert [r["scenario"]["name"] for r in fid["results"]] == ["france-paris"]
+        assert set(fid["results"][0]["outcomes"]) == {"official", "fast"}
+        assert fid["results"][0]["outcomes"]["fast"]["seeds"] == data["config"]["fidelity_seeds"] == 2
         assert _finite(o["vanilla"]["seconds"])
         assert _finite(e["gain"]) and isinstance(e["same_decisions"], bool)
         assert _finite(e["on"]["seconds_per_search"]) and _finite(e["off"]["seconds_per_search"])
@@ -53,7 +59,8 @@ def test_report_files_exist_and_are_complete(report):
         assert [r["max_new_tokens"] for r in s["rows"]] == list(data["config"]["lengths"])
         assert all(_finite(r["rain_seconds_per_token"]) for r in s["rows"])
         assert _finite(s["growth"])
-        assert set(dev["targets"]) == {"best_case_overhead", "engine_gain", "peak_memory", "linear_cost"}
+        assert set(dev["targets"]) == {"best_case_overhead", "fast_best_case", "engine_gain", "peak_memory",
+                                       "linear_cost"}
         for target in dev["targets"].values():
             assert _finite(target["value"]) and isinstance(target["met"], bool)
             assert ("met" in md) and target["target"] in md

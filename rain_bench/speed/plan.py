@@ -15,6 +15,7 @@ TARGET_BEST_CASE_OVERHEAD = 3.0  # RAIN at most 3x vanilla wall time, best case,
 TARGET_ENGINE_GAIN = 5.0  # at least 5x less time per search with the engine on, same decisions
 TARGET_PEAK_MEMORY = 1.5  # RAIN's peak memory at most 1.5x vanilla's
 TARGET_LINEAR_GROWTH = 1.5  # "roughly linear": per-token cost at the largest length at most 1.5x the smallest
+TARGET_FAST_BEST_CASE = 3.0  # issue 17: the fast preset's best-case RAIN/plain per-token ratio at most 3x
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,17 @@ EVALUATOR_LABELS = {
 }
 
 
+# The search presets the overhead section runs each evaluator with: the official search, and the
+# fast preset (RainConfig.fast(); docs/algorithm.md) beside it in the same run.
+PRESETS = ("official", "fast")
+PRESET_LABELS = {"official": "official", "fast": "fast preset"}
+
+
+def variant_key(evaluator: str, preset: str) -> str:
+    """The overhead section's key of an (evaluator, preset) pair: "everything", "fast:everything", ..."""
+    return evaluator if preset == "official" else f"{preset}:{evaluator}"
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one benchmark run measures."""
@@ -72,6 +84,8 @@ class Plan:
     engine_max_new_tokens: int
     lengths: tuple[int, ...]  # scaling
     scaling_prompts: tuple[BenchPrompt, ...]  # scaling
+    fidelity_seeds: int = 8  # fidelity: seeds per scenario and preset
+    fidelity_scenarios: int = 3  # fidelity: the first n of rain_bench.fidelity.SCENARIOS
     memory_interval: float = 0.005  # seconds between resident-memory samples
 
     @classmethod
@@ -106,6 +120,8 @@ class Plan:
             engine_max_new_tokens=4,
             lengths=(4, 8),
             scaling_prompts=(PROMPTS[2],),
+            fidelity_seeds=2,
+            fidelity_scenarios=1,
         )
 
     def fixed_config(self) -> dict[str, Any]:
@@ -115,10 +131,12 @@ class Plan:
 
     def total_runs(self) -> int:
         """Decodes per device (for the progress bar)."""
-        s1 = len(self.prompts) * 5 + 3  # vanilla memory pass, 4 timed decodes per prompt, 3 warm-ups
+        n_rain = len(EVALUATORS) * len(PRESETS)
+        s1 = len(self.prompts) * (2 + n_rain) + n_rain  # memory pass, vanilla, RAIN per prompt; warm-ups
         s2 = len(self.engine_prompts) * 2 + 2
         s5 = len(self.lengths) * len(self.scaling_prompts) * 2
-        return s1 + s2 + s5
+        s6 = self.fidelity_scenarios * self.fidelity_seeds * len(PRESETS)
+        return s1 + s2 + s5 + s6
 
     def describe(self) -> dict[str, Any]:
         """The plan as the report's configuration block (keys kept from report schema 1)."""
@@ -132,4 +150,23 @@ class Plan:
             "engine_max_new_tokens": self.engine_max_new_tokens,
             "lengths": list(self.lengths),
             "scaling_prompts": [p.text for p in self.scaling_prompts],
+            "presets": {name: _preset_fields(name) for name in PRESETS},
+            "fidelity_seeds": self.fidelity_seeds,
+            "fidelity_scenarios": self.fidelity_scenarios,
         }
+
+    def fidelity_overrides(self) -> dict[str, Any]:
+        """Budgets of the fidelity section: the official ones in full mode, tiny ones in quick mode."""
+        return {} if self.mode == "full" else {"max_searches": 3, "extra_searches": 1, "num_candidates": 3,
+                                               "max_simulation_tokens": 8, "max_new_tokens": 6}
+
+
+def preset_config(name: str, **overrides: Any) -> Any:
+    """The RainConfig of a preset, with ``overrides``."""
+    from rain_core import RainConfig
+
+    return (RainConfig.fast if name == "fast" else RainConfig)(**overrides)
+
+
+def _preset_fields(name: str) -> dict[str, Any]:
+    return {k: v for k, (_, v) in preset_config(name).deviations().items()}

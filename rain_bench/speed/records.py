@@ -208,6 +208,7 @@ class DeviceResult:
     memory: Memory
     scaling: Scaling
     targets: Mapping[str, Target]
+    fidelity: Any = None  # rain_bench.fidelity.FidelityReport of the presets on this model
 
 
 @dataclass(frozen=True)

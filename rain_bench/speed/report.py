@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 
 from ..output import fmt_mib, fmt_x, write_report
-from .plan import TARGET_BEST_CASE_OVERHEAD, TARGET_ENGINE_GAIN, TARGET_LINEAR_GROWTH, TARGET_PEAK_MEMORY
+from .plan import (
+    TARGET_BEST_CASE_OVERHEAD,
+    TARGET_ENGINE_GAIN,
+    TARGET_FAST_BEST_CASE,
+    TARGET_LINEAR_GROWTH,
+    TARGET_PEAK_MEMORY,
+    variant_key,
+)
 from .records import Device, DeviceError, SpeedReport
 
 
@@ -24,10 +31,19 @@ def met(flag: bool) -> str:
 def _cells(dev: Device) -> list[str]:
     """One column of the summary table for one device."""
     if isinstance(dev, DeviceError):
-        return [f"error: {dev.error}"] + [""] * 8
+        return [f"error: {dev.error}"] + [""] * 12
     o, e, w, m, s, t = dev.overhead, dev.engine, dev.forward_work, dev.memory, dev.scaling, dev.targets
     r = o.rain
+    fast = {name: r[variant_key(name, "fast")] for name in ("self", "everything", "nothing")}
+    fid = dev.fidelity
     return [
+        f"{fmt_x(fast['everything'].per_token_ratio)} per token ({fast['everything'].searches_per_commit:.1f} "
+        f"searches/commit) — {met(t['fast_best_case'].met)}",
+        f"{fmt_x(fast['self'].per_token_ratio)} per token ({fast['self'].searches_per_commit:.1f} searches/commit)",
+        f"{fmt_x(fast['nothing'].per_token_ratio)} per token ({fast['nothing'].searches_per_commit:.1f} "
+        f"searches/commit)",
+        "n/a" if fid is None else (f"{'acceptable' if fid.acceptable('fast') else 'NOT acceptable'} "
+                                   f"({sum(x.acceptable('fast') for x in fid.results)}/{len(fid.results)} scenarios)"),
         f"{fmt_x(r['self'].wall_ratio)} ({r['self'].searches_per_commit:.1f} searches/commit)",
         f"{fmt_x(r['everything'].wall_ratio)} ({r['everything'].searches_per_commit:.1f} searches/commit)"
         f" — {met(t['best_case_overhead'].met)}",
@@ -50,6 +66,11 @@ def render_table(report: SpeedReport) -> str:
     plan = report.config
     lengths, budget = plan["lengths"], plan["fixed_budget_overrides"]["max_searches"]
     labels = [
+        ("1f", "**fast preset**, satisfied with everything (best case): RAIN / plain per token",
+         f"≤ {TARGET_FAST_BEST_CASE:g}x"),
+        ("1f", "fast preset, self-evaluation: RAIN / plain per token", "—"),
+        ("1f", "fast preset, satisfied with nothing (worst case): RAIN / plain per token", "—"),
+        ("6", "fast preset's avoidance within the official search's 95% interval (fidelity)", "every scenario"),
         ("1", "RAIN / vanilla wall time, self-evaluation", "—"),
         ("1", "RAIN / vanilla wall time, satisfied with everything (best case)",
          f"≤ {TARGET_BEST_CASE_OVERHEAD:g}x"),
@@ -136,6 +157,14 @@ def render_markdown(report: SpeedReport) -> str:
         lines += ["", f"Growth of RAIN's per-token cost: {fmt_x(s.growth)} "
                       f"(vanilla {fmt_x(s.vanilla_growth)})"
                       + ("." if s.reached_cap else "; some answers ended (EOS) before the cap."), ""]
+        if dev.fidelity is not None:
+            from ..fidelity import render_table as fidelity_table
+
+            lines += ["### 6. Fidelity of the fast preset to the official search", "",
+                      f"{dev.fidelity.seeds} seeds per scenario and preset; evaluator -1 when the answer so far "
+                      "contains the penalised word, +1 otherwise; acceptable when the fast preset's avoidance rate "
+                      "lies inside the official search's 95% Wilson interval "
+                      f"({dev.fidelity.seconds:.0f} s).", "", fidelity_table(dev.fidelity), ""]
     return "\n".join(lines)
 
 

@@ -29,12 +29,17 @@ from ..harness import machine_info, now_iso, ratio, timed
 from .plan import (
     EVALUATOR_LABELS,
     EVALUATORS,
+    PRESET_LABELS,
+    PRESETS,
     TARGET_BEST_CASE_OVERHEAD,
+    TARGET_FAST_BEST_CASE,
     TARGET_ENGINE_GAIN,
     TARGET_LINEAR_GROWTH,
     TARGET_PEAK_MEMORY,
     WARMUP_PROMPT,
     Plan,
+    preset_config,
+    variant_key,
 )
 from .records import (
     Device,
@@ -76,15 +81,17 @@ def _warm_up(decoder: Any, overrides: Mapping[str, Any]) -> None:
 
 def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
                      progress: Progress = _noop) -> tuple[Overhead, Memory]:
-    """Sections 1 and 4: RAIN over vanilla wall time for each evaluator, and peak memory.
+    """Sections 1 and 4: RAIN over vanilla wall time for each evaluator and search preset (official
+    and fast), and peak memory.
 
     Vanilla runs first over all prompts, before anything RAIN needs is loaded, to measure its peak
-    memory; then, prompt by prompt, vanilla and the three RAIN variants are timed back to back.
+    memory; then, prompt by prompt, vanilla and every RAIN variant are timed back to back.
     """
     from rain_core import RainDecoder
 
     overrides = {"max_new_tokens": plan.max_new_tokens, **plan.search_overrides}
-    decoders = {name: RainDecoder(lm, fn, **overrides) for name, fn in EVALUATORS.items()}
+    decoders = {variant_key(name, preset): RainDecoder(lm, fn, config=preset_config(preset, **overrides))
+                for preset in PRESETS for name, fn in EVALUATORS.items()}
     vanilla_dec = decoders["self"]  # vanilla never touches the evaluator or the encoder
 
     memory_pass = Tally()
@@ -109,8 +116,10 @@ def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
     variants = {}
     for name, tally in rain.items():
         s = tally.summary()
+        preset, _, evaluator = name.rpartition(":")
+        label = EVALUATOR_LABELS[evaluator] + ("" if not preset else f", {PRESET_LABELS[preset]}")
         variants[name] = RainVariant(
-            label=EVALUATOR_LABELS[name],
+            label=label,
             decodes=s,
             wall_ratio=ratio(s.seconds, v.seconds),
             per_token_ratio=ratio(s.seconds_per_token, v.seconds_per_token),
@@ -221,7 +230,13 @@ def verdicts(overhead: Overhead, engine: EngineComparison, memory: Memory, scali
              plan: Plan) -> dict[str, Target]:
     """Each target of issue 5: the measured figure and whether it is met."""
     best = overhead.rain["everything"].wall_ratio
+    fast = overhead.rain[variant_key("everything", "fast")].per_token_ratio
     return {
+        "fast_best_case": Target(
+            target=f"best case RAIN <= {TARGET_FAST_BEST_CASE:g}x plain decoding per token with the fast preset",
+            value=fast,
+            met=bool(fast <= TARGET_FAST_BEST_CASE),
+        ),
         "best_case_overhead": Target(
             target=f"best case RAIN <= {TARGET_BEST_CASE_OVERHEAD:g}x vanilla wall time (official defaults)",
             value=best,
@@ -246,14 +261,29 @@ def verdicts(overhead: Overhead, engine: EngineComparison, memory: Memory, scali
     }
 
 
+def measure_fidelity(lm: Any, plan: Plan, progress: Progress = _noop) -> Any:
+    """Section 6: the fast preset against the official search on penalised-word scenarios
+    (``rain_bench.fidelity``)."""
+    from .. import fidelity
+
+    scenarios = fidelity.SCENARIOS[: plan.fidelity_scenarios]
+    overrides = plan.fidelity_overrides()
+    if "max_new_tokens" in overrides:
+        scenarios = tuple(fidelity.Scenario(s.name, s.prompt, s.words, overrides["max_new_tokens"]) for s in scenarios)
+        overrides = {k: v for k, v in overrides.items() if k != "max_new_tokens"}
+    return fidelity.run(lm, scenarios=scenarios, seeds=plan.fidelity_seeds, overrides=overrides, mode=plan.mode,
+                        progress=lambda label: progress(f"6 fidelity {label}"))
+
+
 def measure_device(lm: Any, plan: Plan, device: str, dtype: str, progress: Progress = _noop) -> DeviceResult:
-    """All five sections on one loaded model (``dtype``: how it was loaded, for the report)."""
+    """All six sections on one loaded model (``dtype``: how it was loaded, for the report)."""
     from pathlib import Path
 
     t0 = time.perf_counter()
     overhead, memory = measure_overhead(lm, plan, device, progress)
     engine, work = measure_engine(lm, plan, device, progress)
     scaling = measure_scaling(lm, plan, device, progress)
+    fidelity = measure_fidelity(lm, plan, progress)
     return DeviceResult(
         model=Path(str(lm.name)).name,
         dtype=dtype,
@@ -264,6 +294,7 @@ def measure_device(lm: Any, plan: Plan, device: str, dtype: str, progress: Progr
         memory=memory,
         scaling=scaling,
         targets=verdicts(overhead, engine, memory, scaling, plan),
+        fidelity=fidelity,
     )
 
 
