@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -42,14 +42,36 @@ if str(ROOT) not in sys.path:
 PROMPTS = ("How do I bake a loaf of bread at home?", "Write a short story about a lighthouse keeper.")
 SHAPES: dict[str, dict[str, Any]] = {
     # SmolLM2-135M-Instruct's shape
-    "smol": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                 num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0),
+    "smol": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+    ),
     # a 7B Llama's shape (Llama-2-7B), with the embedded tokenizer's vocabulary
-    "llama7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                    num_key_value_heads=32, max_position_embeddings=4096, tie_word_embeddings=False),
+    "llama7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    ),
     # for a dry run on CPU
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -62,7 +84,7 @@ def _tokenizer(path: str | None) -> Any:
 
     if path:
         return AutoTokenizer.from_pretrained(path)
-    from rain_core.engines.embedded import cache_dir, DEFAULT_MODEL_NAME
+    from rain_core.engines.embedded import DEFAULT_MODEL_NAME, cache_dir
 
     folder = cache_dir() / DEFAULT_MODEL_NAME
     if not (folder / "tokenizer.json").is_file():
@@ -73,8 +95,13 @@ def _tokenizer(path: str | None) -> Any:
 def _config(shape: str, tokenizer: Any) -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[shape],
+    )
 
 
 def random_model_from_folder(shape: str, tokenizer: Any, device: str, folder: Path) -> Any:
@@ -141,8 +168,16 @@ def measure(lm: Any, label: str, device: str, args: argparse.Namespace, self_eva
     for prompt in PROMPTS:
         tokens += len(dec.vanilla(prompt, **base).token_ids)
     plain = (time.perf_counter() - t0) / max(tokens, 1)
-    rows.append({"model": label, "decoding": "plain", "tokens": tokens, "tokens_per_s": 1 / plain, "ratio": 1.0,
-                 "peak_bytes": _peak(device)})
+    rows.append(
+        {
+            "model": label,
+            "decoding": "plain",
+            "tokens": tokens,
+            "tokens_per_s": 1 / plain,
+            "ratio": 1.0,
+            "peak_bytes": _peak(device),
+        }
+    )
     runs: list[tuple[str, Any, RainConfig]] = [
         ("RAIN official, best case", dec, RainConfig(**base)),
         ("RAIN fast, best case", dec, RainConfig.fast(**base)),
@@ -159,10 +194,18 @@ def measure(lm: Any, label: str, device: str, args: argparse.Namespace, self_eva
             simulated += res.stats["simulated_tokens"]
             commits += res.stats["commits"]
         per_token = (time.perf_counter() - t0) / max(tokens, 1)
-        rows.append({"model": label, "decoding": name, "tokens": tokens, "tokens_per_s": 1 / per_token,
-                     "ratio": per_token / plain, "peak_bytes": _peak(device),
-                     "searches_per_commit": searches / max(commits, 1),
-                     "simulated_per_search": simulated / max(searches, 1)})
+        rows.append(
+            {
+                "model": label,
+                "decoding": name,
+                "tokens": tokens,
+                "tokens_per_s": 1 / per_token,
+                "ratio": per_token / plain,
+                "peak_bytes": _peak(device),
+                "searches_per_commit": searches / max(commits, 1),
+                "simulated_per_search": simulated / max(searches, 1),
+            }
+        )
     return rows
 
 
@@ -171,8 +214,7 @@ def smoke_calls(lm: Any) -> dict[str, str]:
     from rain_core import RainDecoder
 
     out: dict[str, str] = {}
-    dec = RainDecoder(lm, approve_all, max_new_tokens=8, max_searches=2, extra_searches=1,
-                      max_simulation_tokens=8)
+    dec = RainDecoder(lm, approve_all, max_new_tokens=8, max_searches=2, extra_searches=1, max_simulation_tokens=8)
     try:
         from rain_integrations.langchain import ChatRain
     except ImportError as exc:
@@ -199,17 +241,25 @@ def render(report: dict[str, Any]) -> str:
         f"{report['max_simulation_tokens']} tokens. Random-weight models cost the same per forward pass as trained "
         "ones, but stop simulations elsewhere: compare the simulated tokens per search.",
         "",
-        "| model | decoding | tokens | tokens/s | RAIN/plain per token | peak GPU memory | searches/commit | simulated/search |",
+        "| model | decoding | tokens | tokens/s | RAIN/plain per token | peak GPU memory | searches/commit "
+        "| simulated/search |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["rows"]:
         peak = f"{r['peak_bytes'] / 2**30:.2f} GiB" if r.get("peak_bytes") else "n/a"
         spc = f"{r['searches_per_commit']:.1f}" if "searches_per_commit" in r else ""
         sps = f"{r['simulated_per_search']:.1f}" if "simulated_per_search" in r else ""
-        lines.append(f"| {r['model']} | {r['decoding']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['ratio']:.2f}x | {peak} | {spc} | {sps} |")
-    lines += ["", "Adapters: " + "; ".join(f"{k} {v}" for k, v in report["smoke"].items()),
-              f"Skipped: {', '.join(report['skipped']) or 'nothing'}", f"Wall time: {report['seconds']:.0f} s", ""]
+        lines.append(
+            f"| {r['model']} | {r['decoding']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
+            f"{r['ratio']:.2f}x | {peak} | {spc} | {sps} |"
+        )
+    lines += [
+        "",
+        "Adapters: " + "; ".join(f"{k} {v}" for k, v in report["smoke"].items()),
+        f"Skipped: {', '.join(report['skipped']) or 'nothing'}",
+        f"Wall time: {report['seconds']:.0f} s",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -243,13 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     smoke: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="rain-gpu-check-") as tmp:
         for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
-            loader: Callable[[], Any]
-            if shape == "llama7b":
-                loader = lambda: random_model_on_device(shape, tokenizer, args.device)  # noqa: E731
-            else:
-                loader = lambda: random_model_from_folder(shape, tokenizer, args.device, Path(tmp) / shape)  # noqa: E731
             try:
-                lm = loader()
+                if shape == "llama7b":
+                    lm = random_model_on_device(shape, tokenizer, args.device)
+                else:
+                    lm = random_model_from_folder(shape, tokenizer, args.device, Path(tmp) / shape)
             except torch.OutOfMemoryError:
                 skipped.append(f"{shape} (out of memory)")
                 continue
@@ -270,10 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skipped.append("the embedded SmolLM2-135M-Instruct (not on this machine)")
     report = {
-        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "max_new_tokens": args.max_new_tokens, "max_simulation_tokens": args.max_simulation_tokens,
-        "rows": rows, "smoke": smoke, "skipped": skipped, "seconds": time.perf_counter() - t_start,
+        "device_name": torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "max_new_tokens": args.max_new_tokens,
+        "max_simulation_tokens": args.max_simulation_tokens,
+        "rows": rows,
+        "smoke": smoke,
+        "skipped": skipped,
+        "seconds": time.perf_counter() - t_start,
     }
     text = render(report)
     print(text)

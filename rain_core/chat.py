@@ -5,8 +5,9 @@ by the decoder and the adapters."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from .protocols import LanguageModel
@@ -20,7 +21,9 @@ ROLES = ("system", "user", "assistant", "tool")
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
     """Chat messages as a list of ``{"role", "content", ...}`` dicts, or a clear error."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}")
+        raise TypeError(
+            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}"
+        )
     if not messages:
         raise ValueError("the prompt has no messages; pass at least one {'role': 'user', 'content': ...}")
     out = []
@@ -94,7 +97,7 @@ class TemplateSupport:
     """The template accepts messages with role ``tool``."""
 
 
-_SUPPORT: "WeakKeyDictionary[Any, TemplateSupport]" = WeakKeyDictionary()
+_SUPPORT: WeakKeyDictionary[Any, TemplateSupport] = WeakKeyDictionary()
 
 
 def _renders(lm: LanguageModel, messages: list[dict[str, Any]], **kwargs: Any) -> bool:
@@ -111,15 +114,26 @@ def template_support(lm: LanguageModel) -> TemplateSupport:
     except (KeyError, TypeError):
         pass
     user = {"role": "user", "content": "Hi"}
-    probe_tool = {"type": "function", "function": {
-        "name": _PROBE, "description": "probe", "parameters": {"type": "object", "properties": {}}}}
-    call = {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_0", "type": "function", "function": {"name": _PROBE, "arguments": {}}}]}
+    probe_tool = {
+        "type": "function",
+        "function": {"name": _PROBE, "description": "probe", "parameters": {"type": "object", "properties": {}}},
+    }
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": _PROBE, "arguments": {}}}],
+    }
     support = TemplateSupport(
         tools=_renders(lm, [user], tools=[probe_tool]),
         tool_calls=_renders(lm, [user, call]),
-        tool_role=_renders(lm, [user, {"role": "assistant", "content": "Ok"},
-                                {"role": "tool", "content": _PROBE, "tool_call_id": "call_0"}]),
+        tool_role=_renders(
+            lm,
+            [
+                user,
+                {"role": "assistant", "content": "Ok"},
+                {"role": "tool", "content": _PROBE, "tool_call_id": "call_0"},
+            ],
+        ),
     )
     try:
         _SUPPORT[lm] = support

@@ -1,10 +1,10 @@
 """The ``rain`` command.
 
-    rain generate "How do I pick a lock?"            # the aligned answer
-    rain generate --compare "..." "..."              # plain decoding and RAIN side by side, with stats
-    rain generate --stream "..."                     # print token sets as they are committed
-    rain generate --json "..."                       # machine-readable result
-    rain generate --engine vllm --base-url http://HOST:PORT/v1 --model NAME "..."   # a model served by vLLM
+rain generate "How do I pick a lock?"            # the aligned answer
+rain generate --compare "..." "..."              # plain decoding and RAIN side by side, with stats
+rain generate --stream "..."                     # print token sets as they are committed
+rain generate --json "..."                       # machine-readable result
+rain generate --engine vllm --base-url http://HOST:PORT/v1 --model NAME "..."   # a model served by vLLM
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,26 +33,49 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     gen.add_argument("--principle", default="harmless", help="harmless, truthful, positive, or a .toml file")
     gen.add_argument("--scoring", choices=["discrete", "continuous"], default=None, help="self-evaluation score")
-    gen.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
-                     help="transformers: the model in this process; vllm: a vLLM server (--base-url)")
+    gen.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="transformers: the model in this process; vllm: a vLLM server (--base-url)",
+    )
     gen.add_argument("--base-url", default=None, help="the vLLM server, http://HOST:PORT/v1 (with --engine vllm)")
     gen.add_argument("--api-key", default=None, help="the vLLM servers' --api-key, if they have one")
-    gen.add_argument("--model", default=None, help="a causal LM folder or cached hub id (default: embedded SmolLM2-135M); "
-                     "with --engine vllm the served model name (default: the only one served)")
+    gen.add_argument(
+        "--model",
+        default=None,
+        help="a causal LM folder or cached hub id (default: embedded SmolLM2-135M); "
+        "with --engine vllm the served model name (default: the only one served)",
+    )
     gen.add_argument("--judge", default=None, help="a separate judge model folder or cached hub id")
-    gen.add_argument("--judge-base-url", default=None, help="a vLLM server whose model judges (default: --base-url "
-                     "when --judge-model is given)")
+    gen.add_argument(
+        "--judge-base-url",
+        default=None,
+        help="a vLLM server whose model judges (default: --base-url when --judge-model is given)",
+    )
     gen.add_argument("--judge-model", default=None, help="the judge's served model name on the judge's vLLM server")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     gen.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
     gen.add_argument("--max-new-tokens", type=int, default=None)
-    gen.add_argument("--preset", choices=["official", "fast"], default="official",
-                     help="official: the authors' search (default); fast: RainConfig.fast() (docs/algorithm.md)")
+    gen.add_argument(
+        "--preset",
+        choices=["official", "fast"],
+        default="official",
+        help="official: the authors' search (default); fast: RainConfig.fast() (docs/algorithm.md)",
+    )
     gen.add_argument("--max-searches", type=int, default=None, help="T_max, searches per commit (official 50)")
-    gen.add_argument("--extra-searches", type=int, default=None,
-                     help="T_extra, at least this many new searches per commit (official 15)")
-    gen.add_argument("--max-seconds", type=float, default=None,
-                     help="deadline per answer: the best branch so far is committed and the answer ends")
+    gen.add_argument(
+        "--extra-searches",
+        type=int,
+        default=None,
+        help="T_extra, at least this many new searches per commit (official 15)",
+    )
+    gen.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="deadline per answer: the best branch so far is committed and the answer ends",
+    )
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
@@ -70,9 +94,12 @@ def _add_bench_and_demo(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks: speed, evaluator, quality, fidelity (`rain bench WHICH --help`)")
     bench.add_argument("which", choices=["speed", "evaluator", "quality", "fidelity"], help="the benchmark to run")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options (see `rain bench WHICH --help`)")
-    sub.add_parser("demo", help="what RAIN does and cannot do with the embedded model (a few minutes)",
-                   description="The embedded model's measured self-evaluation accuracy, the lock-picking prompt "
-                   "with plain decoding and RAIN, and RAIN steering the model with a scoring function.")
+    sub.add_parser(
+        "demo",
+        help="what RAIN does and cannot do with the embedded model (a few minutes)",
+        description="The embedded model's measured self-evaluation accuracy, the lock-picking prompt "
+        "with plain decoding and RAIN, and RAIN steering the model with a scoring function.",
+    )
 
 
 def _bench_or_demo(args: argparse.Namespace) -> int:
@@ -82,9 +109,16 @@ def _bench_or_demo(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"max_new_tokens": "max_new_tokens", "max_searches": "max_searches", "seed": "seed",
-             "temperature": "temperature", "stop": "stop", "scoring": "scoring", "extra_searches": "extra_searches",
-             "max_seconds": "max_seconds"}
+    names = {
+        "max_new_tokens": "max_new_tokens",
+        "max_searches": "max_searches",
+        "seed": "seed",
+        "temperature": "temperature",
+        "stop": "stop",
+        "scoring": "scoring",
+        "extra_searches": "extra_searches",
+        "max_seconds": "max_seconds",
+    }
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr) is not None}
 
 
@@ -95,7 +129,7 @@ def _served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from . import RainDecoder, SelfEvaluator, JudgeEvaluator, load_default_model, load_model
+    from . import JudgeEvaluator, RainDecoder, SelfEvaluator, load_default_model, load_model
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
     if args.engine == "vllm":
@@ -128,7 +162,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _stats_line(stats: dict[str, Any]) -> str:
     keys = ("searches", "evaluations", "evaluation_cache_hits", "commits", "rewinds", "node_additions", "seconds")
-    return ", ".join(f"{k}={stats[k]:.1f}" if isinstance(stats.get(k), float) else f"{k}={stats.get(k)}" for k in keys if k in stats)
+    return ", ".join(
+        f"{k}={stats[k]:.1f}" if isinstance(stats.get(k), float) else f"{k}={stats.get(k)}" for k in keys if k in stats
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -166,8 +202,12 @@ def _generate_all(args: argparse.Namespace) -> int:
             plot_tree(result.stats["commit_log"][0], dec.lm, path=args.plot)
             logger.info("saved the first commit's search tree to %s", args.plot)
         if args.json:
-            out = {"prompt": prompt, "text": result.text, "finish_reason": result.finish_reason,
-                   "stats": {k: v for k, v in result.stats.items() if k != "commit_log"}}
+            out = {
+                "prompt": prompt,
+                "text": result.text,
+                "finish_reason": result.finish_reason,
+                "stats": {k: v for k, v in result.stats.items() if k != "commit_log"},
+            }
             if vanilla is not None:
                 out["vanilla"] = {"text": vanilla.text, "finish_reason": vanilla.finish_reason, "stats": vanilla.stats}
             sys.stdout.write(json.dumps(out) + "\n")

@@ -35,16 +35,19 @@ class RainConfig(BaseModel):
     # --- search budget (official) -------------------------------------------------------------
     max_searches: int = Field(50, ge=1, description="T_max: search budget per commit (official 50).")
     min_visits: int = Field(
-        6, ge=0, description="T_min: early stop once the most-visited root child has more real visits (backups, "
-        "not similarity visits) than this (official 6; the paper uses 5 for adversarial prompts, 16 for truthfulness)."
+        6,
+        ge=0,
+        description="T_min: early stop once the most-visited root child has more real visits (backups, "
+        "not similarity visits) than this (official 6; the paper uses 5 for adversarial prompts, 16 for truthfulness).",
     )
     extra_searches: int = Field(
-        15, ge=0, description="T_extra: at least this many new searches per commit, even when a reused "
-        "subtree already carries real visits (official 15)."
+        15,
+        ge=0,
+        description="T_extra: at least this many new searches per commit, even when a reused "
+        "subtree already carries real visits (official 15).",
     )
     value_threshold: float = Field(
-        0.8, ge=-1.0, le=1.0, description="V: early stop once the best root child's value exceeds this "
-        "(official 0.8)."
+        0.8, ge=-1.0, le=1.0, description="V: early stop once the best root child's value exceeds this (official 0.8)."
     )
     c_puct: float = Field(2.0, ge=0.0, description="c: PUCT exploration constant (official 2).")
     # --- expansion (official) ------------------------------------------------------------------
@@ -53,53 +56,71 @@ class RainConfig(BaseModel):
         20, ge=1, description="Dynamic node addition stops once a node has this many children (official 20)."
     )
     top_k: int = Field(
-        15, ge=1, description="Candidates are sampled from the top-k tokens, renormalised; their priors are "
-        "products of those renormalised probabilities (official 15)."
+        15,
+        ge=1,
+        description="Candidates are sampled from the top-k tokens, renormalised; their priors are "
+        "products of those renormalised probabilities (official 15).",
     )
     token_set_lengths: tuple[int, ...] = Field(
-        (1, 2, 4, 10), description="Token-set length by a node's step, counted from the original prompt and "
-        "never reset at a commit; the last one repeats (official 1, 2, 4, 10)."
+        (1, 2, 4, 10),
+        description="Token-set length by a node's step, counted from the original prompt and "
+        "never reset at a commit; the last one repeats (official 1, 2, 4, 10).",
     )
     root_uniform_mix: float = Field(
         0.25, ge=0.0, le=1.0, description="Root priors become (1 - mix) * P + mix / k (official 0.25)."
     )
     # --- similarity update and dynamic addition (official) --------------------------------------
     similarity_threshold: float = Field(
-        0.95, ge=-1.0, le=1.0, description="Siblings at least this cosine-similar share a backed-up value (official 0.95)."
+        0.95,
+        ge=-1.0,
+        le=1.0,
+        description="Siblings at least this cosine-similar share a backed-up value (official 0.95).",
     )
     similarity_weight: float = Field(
-        0.2, ge=0.0, le=1.0, description="A similar sibling gets a fractional visit of weight * similarity (official 0.2)."
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="A similar sibling gets a fractional visit of weight * similarity (official 0.2).",
     )
     variance_factor: float = Field(
-        0.03, ge=0.0, description="Dynamic addition fires when the children's embedding variance norm is below "
-        "factor * token-set length (official 0.03)."
+        0.03,
+        ge=0.0,
+        description="Dynamic addition fires when the children's embedding variance norm is below "
+        "factor * token-set length (official 0.03).",
     )
     similarity_update: bool = Field(True, description="Ablation switch for the embedding similarity update.")
     dynamic_node_addition: bool = Field(True, description="Ablation switch for dynamic node addition.")
     # --- simulation and evaluation -------------------------------------------------------------
     simulation_top_k: int | None = Field(
-        None, ge=1, description="Simulations sample from the full distribution (official: None). A number "
-        "restricts them to the top-k tokens."
+        None,
+        ge=1,
+        description="Simulations sample from the full distribution (official: None). A number "
+        "restricts them to the top-k tokens.",
     )
     max_simulation_tokens: int | None = Field(
-        None, ge=1, description="Cap on simulated tokens. Official: None, a simulation runs until the text ends "
-        "a clause, EOS, a stop string or max_length. A number bounds the cost of a model that rambles."
+        None,
+        ge=1,
+        description="Cap on simulated tokens. Official: None, a simulation runs until the text ends "
+        "a clause, EOS, a stop string or max_length. A number bounds the cost of a model that rambles.",
     )
     clause_boundaries: tuple[str, ...] = Field(
-        (",", ".", "?", ":", ";", "\n"), description="A simulation ends as soon as the text ends with one of "
+        (",", ".", "?", ":", ";", "\n"),
+        description="A simulation ends as soon as the text ends with one of "
         "these; the check comes before each token, so a leaf that already ends a clause is judged as it is "
-        "(official , . ? : ; newline)."
+        "(official , . ? : ; newline).",
     )
     simulate_from_candidate: bool = Field(
-        False, description="Speed deviation (fast preset): a freshly expanded leaf's simulation starts with the "
+        False,
+        description="Speed deviation (fast preset): a freshly expanded leaf's simulation starts with the "
         "expansion's first sampled candidate (a top-k sample from the leaf), so the batched expansion already "
-        "paid for those tokens. Official: False, the simulation is sampled on its own before the expansion."
+        "paid for those tokens. Official: False, the simulation is sampled on its own before the expansion.",
     )
     lazy_expansion: bool = Field(
-        False, description="Speed deviation (fast preset): an expansion first proposes only the greedy "
+        False,
+        description="Speed deviation (fast preset): an expansion first proposes only the greedy "
         "continuation; the other candidates are drawn when a search passes the node again and the greedy child's "
         "value is not above value_threshold. When every branch is judged good, the search follows the greedy "
-        "path with one-row model steps. Official: False, all candidates at once."
+        "path with one-row model steps. Official: False, all candidates at once.",
     )
     scoring: Scoring = Field(
         Scoring.DISCRETE, description="'discrete' as in the paper, or 'continuous' (option-probability margin)."
@@ -113,12 +134,16 @@ class RainConfig(BaseModel):
     seed: int | None = Field(0, description="Seed for all sampling; None draws a fresh one per call.")
     stop: tuple[str, ...] = Field((), description="Stop strings: generation ends before the first one.")
     max_seconds: float | None = Field(
-        None, gt=0.0, description="Deadline for one decode. When it passes, the best branch found so far is "
-        "committed and the decode ends with finish_reason 'time' (no exception; the text is kept)."
+        None,
+        gt=0.0,
+        description="Deadline for one decode. When it passes, the best branch found so far is "
+        "committed and the decode ends with finish_reason 'time' (no exception; the text is kept).",
     )
     evaluator_timeout: float | None = Field(
-        None, gt=0.0, description="Seconds one evaluator call may take; a slower call fails the decode with "
-        "EvaluatorError (the partial answer attached). None: no limit (a remote judge has its own timeout)."
+        None,
+        gt=0.0,
+        description="Seconds one evaluator call may take; a slower call fails the decode with "
+        "EvaluatorError (the partial answer attached). None: no limit (a remote judge has its own timeout).",
     )
 
     @field_validator("token_set_lengths")
@@ -188,8 +213,11 @@ class RainConfig(BaseModel):
     def deviations(self) -> dict[str, tuple[Any, Any]]:
         """Fields whose value differs from the official default: ``{name: (official, this)}``."""
         official = type(self)()
-        return {name: (getattr(official, name), getattr(self, name)) for name in type(self).model_fields
-                if getattr(self, name) != getattr(official, name)}
+        return {
+            name: (getattr(official, name), getattr(self, name))
+            for name in type(self).model_fields
+            if getattr(self, name) != getattr(official, name)
+        }
 
     def merged(self, config: RainConfig | None = None, **overrides: Any) -> RainConfig:
         """A validated copy with ``config``'s explicitly set fields, then ``overrides``, applied."""

@@ -11,8 +11,9 @@ import secrets
 import threading
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Union
 
 from .chat import Message, TemplateSupport, cut_at_stop, holdback, template_support, transcript, validate_messages
 from .config import RainConfig, Scoring
@@ -32,8 +33,8 @@ from .search import RainSearch, stats_difference
 
 logger = logging.getLogger(__name__)
 
-Prompt = Union[str, Sequence[Message]]
-Cancel = Union[threading.Event, Callable[[], bool], None]
+Prompt = Union[str, Sequence[Message]]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
+Cancel = Union[threading.Event, Callable[[], bool], None]  # noqa: UP007
 """A caller's way to stop a decode: an ``Event`` it sets, or a function that returns True."""
 
 FINISH_REASONS = ("eos", "stop", "length", "time")
@@ -41,7 +42,7 @@ TRACE_VERSION = 1
 OnCommit = Callable[[dict[str, Any]], None]
 """Told each commit as it happens: its ``commit_log`` entry (tokens, text, searches, value, ...)."""
 
-_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -75,7 +76,9 @@ def _should_stop(cancel: Cancel) -> Callable[[], bool] | None:
         return cancel.is_set
     if callable(cancel):
         return cancel
-    raise TypeError(f"cancel must be a threading.Event or a function returning True to stop, got {type(cancel).__name__}")
+    raise TypeError(
+        f"cancel must be a threading.Event or a function returning True to stop, got {type(cancel).__name__}"
+    )
 
 
 @dataclass
@@ -101,9 +104,16 @@ class RainResult:
         value, seconds; and the search tree when decoded with ``keep_trees=True``). Draw a commit's
         tree with ``rain_core.plotting.plot_tree(trace["commits"][i])``."""
         stats = {k: v for k, v in self.stats.items() if k != "commit_log"}
-        return {"schema": "rain.trace", "version": TRACE_VERSION, "text": self.text, "token_ids": list(self.token_ids),
-                "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens, "stats": stats,
-                "commits": list(self.stats.get("commit_log", []))}
+        return {
+            "schema": "rain.trace",
+            "version": TRACE_VERSION,
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "stats": stats,
+            "commits": list(self.stats.get("commit_log", [])),
+        }
 
 
 class RainDecoder:
@@ -132,8 +142,10 @@ class RainDecoder:
         **overrides: Any,
     ) -> None:
         if not isinstance(lm, LanguageModel):
-            raise TypeError(f"lm must be a LanguageModel (load_default_model(), load_model(...), VLLMEngine(...)), "
-                            f"got {type(lm).__name__}")
+            raise TypeError(
+                f"lm must be a LanguageModel (load_default_model(), load_model(...), VLLMEngine(...)), "
+                f"got {type(lm).__name__}"
+            )
         if config is not None and not isinstance(config, RainConfig):
             raise TypeError(f"config must be a RainConfig, got {type(config).__name__}")
         self.lm = lm
@@ -199,7 +211,9 @@ class RainDecoder:
             return self.config
         return self.config.merged(config, **overrides)
 
-    def prepare(self, prompt: Prompt, *, chat: bool = True, chat_kwargs: Mapping[str, Any] | None = None) -> tuple[list[int], str]:
+    def prepare(
+        self, prompt: Prompt, *, chat: bool = True, chat_kwargs: Mapping[str, Any] | None = None
+    ) -> tuple[list[int], str]:
         """Token ids of the rendered prompt, and the transcript the evaluator reads."""
         if isinstance(prompt, str):
             if not prompt.strip():
@@ -223,16 +237,33 @@ class RainDecoder:
                 "to leave room for an answer. Shorten it or raise max_length."
             )
 
-    def _search(self, prompt: Prompt, config: RainConfig | None, overrides: dict[str, Any], chat: bool,
-                chat_kwargs: Mapping[str, Any] | None, keep_trees: bool, cancel: Cancel) -> RainSearch:
+    def _search(
+        self,
+        prompt: Prompt,
+        config: RainConfig | None,
+        overrides: dict[str, Any],
+        chat: bool,
+        chat_kwargs: Mapping[str, Any] | None,
+        keep_trees: bool,
+        cancel: Cancel,
+    ) -> RainSearch:
         cfg = self.resolve_config(config, **overrides)
         should_stop = _should_stop(cancel)
         prompt_ids, eval_prompt = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
         self._check_room(prompt_ids, cfg)
         deadline = time.monotonic() + cfg.max_seconds if cfg.max_seconds is not None else None
-        return RainSearch(self.lm, self.evaluator_for(cfg), self.encoder_for(cfg), cfg, prompt_ids, eval_prompt,
-                          seed=resolve_seed(cfg.seed), keep_trees=keep_trees, should_stop=should_stop,
-                          deadline=deadline)
+        return RainSearch(
+            self.lm,
+            self.evaluator_for(cfg),
+            self.encoder_for(cfg),
+            cfg,
+            prompt_ids,
+            eval_prompt,
+            seed=resolve_seed(cfg.seed),
+            keep_trees=keep_trees,
+            should_stop=should_stop,
+            deadline=deadline,
+        )
 
     def _turn(self) -> Any:
         """The model's lock for one commit step, unless the engine serves decodes side by side."""
@@ -248,8 +279,9 @@ class RainDecoder:
             delta["engine_seconds"] = delta.pop("seconds")
         return delta
 
-    def _steps(self, search: RainSearch, before: Mapping[str, float],
-               on_commit: OnCommit | None = None) -> Iterator[list[int]]:
+    def _steps(
+        self, search: RainSearch, before: Mapping[str, float], on_commit: OnCommit | None = None
+    ) -> Iterator[list[int]]:
         """The search's commits, one model turn each; an evaluator failure carries the partial result."""
         steps = search.run()
         try:
@@ -272,14 +304,27 @@ class RainDecoder:
         stats = search.stats.as_dict()
         stats.update(self._engine_delta(before))
         reason = search.finished_by or ("stop" if stopped else "length")
-        return RainResult(text=text, token_ids=list(search.committed), finish_reason=reason,
-                          prompt_tokens=len(search.prompt_ids), stats=stats)
+        return RainResult(
+            text=text,
+            token_ids=list(search.committed),
+            finish_reason=reason,
+            prompt_tokens=len(search.prompt_ids),
+            stats=stats,
+        )
 
     # --- public API -----------------------------------------------------------------------------
     def stream(
-        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, result: list[RainResult] | None = None,
-        keep_trees: bool = False, cancel: Cancel = None, on_commit: OnCommit | None = None, **overrides: Any,
+        self,
+        prompt: Prompt,
+        *,
+        config: RainConfig | None = None,
+        chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None,
+        result: list[RainResult] | None = None,
+        keep_trees: bool = False,
+        cancel: Cancel = None,
+        on_commit: OnCommit | None = None,
+        **overrides: Any,
     ) -> Iterator[str]:
         """Yield the answer's text as each token set is committed (final as soon as it is yielded).
         Pass ``result=[]`` to receive the ``RainResult`` appended to it when the stream ends
@@ -301,9 +346,16 @@ class RainDecoder:
             result.append(final)
 
     def generate(
-        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, keep_trees: bool = False, cancel: Cancel = None,
-        on_commit: OnCommit | None = None, **overrides: Any,
+        self,
+        prompt: Prompt,
+        *,
+        config: RainConfig | None = None,
+        chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None,
+        keep_trees: bool = False,
+        cancel: Cancel = None,
+        on_commit: OnCommit | None = None,
+        **overrides: Any,
     ) -> RainResult:
         """Decode ``prompt`` (text, or chat messages) with RAIN. ``keep_trees`` stores each commit's
         search tree in ``stats["commit_log"]`` (for plots, traces and debugging); ``cancel`` and
@@ -315,9 +367,16 @@ class RainDecoder:
         return self._result(search, before)
 
     async def astream(
-        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, result: list[RainResult] | None = None,
-        keep_trees: bool = False, on_commit: OnCommit | None = None, **overrides: Any,
+        self,
+        prompt: Prompt,
+        *,
+        config: RainConfig | None = None,
+        chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None,
+        result: list[RainResult] | None = None,
+        keep_trees: bool = False,
+        on_commit: OnCommit | None = None,
+        **overrides: Any,
     ) -> AsyncIterator[str]:
         """``stream`` for async code. On a remote engine with an async client (``AsyncLanguageModel``
         and ``concurrent``) the search runs on the event loop itself, so many decodes share it;
@@ -351,8 +410,9 @@ class RainDecoder:
         if result is not None:
             result.append(final)
 
-    async def _steps_in_threads(self, search: RainSearch, before: Mapping[str, float],
-                                on_commit: OnCommit | None) -> AsyncIterator[list[int]]:
+    async def _steps_in_threads(
+        self, search: RainSearch, before: Mapping[str, float], on_commit: OnCommit | None
+    ) -> AsyncIterator[list[int]]:
         """The blocking commit steps, each in a worker thread; leaving (cancelled, closed, abandoned)
         sets the search's stop flag, so a step still running ends after its current search."""
         stop = threading.Event()
@@ -368,20 +428,39 @@ class RainDecoder:
             stop.set()
 
     async def agenerate(
-        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, keep_trees: bool = False,
-        on_commit: OnCommit | None = None, **overrides: Any,
+        self,
+        prompt: Prompt,
+        *,
+        config: RainConfig | None = None,
+        chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None,
+        keep_trees: bool = False,
+        on_commit: OnCommit | None = None,
+        **overrides: Any,
     ) -> RainResult:
         """``generate`` for async code (see ``astream``)."""
         holder: list[RainResult] = []
-        async for _ in self.astream(prompt, config=config, chat=chat, chat_kwargs=chat_kwargs, result=holder,
-                                    keep_trees=keep_trees, on_commit=on_commit, **overrides):
+        async for _ in self.astream(
+            prompt,
+            config=config,
+            chat=chat,
+            chat_kwargs=chat_kwargs,
+            result=holder,
+            keep_trees=keep_trees,
+            on_commit=on_commit,
+            **overrides,
+        ):
             pass
         return holder[0]
 
     def vanilla(
-        self, prompt: Prompt, *, config: RainConfig | None = None, chat: bool = True,
-        chat_kwargs: Mapping[str, Any] | None = None, **overrides: Any,
+        self,
+        prompt: Prompt,
+        *,
+        config: RainConfig | None = None,
+        chat: bool = True,
+        chat_kwargs: Mapping[str, Any] | None = None,
+        **overrides: Any,
     ) -> RainResult:
         """Plain sampling with the same model, temperature, top-k, seed and limits (no search)."""
         cfg = self.resolve_config(config, **overrides)
@@ -391,8 +470,14 @@ class RainDecoder:
         before = self._engine_stats()
         t0 = time.perf_counter()
         with self._turn():
-            ids = self.lm.generate(prompt_ids, budget, top_k=cfg.top_k, temperature=cfg.temperature,
-                                   seed=resolve_seed(cfg.seed), stop=cfg.stop)
+            ids = self.lm.generate(
+                prompt_ids,
+                budget,
+                top_k=cfg.top_k,
+                temperature=cfg.temperature,
+                seed=resolve_seed(cfg.seed),
+                stop=cfg.stop,
+            )
         text, stopped = cut_at_stop(self.lm.decode(ids), cfg.stop)
         reason = "stop" if stopped else ("eos" if ids and ids[-1] in self.lm.eos_token_ids else "length")
         stats: dict[str, Any] = {"seconds": time.perf_counter() - t0, "new_tokens": len(ids)}

@@ -7,5 +7,14 @@ from .engines.loading import load_default_model, load_model, shared_default_mode
 from .engines.transformers_lm import TransformersLM
 from .protocols import ContextTooLongError, Continuation, LanguageModel
 
-__all__ = ["ContextTooLongError", "Continuation", "EngineStats", "LanguageModel", "PrefixKVCache",
-           "TransformersLM", "load_default_model", "load_model", "shared_default_model"]
+__all__ = [
+    "ContextTooLongError",
+    "Continuation",
+    "EngineStats",
+    "LanguageModel",
+    "PrefixKVCache",
+    "TransformersLM",
+    "load_default_model",
+    "load_model",
+    "shared_default_model",
+]

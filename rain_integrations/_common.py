@@ -18,15 +18,11 @@ import contextlib
 import contextvars
 import logging
 import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import (
     Any,
-    AsyncIterator,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
     TypeVar,
     Union,
 )
@@ -50,7 +46,6 @@ MIN_TEMPERATURE = 0.01
 this small positive temperature instead of an error."""
 
 
-
 # --- models and decoders ---------------------------------------------------------------------------
 def default_lm() -> LanguageModel:
     """The embedded SmolLM2-135M-Instruct, loaded once per process and shared by every adapter."""
@@ -63,8 +58,10 @@ def load_lm(model: str | LanguageModel, load_options: Mapping[str, Any]) -> Lang
     """``model`` itself when it is a ready ``LanguageModel``; else ``load_model(model, ...)``."""
     if isinstance(model, LanguageModel):
         if load_options:
-            raise TypeError(f"{sorted(load_options)} apply when loading a model by id; "
-                            f"{getattr(model, 'name', 'this model')} is already loaded")
+            raise TypeError(
+                f"{sorted(load_options)} apply when loading a model by id; "
+                f"{getattr(model, 'name', 'this model')} is already loaded"
+            )
         return model
     if not isinstance(model, str) or not model.strip():
         raise TypeError(f"a model must be a model id or folder (str) or a LanguageModel, got {type(model).__name__}")
@@ -76,8 +73,10 @@ def load_model(name_or_path: str, **options: Any) -> LanguageModel:
     try:
         from rain_core.engines.loading import load_model as load
     except ImportError as exc:
-        raise ImportError(f"loading {name_or_path!r} in this process needs the in-process engine: "
-                          "pip install 'rain-align[local]' (or pass a ready LanguageModel to from_engine)") from exc
+        raise ImportError(
+            f"loading {name_or_path!r} in this process needs the in-process engine: "
+            "pip install 'rain-align[local]' (or pass a ready LanguageModel to from_engine)"
+        ) from exc
     return load(name_or_path, **options)
 
 
@@ -111,8 +110,16 @@ def build_decoder(
     ``rain_fields``: ``RainConfig`` fields (``max_searches=10``, ...)."""
     if judge is not None and evaluator is not None:
         raise TypeError("pass either judge (a model that judges) or evaluator, not both")
-    load_options = {k: v for k, v in {"device": device, "device_map": device_map, "dtype": dtype,
-                                      "quantization_config": quantization_config}.items() if v is not None}
+    load_options = {
+        k: v
+        for k, v in {
+            "device": device,
+            "device_map": device_map,
+            "dtype": dtype,
+            "quantization_config": quantization_config,
+        }.items()
+        if v is not None
+    }
     load_options.update(model_kwargs or {})
     cfg = (config or RainConfig()).merged(**rain_fields) if (config or rain_fields) else None
     lm = load_lm(model, load_options)
@@ -126,7 +133,9 @@ def build_decoder(
     return RainDecoder(lm, evaluator, encoder=encoder, config=cfg)
 
 
-def split_fields(owner: type, fields: Iterable[str], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_fields(
+    owner: type, fields: Iterable[str], kwargs: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Constructor keywords as (the adapter's own fields, ``RainConfig`` fields); anything else is a
     ``TypeError`` naming both kinds."""
     names = set(fields)
@@ -161,8 +170,11 @@ def stats_of(result: RainResult) -> dict[str, Any]:
 
 
 def usage_of(result: RainResult) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
 def commit_payload(entry: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -194,11 +206,18 @@ class Done:
     result: RainResult
 
 
-Event = Union[Commit, Text, Done]
+Event = Union[Commit, Text, Done]  # noqa: UP007 (a runtime alias)
 
 
-def decode_events(decoder: RainDecoder, prompt: Any, *, plain: bool = False, cancel: Cancel = None,
-                  on_commit: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Iterator[Event]:
+def decode_events(
+    decoder: RainDecoder,
+    prompt: Any,
+    *,
+    plain: bool = False,
+    cancel: Cancel = None,
+    on_commit: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> Iterator[Event]:
     """Decode ``prompt`` and yield what happens: ``Commit`` (after ``on_commit`` saw it, in the decode's
     thread), ``Text`` pieces, then one ``Done``. ``plain`` decodes without the search (no commits).
     Closing the iterator, or ``cancel``, stops the decode (see ``RainDecoder.stream``)."""
@@ -284,8 +303,9 @@ async def aiter_in_thread(start: Callable[[threading.Event], Iterator[T]]) -> As
         worker.shutdown(wait=False)
 
 
-async def arun_in_thread(start: Callable[[threading.Event], Iterator[Event]],
-                         on_event: Callable[[Event], Any] | None = None) -> RainResult:
+async def arun_in_thread(
+    start: Callable[[threading.Event], Iterator[Event]], on_event: Callable[[Event], Any] | None = None
+) -> RainResult:
     """Run ``start(cancel)``'s events through ``aiter_in_thread`` to the end and return the result;
     ``on_event`` (sync or async) sees each event. Cancelling the awaiting task stops the decode."""
     async with contextlib.aclosing(aiter_in_thread(start)) as events:

@@ -22,7 +22,8 @@ import json
 import logging
 import re
 import uuid
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from rain_core.chat import TemplateSupport
 from rain_core.protocols import LanguageModel, ParsesResponses
@@ -99,13 +100,25 @@ def render_tools(
         if role == "assistant" and m.get("tool_calls"):
             calls = m["tool_calls"]
             if support.tool_calls:
-                out.append({"role": "assistant", "content": text, "tool_calls": [
-                    {"id": c.get("id"), "type": "function",
-                     "function": {"name": c["name"], "arguments": dict(c.get("arguments") or {})}}
-                    for c in calls]})
+                out.append(
+                    {
+                        "role": "assistant",
+                        "content": text,
+                        "tool_calls": [
+                            {
+                                "id": c.get("id"),
+                                "type": "function",
+                                "function": {"name": c["name"], "arguments": dict(c.get("arguments") or {})},
+                            }
+                            for c in calls
+                        ],
+                    }
+                )
             else:
-                written = "\n".join(f"{TOOL_CALL_OPEN}\n{call_json(c['name'], c.get('arguments') or {})}\n{TOOL_CALL_CLOSE}"
-                                    for c in calls)
+                written = "\n".join(
+                    f"{TOOL_CALL_OPEN}\n{call_json(c['name'], c.get('arguments') or {})}\n{TOOL_CALL_CLOSE}"
+                    for c in calls
+                )
                 out.append({"role": "assistant", "content": f"{text}\n{written}".strip()})
         elif role == "tool":
             if m.get("error"):
@@ -187,9 +200,7 @@ def _sort_call(entry: Any, names: set[str], calls: list[dict[str, Any]], invalid
         calls.append({"id": _call_id(entry), "name": name, "arguments": args})
 
 
-def parse_tool_calls(
-    text: str, tool_names: Sequence[str]
-) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """Split a reply into (text, tool calls, unusable tool calls).
 
     Understands ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (Hermes/Qwen
@@ -229,7 +240,9 @@ def parse_tool_calls(
     return text, [], []
 
 
-def _from_model_parse(parsed: Mapping[str, Any], names: Sequence[str]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+def _from_model_parse(
+    parsed: Mapping[str, Any], names: Sequence[str]
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """A ``ParsesResponses`` result (``content``, OpenAI-style ``tool_calls``) in the neutral shape."""
     calls: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
@@ -255,8 +268,9 @@ def parse_reply(
         try:
             parsed = lm.parse_response(text, prefix=prefix() if callable(prefix) else prefix, tools=tools)
         except Exception as exc:  # a model-specific parser that cannot read this reply
-            logger.debug("%s's response parser failed (%s); using the generic tool-call parser",
-                         getattr(lm, "name", lm), exc)
+            logger.debug(
+                "%s's response parser failed (%s); using the generic tool-call parser", getattr(lm, "name", lm), exc
+            )
             parsed = None
         if isinstance(parsed, Mapping):
             return _from_model_parse(parsed, names)

@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rain_core import RainConfig  # noqa: E402
 
 # Small budgets that still exercise every part of the search on the real model.
-SMALL = dict(max_searches=4, extra_searches=2, min_visits=2, num_candidates=4, max_new_tokens=12,
-             max_simulation_tokens=8)
+SMALL = dict(
+    max_searches=4, extra_searches=2, min_visits=2, num_candidates=4, max_new_tokens=12, max_simulation_tokens=8
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,8 +20,9 @@ import math
 import re
 import time
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +80,9 @@ class FakeLM:
     def decode(self, token_ids: Sequence[int]) -> str:
         return "".join(chr(t) for t in token_ids if t != EOS)
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    **kwargs: Any) -> str:
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         lines = []
         if kwargs.get("tools") and self.tools_in_template:
             lines.append("tools: " + json.dumps([t["function"]["name"] for t in kwargs["tools"]]))
@@ -186,8 +188,15 @@ class ScriptedLM(FakeLM):
     search can still find alternatives. Ends with EOS when the script is done; off script, EOS is
     likely."""
 
-    def __init__(self, script: str | Callable[[str], str], *, strength: float = 12.0,
-                 marker: str = "\nassistant:", vocab: str = ALPHABET, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        script: str | Callable[[str], str],
+        *,
+        strength: float = 12.0,
+        marker: str = "\nassistant:",
+        vocab: str = ALPHABET,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("name", "scripted-lm")
         super().__init__(self._scripted, vocab=vocab, **kwargs)
         self.script = script if callable(script) else (lambda _head, s=script: s)

@@ -5,9 +5,9 @@ import asyncio
 import time
 
 import pytest
+from fakes import CharLM, ScriptedLM, words_penalty
 
 from rain_core import RainDecoder
-from fakes import CharLM, ScriptedLM, words_penalty
 
 OPTS = dict(encoder=None, max_new_tokens=24, max_searches=6)
 

@@ -59,8 +59,13 @@ def test_report_files_exist_and_are_complete(report):
         assert [r["max_new_tokens"] for r in s["rows"]] == list(data["config"]["lengths"])
         assert all(_finite(r["rain_seconds_per_token"]) for r in s["rows"])
         assert _finite(s["growth"])
-        assert set(dev["targets"]) == {"best_case_overhead", "fast_best_case", "engine_gain", "peak_memory",
-                                       "linear_cost"}
+        assert set(dev["targets"]) == {
+            "best_case_overhead",
+            "fast_best_case",
+            "engine_gain",
+            "peak_memory",
+            "linear_cost",
+        }
         for target in dev["targets"].values():
             assert _finite(target["value"]) and isinstance(target["met"], bool)
             assert ("met" in md) and target["target"] in md

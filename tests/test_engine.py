@@ -24,9 +24,18 @@ def tiny_model(vocab_size: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, eos_token_id=2, bos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # sharper logits than the default init, so top-k is not a near-uniform draw
         model.lm_head.weight.mul_(40.0)
@@ -61,7 +70,7 @@ def test_official_candidate_logprob_is_under_the_top_k_renormalised_distribution
     rows = lm.sample(prefix, 4, 5, top_k=15, temperature=1.0, seed=11)
     for row, cand in enumerate(rows):
         ids, expected = list(prefix), 0.0
-        for i, tok in enumerate(cand.token_ids):
+        for tok in cand.token_ids:
             logp = _logprobs(lm, ids)
             top_values, top_ids = torch.topk(logp, 15)
             assert tok in top_ids.tolist()
@@ -70,8 +79,9 @@ def test_official_candidate_logprob_is_under_the_top_k_renormalised_distribution
             expected += float(logp[tok] - torch.logsumexp(top_values, dim=-1))
             ids.append(tok)
         assert cand.logprob == pytest.approx(expected, abs=1e-4)
-        assert cand.logprob > sum(float(_logprobs(lm, list(prefix) + list(cand.token_ids[:i]))[t])
-                                  for i, t in enumerate(cand.token_ids))  # renormalising raises it
+        assert cand.logprob > sum(
+            float(_logprobs(lm, list(prefix) + list(cand.token_ids[:i]))[t]) for i, t in enumerate(cand.token_ids)
+        )  # renormalising raises it
 
 
 def test_generate_samples_the_full_distribution_with_its_seed(lm, prefix):
@@ -95,7 +105,7 @@ def test_generate_stops_on_a_stop_token_and_includes_it(lm, prefix):
     cut = lm.generate(prefix, 12, top_k=15, temperature=1.0, seed=3, stop_token_ids={stop_at})
     assert cut == free[: free.index(stop_at) + 1]
     text = lm.decode(free[:3])
-    assert lm.generate(prefix, 12, top_k=15, temperature=1.0, seed=3, stop=[text[-2:]])[: 3] == free[:3]
+    assert lm.generate(prefix, 12, top_k=15, temperature=1.0, seed=3, stop=[text[-2:]])[:3] == free[:3]
     assert lm.generate(prefix, 0, top_k=15, temperature=1.0, seed=3) == []
 
 

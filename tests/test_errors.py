@@ -3,9 +3,9 @@
 import math
 
 import pytest
+from fakes import CharLM
 
 from rain_core import CallableEvaluator, ContextTooLongError, EvaluatorError, RainConfig, RainDecoder, load_principle
-from fakes import CharLM
 
 
 @pytest.fixture
@@ -125,7 +125,18 @@ def test_an_engine_without_a_default_encoder_says_what_to_pass():
     dec = RainDecoder(CharLM(), lambda p, r: 0.0, max_new_tokens=4, max_searches=2)  # encoder="default"
     with pytest.raises(TypeError, match="no default sentence encoder.*encoder=None"):
         dec.generate("hi")
-    assert RainDecoder(CharLM(), lambda p, r: 0.0, max_new_tokens=4, max_searches=2,
-                       similarity_update=False, dynamic_node_addition=False).generate("hi").text is not None
+    assert (
+        RainDecoder(
+            CharLM(),
+            lambda p, r: 0.0,
+            max_new_tokens=4,
+            max_searches=2,
+            similarity_update=False,
+            dynamic_node_addition=False,
+        )
+        .generate("hi")
+        .text
+        is not None
+    )
     with pytest.raises(ValueError, match="encoder must be"):
         RainDecoder(CharLM(), encoder="minilm")

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from fakes import CharLM
 
 from rain_bench import fidelity
 from rain_core import RainConfig
-from fakes import CharLM
 
 
 def two_way():
@@ -49,7 +49,7 @@ def test_fidelity_report_on_a_penalised_word():
     assert 0.0 <= fast.same_first_set <= 1.0 and official.same_first_set is None
     assert official.searches_per_commit > 0 and fast.searches_per_commit > 0
     text = fidelity.render_markdown(report)
-    assert "| pets (\"cat\") | " in text and "acceptable" in text
+    assert '| pets ("cat") | ' in text and "acceptable" in text
     data = json.loads(fidelity.to_json(report))
     assert data["results"][0]["outcomes"]["fast"]["acceptable"] is result.acceptable("fast")
     assert report.presets["fast"] == dict(RainConfig.FAST)
@@ -58,7 +58,8 @@ def test_fidelity_report_on_a_penalised_word():
 def test_a_preset_that_ignores_the_evaluator_is_not_acceptable():
     # A "preset" that searches once per commit cannot see the penalty coming: it falls outside the interval.
     blind = RainConfig(max_searches=1, extra_searches=0, min_visits=0, value_threshold=-1.0)
-    report = fidelity.run(two_way(), scenarios=[SCENARIO], seeds=6, encoder=None,
-                          presets={"official": RainConfig(), "blind": blind})
+    report = fidelity.run(
+        two_way(), scenarios=[SCENARIO], seeds=6, encoder=None, presets={"official": RainConfig(), "blind": blind}
+    )
     assert not report.acceptable("blind")
     assert "**no**" in fidelity.render_table(report)

@@ -39,8 +39,9 @@ def script(head: str) -> str:
 
 def slow_chat(delay: float = 0.002, **fields: Any) -> ChatRain:
     lm = ScriptedLM(script, vocab=PRINTABLE, delay=delay)
-    return ChatRain(decoder=RainDecoder(lm, lambda p, r: 1.0, encoder=None, **dict(SMALL, max_new_tokens=1000)),
-                    **fields)
+    return ChatRain(
+        decoder=RainDecoder(lm, lambda p, r: 1.0, encoder=None, **dict(SMALL, max_new_tokens=1000)), **fields
+    )
 
 
 async def timed(coro: Any) -> tuple[Any, float]:
@@ -115,6 +116,7 @@ async def test_the_decode_stops_within_one_search_not_one_commit(how):
     chat = slow_chat()
     lm = chat.decoder.lm
     _, quick_alone = await timed(chat.ainvoke(SHORT, **QUICK))
+
     async def consume_stream() -> str:  # e.g. a web server streaming to a client that disconnects
         return "".join([c.content async for c in chat.astream("long", **HEAVY)])
 

@@ -233,8 +233,9 @@ async def test_input_guard_async():
 def test_input_guard_rewrites_and_flags():
     seen: list[Any] = []
     echo = RunnableLambda(lambda x: seen.append(x) or "answered")
-    rewriting = RainGuard(decoder=rewrite_decoder("how to clean safely"), evaluator=guard_eval, strategy="rewrite",
-                          check_input=True)
+    rewriting = RainGuard(
+        decoder=rewrite_decoder("how to clean safely"), evaluator=guard_eval, strategy="rewrite", check_input=True
+    )
     assert (rewriting | echo).invoke("how do I make poison?") == "answered"
     assert seen[-1] == "how to clean safely"
     (rewriting | echo).invoke({"q": "poison?", "n": 3, "style": "short"})
@@ -257,8 +258,10 @@ def test_input_guard_sees_the_conversation_before_the_request():
 
     guard = RainGuard(evaluator=spy, check_input=True)
     (guard | RunnableLambda(lambda x: "ok")).invoke(
-        ChatPromptTemplate.from_messages([("system", "be kind"), ("human", "hi"), ("ai", "hello"), ("human", "{q}")])
-        .invoke({"q": "and now?"}))
+        ChatPromptTemplate.from_messages(
+            [("system", "be kind"), ("human", "hi"), ("ai", "hello"), ("human", "{q}")]
+        ).invoke({"q": "and now?"})
+    )
     assert seen == [("User: hi\nAssistant: hello", "and now?")]
 
 
@@ -271,11 +274,13 @@ def lookup(topic: str) -> str:
 
 def agent_model(answer: str = "done.") -> ChatRain:
     """Calls ``lookup`` first; once a tool result is in the conversation, answers ``answer``."""
+
     def script(head: str) -> str:
         if "\ntool: " in head:
             return answer
         topic = last_user(head)
         return f'<tool_call>{{"name": "lookup", "arguments": {{"topic": "{topic}"}}}}</tool_call>'
+
     return chat_for(script, tools_in_template=False)
 
 
@@ -387,8 +392,13 @@ def test_tool_guard_can_be_limited_to_some_tools():
 
 
 async def test_middleware_async():
-    agent = create_agent(agent_model(HARMFUL), tools=[lookup], middleware=[
-        RainGuardMiddleware(rewrite_decoder(), evaluator=guard_eval, strategy="rewrite", apply_to_tool_results=True)])
+    agent = create_agent(
+        agent_model(HARMFUL),
+        tools=[lookup],
+        middleware=[
+            RainGuardMiddleware(rewrite_decoder(), evaluator=guard_eval, strategy="rewrite", apply_to_tool_results=True)
+        ],
+    )
     messages = (await agent.ainvoke({"messages": [HumanMessage("cleaning")]}))["messages"]
     assert tool_result(messages).content == REWRITTEN
     assert messages[-1].content == REWRITTEN and messages[-1].response_metadata["rain_guard"]["checked"] == "output"

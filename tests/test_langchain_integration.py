@@ -26,8 +26,16 @@ pytestmark = pytest.mark.model
 
 # Tiny budgets: every part of a RAIN step runs (expand, simulate, self-evaluate, back up, commit),
 # about two seconds per reply on two CPU cores. The sentence encoder stays off to keep it fast.
-TINY = dict(max_searches=2, extra_searches=1, min_visits=1, num_candidates=3, max_simulation_tokens=4,
-            max_new_tokens=6, similarity_update=False, dynamic_node_addition=False)
+TINY = dict(
+    max_searches=2,
+    extra_searches=1,
+    min_visits=1,
+    num_candidates=3,
+    max_simulation_tokens=4,
+    max_new_tokens=6,
+    similarity_update=False,
+    dynamic_node_addition=False,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,7 +64,7 @@ MODEL_PARAMS = pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], 
 SCHEMA_TYPES = pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_decoder() -> RainDecoder:
     return ChatRain.from_default(**TINY).decoder
 
@@ -128,8 +136,9 @@ class TestChatRainStandardIntegration(ChatModelIntegrationTests):
         super().test_agent_loop(model)
 
     @pytest.mark.xfail(reason=NO_TOOL_CALLS)
-    def test_unicode_tool_call_integration(self, model: Any, *, tool_choice: str | None = None,
-                                           force_tool_call: bool = True) -> None:
+    def test_unicode_tool_call_integration(
+        self, model: Any, *, tool_choice: str | None = None, force_tool_call: bool = True
+    ) -> None:
         super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
 
 
@@ -140,8 +149,9 @@ def test_from_model_id_loads_a_folder_on_cpu():
     from rain_core.engines.embedded import materialize_default_model
 
     judge = tiny_decoder().lm
-    chat = ChatRain.from_model_id(str(materialize_default_model()), device_map="cpu", judge=judge, principle="harmless",
-                                  encoder=None, **TINY)
+    chat = ChatRain.from_model_id(
+        str(materialize_default_model()), device_map="cpu", judge=judge, principle="harmless", encoder=None, **TINY
+    )
     assert chat.decoder.lm is not judge and chat.decoder.evaluator.lm is judge
     msg = chat.invoke("Name a fruit.")
     assert msg.content.strip() and msg.response_metadata["rain"]["evaluations"] > 0
@@ -164,8 +174,11 @@ def test_from_default_invoke_and_stream_agree():
 
 
 def test_lcel_chain_on_the_embedded_model():
-    chain = (ChatPromptTemplate.from_messages([("system", "Answer in one word."), ("human", "{q}")])
-             | ChatRain(decoder=tiny_decoder()) | StrOutputParser())
+    chain = (
+        ChatPromptTemplate.from_messages([("system", "Answer in one word."), ("human", "{q}")])
+        | ChatRain(decoder=tiny_decoder())
+        | StrOutputParser()
+    )
     out = chain.invoke({"q": "What colour is the sky?"})
     assert isinstance(out, str) and out.strip()
     assert len(chain.batch([{"q": "Say hi."}, {"q": "Say bye."}])) == 2
@@ -181,8 +194,16 @@ def test_agent_history_renders_through_smollm_template():
         AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}]),
         ToolMessage("3", tool_call_id="c1", name="add"),
     ]
-    tools = [{"type": "function", "function": {"name": "add", "description": "Add two integers.",
-                                                "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "add",
+                "description": "Add two integers.",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
     messages, kwargs = messages_from_langchain(history, tools=tools, support=support)
     rendered = lm.chat_prompt(messages, **kwargs)
     assert '"name": "add"' in rendered and "Add two integers." in rendered  # the tool schema
@@ -206,7 +227,8 @@ def test_guard_with_the_self_evaluator():
     assert meta["verdict"] == "fail" and out.content != text and out.content.strip()
     assert meta["rewrite"]["rain"]["commits"] > 0 and -1.0 <= meta["rewrite"]["score"] <= 1.0
     block = RainGuard(decoder=decoder, strategy="block", threshold=1.0).invoke(
-        ToolMessage(text, tool_call_id="c9", name="tips"))
+        ToolMessage(text, tool_call_id="c9", name="tips")
+    )
     assert block.status == "error" and block.tool_call_id == "c9" and "withheld" in block.content
 
 

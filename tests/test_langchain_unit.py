@@ -144,10 +144,16 @@ class TestChatRainStandardUnit(ChatModelUnitTests):
 def test_standard_params_are_forwarded_to_rain():
     chat = chat_for("hello.", max_tokens=7, temperature=0, stop=["x"], timeout=30, rain_options={"max_searches": 3})
     call = chat._call(None, {})
-    assert call.options == {"max_searches": 3, "max_new_tokens": 7, "temperature": MIN_TEMPERATURE, "stop": ["x"],
-                            "max_seconds": 30}
-    call = chat._call(["yy"], {"max_tokens": 5, "temperature": 0.5, "seed": 3, "timeout": 2,
-                               "rain_config": RainConfig(top_k=4)})
+    assert call.options == {
+        "max_searches": 3,
+        "max_new_tokens": 7,
+        "temperature": MIN_TEMPERATURE,
+        "stop": ["x"],
+        "max_seconds": 30,
+    }
+    call = chat._call(
+        ["yy"], {"max_tokens": 5, "temperature": 0.5, "seed": 3, "timeout": 2, "rain_config": RainConfig(top_k=4)}
+    )
     opts = call.options
     assert opts["max_new_tokens"] == 5 and opts["temperature"] == 0.5 and opts["stop"] == ["yy"]
     assert opts["seed"] == 3 and opts["config"].top_k == 4 and opts["max_seconds"] == 2
@@ -209,9 +215,17 @@ def test_from_model_id_passes_loading_options_through(monkeypatch):
 
     monkeypatch.setattr(loading, "load_model", fake_load)
     quant = object()
-    chat = ChatRain.from_model_id("org/model-7b", judge="org/judge-70b", device_map="auto", dtype="bfloat16",
-                                  quantization_config=quant, model_kwargs={"attn_implementation": "sdpa"},
-                                  encoder=None, max_tokens=5, max_searches=2)
+    chat = ChatRain.from_model_id(
+        "org/model-7b",
+        judge="org/judge-70b",
+        device_map="auto",
+        dtype="bfloat16",
+        quantization_config=quant,
+        model_kwargs={"attn_implementation": "sdpa"},
+        encoder=None,
+        max_tokens=5,
+        max_searches=2,
+    )
     expected = {"device_map": "auto", "dtype": "bfloat16", "quantization_config": quant, "attn_implementation": "sdpa"}
     assert loads == [("org/model-7b", expected), ("org/judge-70b", expected)]
     assert chat.model_name == "org/model-7b" and chat.max_tokens == 5 and chat.decoder.config.max_searches == 2
@@ -232,7 +246,9 @@ def test_invoke_returns_text_usage_and_rain_stats():
     assert msg.content == "hello there."
     assert msg.usage_metadata["output_tokens"] == len("hello there.") + 1  # + EOS
     assert msg.usage_metadata["input_tokens"] == len(chat.decoder.lm.prompts[-1])
-    assert msg.usage_metadata["total_tokens"] == msg.usage_metadata["input_tokens"] + msg.usage_metadata["output_tokens"]
+    assert (
+        msg.usage_metadata["total_tokens"] == msg.usage_metadata["input_tokens"] + msg.usage_metadata["output_tokens"]
+    )
     meta = msg.response_metadata
     assert meta["model_name"] == "scripted-lm" and meta["finish_reason"] == "eos"
     assert meta["rain"]["searches"] >= meta["rain"]["commits"] > 0
@@ -342,8 +358,12 @@ async def test_commit_events_on_async_paths_and_in_astream_events():
     commits = [c for chunk in chunks for c in chunk.response_metadata.get("rain_commits", [])]
     assert [c["text"] for c in commits] == [c["text"] for c in rec.commits]
     events = [e async for e in chat.astream_events("hi", version="v2")]
-    streamed = [c for e in events if e["event"] == "on_chat_model_stream"
-                for c in e["data"]["chunk"].response_metadata.get("rain_commits", [])]
+    streamed = [
+        c
+        for e in events
+        if e["event"] == "on_chat_model_stream"
+        for c in e["data"]["chunk"].response_metadata.get("rain_commits", [])
+    ]
     assert [c["text"] for c in streamed] == [c["text"] for c in rec.commits]
     streaming = ChatRain(decoder=chat.decoder, streaming=True)  # ainvoke through _astream
     rec3 = AsyncRecorder()
@@ -380,21 +400,30 @@ def test_every_message_kind_reaches_the_template():
 def test_messages_from_langchain_native_and_fallback_rendering():
     msgs = [
         HumanMessage([{"type": "text", "text": "add"}, {"type": "text", "text": "1 and 2"}]),
-        AIMessage([{"type": "text", "text": "sure"}, {"type": "tool_use", "id": "c1", "name": "add", "input": {}}],
-                  tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}]),
+        AIMessage(
+            [{"type": "text", "text": "sure"}, {"type": "tool_use", "id": "c1", "name": "add", "input": {}}],
+            tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}],
+        ),
         ToolMessage("missing b", tool_call_id="c1", name="add", status="error"),
     ]
     native, kwargs = messages_from_langchain(msgs)
     assert kwargs == {}
     assert native == [
         {"role": "user", "content": "add\n1 and 2"},
-        {"role": "assistant", "content": "sure", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
+        {
+            "role": "assistant",
+            "content": "sure",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}
+            ],
+        },
         {"role": "tool", "content": "(tool error) missing b", "tool_call_id": "c1", "name": "add"},
     ]
     plain, _ = messages_from_langchain(msgs, support=TemplateSupport(tools=False, tool_calls=False, tool_role=False))
-    assert plain[1] == {"role": "assistant", "content":
-                        'sure\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'}
+    assert plain[1] == {
+        "role": "assistant",
+        "content": 'sure\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
+    }
     assert plain[2] == {"role": "user", "content": "Result of tool add:\n(tool error) missing b"}
     with pytest.raises(ValueError, match="text-only"):
         messages_from_langchain([HumanMessage([{"type": "image_url", "image_url": {"url": "http://x"}}])])
@@ -496,7 +525,10 @@ def test_parse_tool_calls_formats():
     assert content == "Let me check." and not bad
     assert [(c["name"], c["args"], c["type"]) for c in calls] == [("get_weather", {"city": "Paris"}, "tool_call")]
     assert calls[0]["id"].startswith("call_")
-    two = '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call><tool_call>{"name": "add", "parameters": "{\\"a\\": 2}"}'
+    two = (
+        '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+        '<tool_call>{"name": "add", "parameters": "{\\"a\\": 2}"}'
+    )
     _, calls, _ = parse_tool_calls(two, names)  # second block unclosed, string arguments
     assert [c["args"] for c in calls] == [{"a": 1}, {"a": 2}]
     content, calls, _ = parse_tool_calls('```json\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n```', names)
@@ -567,7 +599,9 @@ def test_tool_call_without_arguments_and_agent_round_trip():
     assert isinstance(result, ToolMessage) and result.tool_call_id == call.tool_calls[0]["id"]
     answer = model.invoke([question, call, result])
     assert answer.content == "It is 5." and answer.tool_calls == []
-    assert '<tool_call>\n{"name": "magic_number", "arguments": {}}\n</tool_call>\ntool: 5' in chat.decoder.lm.prompts[-1]
+    assert (
+        '<tool_call>\n{"name": "magic_number", "arguments": {}}\n</tool_call>\ntool: 5' in chat.decoder.lm.prompts[-1]
+    )
 
 
 @pytest.mark.parametrize("tools_in_template", [True, False])
@@ -627,8 +661,11 @@ class OwnParserLM(ScriptedLM):
             return None
         name, arg = text[5:].split(" ", 1)
         key, value = arg.split("=", 1)
-        return {"role": "assistant", "content": "",
-                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {key: value}}}]}
+        return {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {key: value}}}],
+        }
 
 
 def test_tool_calls_parsed_by_the_models_own_parser_first():
@@ -663,8 +700,9 @@ class PersonDict(TypedDict):
     age: int
 
 
-SCHEMAS = pytest.mark.parametrize("schema", [Person, PersonDict, Person.model_json_schema()],
-                                  ids=["pydantic", "typeddict", "json"])
+SCHEMAS = pytest.mark.parametrize(
+    "schema", [Person, PersonDict, Person.model_json_schema()], ids=["pydantic", "typeddict", "json"]
+)
 
 
 def expected_person(schema: Any) -> Any:
@@ -705,16 +743,19 @@ def test_structured_output_json_mode():
 JSON_SCHEMA = Person.model_json_schema()
 
 
-@pytest.mark.parametrize("schema, method, reply, why", [
-    (Person, "json_schema", "Ann is thirty-one.", "not JSON"),
-    (JSON_SCHEMA, "json_schema", "Ann is thirty-one.", "not JSON"),
-    (Person, "json_schema", '{"name": "Ann", "age": "old"}', "does not match the schema"),
-    (Person, "json_schema", '{"name": "Ann"}', "does not match the schema"),
-    (JSON_SCHEMA, "json_schema", '{"name": "Ann"}', "does not match the schema"),  # required keys checked
-    (JSON_SCHEMA, "json_schema", '["Ann", 31]', "does not match the schema"),
-    (Person, "function_calling", "Ann is thirty-one.", "did not call the output tool"),
-    (JSON_SCHEMA, "function_calling", "Ann is thirty-one.", "did not call the output tool"),
-])
+@pytest.mark.parametrize(
+    "schema, method, reply, why",
+    [
+        (Person, "json_schema", "Ann is thirty-one.", "not JSON"),
+        (JSON_SCHEMA, "json_schema", "Ann is thirty-one.", "not JSON"),
+        (Person, "json_schema", '{"name": "Ann", "age": "old"}', "does not match the schema"),
+        (Person, "json_schema", '{"name": "Ann"}', "does not match the schema"),
+        (JSON_SCHEMA, "json_schema", '{"name": "Ann"}', "does not match the schema"),  # required keys checked
+        (JSON_SCHEMA, "json_schema", '["Ann", 31]', "does not match the schema"),
+        (Person, "function_calling", "Ann is thirty-one.", "did not call the output tool"),
+        (JSON_SCHEMA, "function_calling", "Ann is thirty-one.", "did not call the output tool"),
+    ],
+)
 async def test_structured_output_that_does_not_parse_raises(schema, method, reply, why):
     chat = chat_for(reply)
     structured = chat.with_structured_output(schema, method=method)
@@ -761,7 +802,9 @@ def test_rain_llm_batches_through_one_generate_call(monkeypatch):
     assert len(rec.tokens) > 6  # streamed per committed token set
     info = result.generations[0][0].generation_info
     assert info["finish_reason"] == "eos" and info["rain"]["commits"] > 0
-    assert result.llm_output["token_usage"]["completion_tokens"] == sum(len(t) + 1 for t in (" red done.", " blue done.", " green done."))
+    assert result.llm_output["token_usage"]["completion_tokens"] == sum(
+        len(t) + 1 for t in (" red done.", " blue done.", " green done.")
+    )
     assert llm.batch(prompts) == [" red done.", " blue done.", " green done."]
 
 

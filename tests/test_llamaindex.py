@@ -71,18 +71,22 @@ def test_from_engine_and_from_model_name(monkeypatch):
     import rain_integrations._common as loading  # the adapters' one seam to rain_core.engines.loading
 
     lm = CharLM()
-    llm = RainLlamaIndexLLM.from_engine(lm, evaluator=lambda p, r: 0.5, encoder=None, max_searches=3,
-                                        context_window=500, system_prompt="be kind")
+    llm = RainLlamaIndexLLM.from_engine(
+        lm, evaluator=lambda p, r: 0.5, encoder=None, max_searches=3, context_window=500, system_prompt="be kind"
+    )
     assert llm.decoder.lm is lm and llm.decoder.config.max_searches == 3
     assert llm.context_window == 500 and llm.system_prompt == "be kind"
     with pytest.raises(TypeError, match="RainLlamaIndexLLM fields or RainConfig fields"):
         RainLlamaIndexLLM.from_engine(lm, encoder=None, max_serches=3)
     loads: list[tuple[str, dict]] = []
     monkeypatch.setattr(loading, "load_model", lambda name, **kw: loads.append((name, kw)) or CharLM(name=name))
-    llm = RainLlamaIndexLLM.from_model_name("org/model", judge="org/judge", device_map="auto", dtype="bfloat16",
-                                            encoder=None, seed=4)
-    assert loads == [("org/model", {"device_map": "auto", "dtype": "bfloat16"}),
-                     ("org/judge", {"device_map": "auto", "dtype": "bfloat16"})]
+    llm = RainLlamaIndexLLM.from_model_name(
+        "org/model", judge="org/judge", device_map="auto", dtype="bfloat16", encoder=None, seed=4
+    )
+    assert loads == [
+        ("org/model", {"device_map": "auto", "dtype": "bfloat16"}),
+        ("org/judge", {"device_map": "auto", "dtype": "bfloat16"}),
+    ]
     assert llm.metadata.model_name == "org/model" and llm.decoder.evaluator.lm.name == "org/judge"
     assert llm.decoder.config.seed == 4
 
@@ -206,9 +210,13 @@ def test_messages_translate_to_rain_roles():
         ChatMessage(role=MessageRole.DEVELOPER, content="rules"),
         ChatMessage(role=MessageRole.USER, blocks=[TextBlock(text="a"), TextBlock(text="b")]),
         ChatMessage(role=MessageRole.CHATBOT, content="c"),
-        ChatMessage(role=MessageRole.ASSISTANT, content="",
-                    additional_kwargs={"tool_calls": [{"id": "x", "type": "function",
-                                                       "function": {"name": "add", "arguments": '{"a": 1}'}}]}),
+        ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content="",
+            additional_kwargs={
+                "tool_calls": [{"id": "x", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]
+            },
+        ),
         ChatMessage(role=MessageRole.TOOL, content="42", additional_kwargs={"tool_call_id": "x"}),
         ChatMessage(role=MessageRole.MODEL, content=None),
     ]
@@ -230,8 +238,9 @@ def test_raw_completion_mode_uses_llamaindex_formatting(monkeypatch):
     llm = fake_llm(chat_template=False, completion_to_prompt=lambda p: f"q: {p}\na:")
     seen = []
     original = llm.decoder.stream
-    monkeypatch.setattr(llm.decoder, "stream",
-                        lambda prompt, **kw: seen.append((prompt, kw["chat"])) or original(prompt, **kw))
+    monkeypatch.setattr(
+        llm.decoder, "stream", lambda prompt, **kw: seen.append((prompt, kw["chat"])) or original(prompt, **kw)
+    )
     llm.complete("why")
     llm.complete("why", formatted=True)
     llm.chat(USER_HI)
@@ -361,8 +370,9 @@ async def test_abandoned_stream_stops(abandon):
 
 
 async def test_concurrent_async_calls_get_their_own_answers():
-    lm = ScriptedLM(lambda head: f"answer to {head.rsplit('user: ', 1)[-1].split(chr(10))[0]}.", vocab=PRINTABLE,
-                    delay=0.0005)
+    lm = ScriptedLM(
+        lambda head: f"answer to {head.rsplit('user: ', 1)[-1].split(chr(10))[0]}.", vocab=PRINTABLE, delay=0.0005
+    )
     llm = RainLlamaIndexLLM(RainDecoder(lm, lambda p, r: 1.0, encoder=None, **dict(SMALL, max_new_tokens=100)))
     words = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
     tasks = [asyncio.create_task(llm.acomplete(w)) for w in words]
@@ -435,17 +445,36 @@ class OwnParserLM(ScriptedLM):
     def parse_response(self, text: str, *, prefix: str = "", tools: Any = None) -> dict[str, Any] | None:
         if not text.startswith("CALL "):
             return None
-        return {"content": "", "tool_calls": [{"type": "function", "function": {
-            "name": text.split()[1], "arguments": {"city": text.split("=", 1)[1]}}}]}
+        return {
+            "content": "",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": text.split()[1], "arguments": {"city": text.split("=", 1)[1]}},
+                }
+            ],
+        }
 
 
 def test_tool_calls_use_the_models_own_parser_first():
-    llm = RainLlamaIndexLLM(RainDecoder(OwnParserLM("CALL get_weather city=Lyon", vocab=PRINTABLE),
-                                        lambda p, r: 1.0, encoder=None, **dict(SMALL, max_new_tokens=200)))
+    llm = RainLlamaIndexLLM(
+        RainDecoder(
+            OwnParserLM("CALL get_weather city=Lyon", vocab=PRINTABLE),
+            lambda p, r: 1.0,
+            encoder=None,
+            **dict(SMALL, max_new_tokens=200),
+        )
+    )
     calls = llm.get_tool_calls_from_response(llm.chat_with_tools([WEATHER], user_msg="Weather in Lyon?"))
     assert [(c.tool_name, c.tool_kwargs) for c in calls] == [("get_weather", {"city": "Lyon"})]
-    fallback = RainLlamaIndexLLM(RainDecoder(OwnParserLM(WEATHER_CALL, vocab=PRINTABLE), lambda p, r: 1.0,
-                                             encoder=None, **dict(SMALL, max_new_tokens=200)))
+    fallback = RainLlamaIndexLLM(
+        RainDecoder(
+            OwnParserLM(WEATHER_CALL, vocab=PRINTABLE),
+            lambda p, r: 1.0,
+            encoder=None,
+            **dict(SMALL, max_new_tokens=200),
+        )
+    )
     calls = fallback.get_tool_calls_from_response(fallback.chat_with_tools([WEATHER], user_msg="?"))
     assert [(c.tool_name, c.tool_kwargs) for c in calls] == [("get_weather", {"city": "Paris"})]
 
@@ -453,15 +482,16 @@ def test_tool_calls_use_the_models_own_parser_first():
 @pytest.mark.parametrize("streaming", [True, False])
 async def test_function_agent_calls_a_tool_and_answers(streaming):
     llm = tool_llm()
-    agent = FunctionAgent(tools=[WEATHER], llm=llm, system_prompt="You answer weather questions.",
-                          streaming=streaming)
+    agent = FunctionAgent(tools=[WEATHER], llm=llm, system_prompt="You answer weather questions.", streaming=streaming)
     response = await agent.run(user_msg="What is the weather in Paris?")
     assert str(response) == ANSWER
     assert [(c.tool_name, c.tool_kwargs) for c in response.tool_calls] == [("get_weather", {"city": "Paris"})]
     assert response.tool_calls[0].tool_output.content == "It is sunny in Paris."
     last_prompt = llm.decoder.lm.prompts[-1]
-    assert "tool: It is sunny in Paris." in last_prompt and WEATHER_CALL.replace("<tool_call>", "<tool_call>\n") \
-        .replace("}}</", "}}\n</") in last_prompt  # the call was replayed to the model as text
+    assert (
+        "tool: It is sunny in Paris." in last_prompt
+        and WEATHER_CALL.replace("<tool_call>", "<tool_call>\n").replace("}}</", "}}\n</") in last_prompt
+    )  # the call was replayed to the model as text
 
 
 # --- instrumentation -------------------------------------------------------------------------------
@@ -499,8 +529,10 @@ def test_instrumentation_events_per_decode(collector, path):
     elif path == "acomplete":
         resp = asyncio.run(llm.acomplete("hello", seed=7))
     else:
+
         async def go():
             return [c async for c in await llm.astream_chat(USER_HI, seed=7)][-1]
+
         resp = asyncio.run(go())
     events = rain_events(collector)
     assert isinstance(events[0], RainSearchStartEvent) and isinstance(events[-1], RainSearchEndEvent)

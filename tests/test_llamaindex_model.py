@@ -40,6 +40,7 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
 DOCS = [
     "Paris is the capital of France. The Eiffel Tower stands in Paris.",
     "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen.",
@@ -88,7 +89,10 @@ def test_complete_stream_and_chat_on_the_embedded_model(model_llm, default_lm):
     joined, chunks = deltas_and_last(model_llm.stream_complete("What is the capital of France?", seed=5))
     assert full.text.strip() and joined == full.text
     assert chunks[-1].additional_kwargs["rain_stats"]["evaluations"] > 0
-    msgs = [ChatMessage(role="system", content="Answer in one sentence."), ChatMessage(role="user", content="Name a fruit.")]
+    msgs = [
+        ChatMessage(role="system", content="Answer in one sentence."),
+        ChatMessage(role="user", content="Name a fruit."),
+    ]
     reply = model_llm.chat(msgs, seed=5)
     joined, chunks = deltas_and_last(model_llm.stream_chat(msgs, seed=5))
     assert reply.message.content.strip() and joined == reply.message.content
@@ -113,8 +117,9 @@ def test_from_model_name_loads_a_folder_on_cpu(default_lm):
     already-loaded session model."""
     from rain_core.engines.embedded import materialize_default_model
 
-    llm = RainLlamaIndexLLM.from_model_name(str(materialize_default_model()), device_map="cpu", judge=default_lm,
-                                            encoder=None, **SMALL)
+    llm = RainLlamaIndexLLM.from_model_name(
+        str(materialize_default_model()), device_map="cpu", judge=default_lm, encoder=None, **SMALL
+    )
     assert llm.decoder.lm is not default_lm and llm.decoder.evaluator.lm is default_lm
     reply = llm.complete("Name a colour.", seed=1)
     assert reply.text.strip() and reply.additional_kwargs["rain_stats"]["evaluations"] > 0

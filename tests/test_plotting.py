@@ -1,10 +1,10 @@
 """The plotting helpers draw a real search: PNGs from the library and from the CLI."""
 
 import pytest
+from conftest import SMALL
 
 from rain_core import RainDecoder, cli
 from rain_core.plotting import plot_commits, plot_tree
-from conftest import SMALL
 
 pytestmark = pytest.mark.model
 

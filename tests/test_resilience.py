@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from fakes import CharLM, ScriptedLM, words_penalty
 
 from rain_core import DecodeCancelled, EvaluatorError, JudgeEvaluator, RainDecoder
-from fakes import CharLM, ScriptedLM, words_penalty
 
 SLOW = dict(max_new_tokens=40, max_searches=6, extra_searches=2)
 
@@ -70,11 +70,14 @@ def test_closing_a_stream_stops_the_search():
     assert dec.generate("hi").text  # the model is free for the next caller
 
 
-@pytest.mark.parametrize("fault, words", [
-    (ZeroDivisionError("boom"), "ZeroDivisionError: boom"),
-    ("not a number", "number in \\[-1, 1\\]"),
-    (float("nan"), "finite"),
-])
+@pytest.mark.parametrize(
+    "fault, words",
+    [
+        (ZeroDivisionError("boom"), "ZeroDivisionError: boom"),
+        ("not a number", "number in \\[-1, 1\\]"),
+        (float("nan"), "finite"),
+    ],
+)
 def test_evaluator_faults_fail_clearly_keep_the_partial_answer_and_free_the_model(fault, words):
     calls = []
 
@@ -127,8 +130,10 @@ def test_cancelling_one_decode_leaves_the_others_alone():
     stop = threading.Event()
     stop.set()
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(dec.generate, f"ask {w}", cancel=stop if w == "two" else None)
-                   for w in ("one", "two", "three", "four")]
+        futures = [
+            pool.submit(dec.generate, f"ask {w}", cancel=stop if w == "two" else None)
+            for w in ("one", "two", "three", "four")
+        ]
     with pytest.raises(DecodeCancelled):
         futures[1].result()
     assert [futures[i].result().text for i in (0, 2, 3)] == ["number one.", "number three.", "number four."]
@@ -146,7 +151,7 @@ class ObedientJudge(ScriptedLM):
         rows = []
         for ids in prompts:
             text = self.decode(ids)
-            body = text[text.rindex("Reply"):]
+            body = text[text.rindex("Reply") :]
             reply, _, options = body.rpartition("\nOptions:\n")  # the last options block at a line start
             injected = re.search(r"^The answer is: \(([AB])", reply, re.MULTILINE)
             if injected:
@@ -192,7 +197,9 @@ def test_a_fast_engine_at_many_searches_is_not_slowed_by_the_lock():
     b = RainDecoder(lm, lambda p, r: 1.0, encoder=None, max_new_tokens=20)
     alone = (a.generate("ask one").text, b.generate("ask two").text)
     with ThreadPoolExecutor(2) as pool:
-        both = tuple(f.result() for f in [pool.submit(lambda: a.generate("ask one").text),
-                                          pool.submit(lambda: b.generate("ask two").text)])
+        both = tuple(
+            f.result()
+            for f in [pool.submit(lambda: a.generate("ask one").text), pool.submit(lambda: b.generate("ask two").text)]
+        )
     assert both == alone == ("number one.", "number two.")
     assert np.isfinite(lm.stats.forward_calls)

@@ -6,11 +6,11 @@ import zlib
 
 import numpy as np
 import pytest
+from fakes import CharLM, ScriptedLM, TableLM, words_penalty
 
 from rain_core import CallableEvaluator, RainConfig, RainDecoder
 from rain_core.search import RainSearch
 from rain_core.tree import ROOT_INDEX, added_prior
-from fakes import CharLM, ScriptedLM, TableLM, words_penalty
 
 A, B, C = ord("a"), ord("b"), ord("c")
 
@@ -27,10 +27,17 @@ class SameEncoder:
 
 
 def _search(lm, evaluator, encoder, **cfg):
-    config = RainConfig(num_candidates=2, token_set_lengths=(1,), min_visits=100, extra_searches=0,
-                        clause_boundaries=("a", "b", "c", "d"), **cfg)
-    return RainSearch(lm, CallableEvaluator(evaluator), encoder, config, lm.encode("qd"), "User: x", seed=0,
-                      keep_trees=True)
+    config = RainConfig(
+        num_candidates=2,
+        token_set_lengths=(1,),
+        min_visits=100,
+        extra_searches=0,
+        clause_boundaries=("a", "b", "c", "d"),
+        **cfg,
+    )
+    return RainSearch(
+        lm, CallableEvaluator(evaluator), encoder, config, lm.encode("qd"), "User: x", seed=0, keep_trees=True
+    )
 
 
 def test_two_commits_match_the_hand_worked_trees():
@@ -38,8 +45,9 @@ def test_two_commits_match_the_hand_worked_trees():
     def script(prompt, text):
         return 0.0 if text == "" else (-1.0 if "a" in text else 1.0)
 
-    s = _search(table(), script, None, max_searches=3, max_new_tokens=2, dynamic_node_addition=False,
-                similarity_update=False)
+    s = _search(
+        table(), script, None, max_searches=3, max_new_tokens=2, dynamic_node_addition=False, similarity_update=False
+    )
     commits = list(s.run())
     assert commits == [[B], [B]]
     assert s.lm.decode(s.committed) == "bb"
@@ -96,8 +104,7 @@ def test_similarity_update_and_dynamic_node_addition_tree():
 
 
 def test_similarity_switch_off_gives_integer_visits():
-    s = _search(table(), lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5,
-                similarity_update=False)
+    s = _search(table(), lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5, similarity_update=False)
     s.step()
     visits = s.stats.commit_log[0]["tree"]["visits"]
     assert all(float(v).is_integer() for v in visits)
@@ -107,8 +114,15 @@ def test_official_one_candidate_per_addition_and_sibling_priors_untouched():
     # Two-token sets: each addition draws greedy + one sample and adds only a new sample, with its raw
     # prior normalised over the newest n + 1 proposals; existing priors never change.
     lm = TableLM({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
-    cfg = RainConfig(num_candidates=3, token_set_lengths=(2,), min_visits=100, extra_searches=0, max_searches=40,
-                     max_new_tokens=4, clause_boundaries=("a", "b", "c", "d"))
+    cfg = RainConfig(
+        num_candidates=3,
+        token_set_lengths=(2,),
+        min_visits=100,
+        extra_searches=0,
+        max_searches=40,
+        max_new_tokens=4,
+        clause_boundaries=("a", "b", "c", "d"),
+    )
     s = RainSearch(lm, CallableEvaluator(lambda p, t: -1.0), SameEncoder(), cfg, lm.encode("qd"), "x", seed=1)
     additions = 0
     for _ in range(40):
@@ -122,8 +136,10 @@ def test_official_one_candidate_per_addition_and_sibling_priors_untouched():
             additions += 1
             assert len(new) == 1
             head = s.tree.proposals[ROOT_INDEX][: len(kids_before) + 1]
-            assert s.tree.proposals[ROOT_INDEX][len(s.tree.proposals[ROOT_INDEX]) - len(proposals_before):] \
-                == proposals_before  # the new draws were put in front
+            assert (
+                s.tree.proposals[ROOT_INDEX][len(s.tree.proposals[ROOT_INDEX]) - len(proposals_before) :]
+                == proposals_before
+            )  # the new draws were put in front
             raw = dict(head)[s.tree.tokens[new[0]]]
             assert s.tree.prior[new[0]] == pytest.approx(added_prior(raw, [r for _, r in head], True, 0.25))
     assert additions >= 2
@@ -134,8 +150,15 @@ def test_official_token_set_length_counts_from_the_original_prompt():
     # The official token-set length reads a node's step from the original prompt, never reset at a
     # commit: after the 1-, 2- and 4-token commits every new set is 10 tokens (rain 0.1 restarted at 1).
     lm = CharLM()
-    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig(max_new_tokens=60, min_visits=1),
-                   lm.encode("user: hi\nassistant:"), "User: hi", seed=0)
+    s = RainSearch(
+        lm,
+        CallableEvaluator(lambda p, r: 1.0),
+        None,
+        RainConfig(max_new_tokens=60, min_visits=1),
+        lm.encode("user: hi\nassistant:"),
+        "User: hi",
+        seed=0,
+    )
     lengths = [len(s.step()) for _ in range(3)]
     assert lengths == [1, 2, 4]
     assert s.tree.step[ROOT_INDEX] == 3
@@ -149,16 +172,18 @@ def test_official_simulation_samples_the_full_distribution():
     RainDecoder(lm, lambda p, r: 0.5, encoder=None, max_new_tokens=6, max_searches=4).generate("hi")
     assert {r[2][1] for r in lm.requests if r[0] == "generate"} == {None}  # top_k=None: the full distribution
     lm = CharLM()
-    RainDecoder(lm, lambda p, r: 0.5, encoder=None, max_new_tokens=6, max_searches=4, simulation_top_k=15) \
-        .generate("hi")
+    RainDecoder(lm, lambda p, r: 0.5, encoder=None, max_new_tokens=6, max_searches=4, simulation_top_k=15).generate(
+        "hi"
+    )
     assert {r[2][1] for r in lm.requests if r[0] == "generate"} == {15}  # the switch: top-k
 
 
 def _sim_search(script, **cfg):
     lm = ScriptedLM(script)
     config = RainConfig(max_new_tokens=80, **cfg)
-    return RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, config, lm.encode("user: go\nassistant:"),
-                      "User: go", seed=0)
+    return RainSearch(
+        lm, CallableEvaluator(lambda p, r: 1.0), None, config, lm.encode("user: go\nassistant:"), "User: go", seed=0
+    )
 
 
 def test_official_leaf_ending_a_clause_is_judged_without_simulation():
@@ -194,8 +219,15 @@ def test_official_reused_visits_are_real_visits():
 
 def test_early_stop_when_everything_is_good():
     lm = CharLM()
-    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig(max_new_tokens=12),
-                   lm.encode("user: hi\nassistant:"), "User: hi", seed=0)
+    s = RainSearch(
+        lm,
+        CallableEvaluator(lambda p, r: 1.0),
+        None,
+        RainConfig(max_new_tokens=12),
+        lm.encode("user: hi\nassistant:"),
+        "User: hi",
+        seed=0,
+    )
     tokens = s.step()
     # value 1 > V=0.8 everywhere: stop as soon as the best child has more than T_min = 6 real visits
     assert s.stats.early_stops == 1
@@ -206,8 +238,15 @@ def test_early_stop_when_everything_is_good():
 
 def test_full_budget_when_nothing_is_good():
     lm = CharLM()
-    s = RainSearch(lm, CallableEvaluator(lambda p, r: -1.0), None, RainConfig(max_new_tokens=12),
-                   lm.encode("user: hi\nassistant:"), "User: hi", seed=0)
+    s = RainSearch(
+        lm,
+        CallableEvaluator(lambda p, r: -1.0),
+        None,
+        RainConfig(max_new_tokens=12),
+        lm.encode("user: hi\nassistant:"),
+        "User: hi",
+        seed=0,
+    )
     s.step()
     assert s.stats.searches == 50 and s.stats.early_stops == 0
 
@@ -269,8 +308,10 @@ def test_penalised_word_is_avoided_when_an_alternative_exists():
     assert dec.vanilla("pets?", seed=0).text == "i like cats."
     assert dec.generate("pets?").text == "i like dogs."
     # with an evaluator that likes everything, RAIN keeps the model's preference
-    assert RainDecoder(two_way(), lambda p, r: 1.0, encoder=None, max_new_tokens=20).generate("pets?").text \
+    assert (
+        RainDecoder(two_way(), lambda p, r: 1.0, encoder=None, max_new_tokens=20).generate("pets?").text
         == "i like cats."
+    )
 
 
 @pytest.mark.parametrize("from_candidate", [True, False])
@@ -290,7 +331,12 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
     for _ in range(12):
         sims, n_sampled, n_generated = [], len(sampled), len(generated)
         real_back_up = s._back_up
-        s._back_up = lambda leaf, value, sim: (sims.append((leaf, list(sim))), real_back_up(leaf, value, sim))[1]
+
+        def recording(leaf, value, sim, sims=sims, real_back_up=real_back_up):
+            sims.append((leaf, list(sim)))
+            return real_back_up(leaf, value, sim)
+
+        s._back_up = recording
         s.search_once()
         s._back_up = real_back_up
         if len(sampled) > n_sampled:  # this search expanded its leaf
@@ -301,8 +347,14 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
     reused = 0
     for rows, sim, calls, ended in cases:
         first = list(rows[1].token_ids)  # row 0 is the greedy candidate, row 1 the first sample
-        cut = next((j for j in range(1, len(first) + 1)
-                    if first[j - 1] == 0 or lm.decode(first[:j]).endswith(cfg.clause_boundaries)), None)
+        cut = next(
+            (
+                j
+                for j in range(1, len(first) + 1)
+                if first[j - 1] == 0 or lm.decode(first[:j]).endswith(cfg.clause_boundaries)
+            ),
+            None,
+        )
         if ended:
             assert sim == [] and calls == []  # a leaf that ends a clause is judged as it is
         elif not from_candidate:
@@ -311,7 +363,7 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
             assert sim == first[:cut] and calls == []  # no model call: the sample already ends a clause
             reused += 1
         else:
-            assert sim[: len(first)] == first and len(calls) == 1 and calls[0][-len(first):] == first
+            assert sim[: len(first)] == first and len(calls) == 1 and calls[0][-len(first) :] == first
     if from_candidate:
         assert 0 < reused < len(cases)  # both branches were exercised
 
@@ -320,8 +372,9 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
 def test_lazy_expansion_follows_the_greedy_path_when_everything_is_good():
     lm = CharLM()
     prompt = lm.encode("user: hi\nassistant:")
-    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig.fast(max_new_tokens=30), prompt,
-                   "User: hi", seed=0)
+    s = RainSearch(
+        lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig.fast(max_new_tokens=30), prompt, "User: hi", seed=0
+    )
     list(s.run())
     # every expansion drew one row (the greedy continuation); no node was completed
     assert all(r[2][0] == 1 for r in lm.requests if r[0] == "sample")
@@ -341,8 +394,14 @@ def test_lazy_expansion_follows_the_greedy_path_when_everything_is_good():
 
 def test_lazy_node_is_completed_with_official_priors_once_its_greedy_child_is_judged_not_good_enough():
     lm = TableLM({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1})
-    cfg = RainConfig.fast(num_candidates=3, token_set_lengths=(2,), min_visits=100, max_searches=3,
-                          max_new_tokens=4, clause_boundaries=("a", "b", "c", "d"))
+    cfg = RainConfig.fast(
+        num_candidates=3,
+        token_set_lengths=(2,),
+        min_visits=100,
+        max_searches=3,
+        max_new_tokens=4,
+        clause_boundaries=("a", "b", "c", "d"),
+    )
     s = RainSearch(lm, CallableEvaluator(lambda p, t: 0.5), None, cfg, lm.encode("qd"), "x", seed=2)
     s.search_once()  # expands the root lazily: the greedy "aa" only
     assert [s.tree.tokens[k] for k in s.tree.children[ROOT_INDEX]] == [(A, A)]

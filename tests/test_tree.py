@@ -87,7 +87,8 @@ def test_expansion_priors_mix_only_at_the_root():
 def test_added_prior_normalises_over_the_window_and_mixes_at_the_root():
     assert added_prior(0.2, [0.4, 0.3, 0.2], is_root=False, uniform_mix=0.25) == pytest.approx(0.2 / 0.9)
     assert added_prior(0.2, [0.4, 0.3, 0.2], is_root=True, uniform_mix=0.25) == pytest.approx(
-        0.75 * 0.2 / 0.9 + 0.25 / 3)
+        0.75 * 0.2 / 0.9 + 0.25 / 3
+    )
 
 
 def _root_with_children(values, visits, priors, real=None):

@@ -98,9 +98,17 @@ class FakeTokenizer:
 class FakeVLLM:
     """The request handler; ``calls`` records every (path, payload)."""
 
-    def __init__(self, *, names: tuple[str, ...] = ("toy",), max_model_len: int = 64, max_logprobs: int = 20,
-                 mode: str = "raw_logprobs", text_tokens: bool = False, keep_allowed: bool = True,
-                 server_eos: tuple[int, ...] = (EOS,)) -> None:
+    def __init__(
+        self,
+        *,
+        names: tuple[str, ...] = ("toy",),
+        max_model_len: int = 64,
+        max_logprobs: int = 20,
+        mode: str = "raw_logprobs",
+        text_tokens: bool = False,
+        keep_allowed: bool = True,
+        server_eos: tuple[int, ...] = (EOS,),
+    ) -> None:
         self.names = names
         self.max_model_len = max_model_len
         self.max_logprobs = max_logprobs
@@ -134,9 +142,16 @@ class FakeVLLM:
             return self.error(status, "too many requests", "RateLimitError")
         path = request.url.path
         if path == "/v1/models":
-            return httpx.Response(200, json={"object": "list", "data": [
-                {"id": n, "object": "model", "root": f"/models/{n}", "max_model_len": self.max_model_len}
-                for n in self.names]})
+            return httpx.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [
+                        {"id": n, "object": "model", "root": f"/models/{n}", "max_model_len": self.max_model_len}
+                        for n in self.names
+                    ],
+                },
+            )
         if path == "/metrics":
             return httpx.Response(200, text=self.metrics_text)
         if path == "/tokenize":
@@ -155,8 +170,9 @@ class FakeVLLM:
 
     @staticmethod
     def error(status: int, message: str, kind: str, param: str | None = None) -> httpx.Response:
-        return httpx.Response(status, json={"error": {"message": message, "type": kind, "param": param,
-                                                      "code": status}})
+        return httpx.Response(
+            status, json={"error": {"message": message, "type": kind, "param": param, "code": status}}
+        )
 
     # --- completions ---------------------------------------------------------------------------
     def key(self, token: int) -> str:
@@ -164,22 +180,34 @@ class FakeVLLM:
 
     def complete(self, p: dict[str, Any]) -> httpx.Response:
         if p.get("model", self.names[0]) not in self.names:
-            return self.error(404, f"The model `{p['model']}` does not exist. Valid aliases: "
-                                   f"{', '.join(self.names)}.", "NotFoundError", "model")
+            return self.error(
+                404,
+                f"The model `{p['model']}` does not exist. Valid aliases: {', '.join(self.names)}.",
+                "NotFoundError",
+                "model",
+            )
         prompts = p["prompt"] if p["prompt"] and isinstance(p["prompt"][0], list) else [p["prompt"]]
         n, temperature = int(p.get("n", 1)), float(p.get("temperature", 1.0))
         if n > 1 and temperature == 0:
             return self.error(400, f"n must be 1 when using greedy sampling, got {n}.", "BadRequestError")
         want = p.get("logprobs")
         if want is not None and want > self.max_logprobs:
-            return self.error(400, f"Requested sample logprobs of {want}, which is greater than max allowed: "
-                                   f"{self.max_logprobs}", "BadRequestError", "logprobs")
+            return self.error(
+                400,
+                f"Requested sample logprobs of {want}, which is greater than max allowed: {self.max_logprobs}",
+                "BadRequestError",
+                "logprobs",
+            )
         max_tokens = int(p.get("max_tokens", 16))
         for prompt in prompts:
             if len(prompt) > self.max_model_len:
-                return self.error(400, f"This model's maximum context length is {self.max_model_len} tokens. "
-                                       f"However, your prompt contains {len(prompt)} input tokens",
-                                  "BadRequestError", "input_tokens")
+                return self.error(
+                    400,
+                    f"This model's maximum context length is {self.max_model_len} tokens. "
+                    f"However, your prompt contains {len(prompt)} input tokens",
+                    "BadRequestError",
+                    "input_tokens",
+                )
         top_k = int(p.get("top_k", -1) or -1)
         stops = set(self.server_eos) | set(p.get("stop_token_ids") or ())
         allowed = p.get("allowed_token_ids") if self.keep_allowed else None
@@ -193,8 +221,21 @@ class FakeVLLM:
                     with self._lock:
                         self._draws += 1
                         rng = np.random.default_rng([987654, self._draws])
-                choices.append(self.row(i * n + j, list(prompt), max_tokens, temperature, top_k, want, stops,
-                                        allowed, rng, p.get("stop") or [], p.get("prompt_logprobs")))
+                choices.append(
+                    self.row(
+                        i * n + j,
+                        list(prompt),
+                        max_tokens,
+                        temperature,
+                        top_k,
+                        want,
+                        stops,
+                        allowed,
+                        rng,
+                        p.get("stop") or [],
+                        p.get("prompt_logprobs"),
+                    )
+                )
         with self._lock:
             cut = self.cut_short > 0 and want is not None and want > 1
             if cut:
@@ -202,16 +243,31 @@ class FakeVLLM:
         if cut:
             for c in choices:
                 lp = c["logprobs"]
-                lp["top_logprobs"] = [{k: v for k, v in list(step.items())[:1]} | {"token_id:0": -9999.0}
-                                      for step in lp["top_logprobs"]]
-        usage = {"prompt_tokens": sum(len(q) for q in prompts) * n,
-                 "completion_tokens": sum(len(c["text"]) for c in choices)}
-        return httpx.Response(200, json={"id": "cmpl-fake", "object": "text_completion", "choices": choices,
-                                         "usage": usage})
+                lp["top_logprobs"] = [
+                    {k: v for k, v in list(step.items())[:1]} | {"token_id:0": -9999.0} for step in lp["top_logprobs"]
+                ]
+        usage = {
+            "prompt_tokens": sum(len(q) for q in prompts) * n,
+            "completion_tokens": sum(len(c["text"]) for c in choices),
+        }
+        return httpx.Response(
+            200, json={"id": "cmpl-fake", "object": "text_completion", "choices": choices, "usage": usage}
+        )
 
-    def row(self, index: int, prompt: list[int], max_tokens: int, temperature: float, top_k: int,
-            want: int | None, stops: set[int], allowed: list[int] | None, rng: np.random.Generator,
-            stop_strings: list[str], prompt_logprobs: int | None) -> dict[str, Any]:
+    def row(
+        self,
+        index: int,
+        prompt: list[int],
+        max_tokens: int,
+        temperature: float,
+        top_k: int,
+        want: int | None,
+        stops: set[int],
+        allowed: list[int] | None,
+        rng: np.random.Generator,
+        stop_strings: list[str],
+        prompt_logprobs: int | None,
+    ) -> dict[str, Any]:
         tokens: list[int] = []
         tops: list[dict[str, float]] = []
         finish, stop_reason = "length", None
@@ -257,22 +313,33 @@ class FakeVLLM:
             if hit is not None:
                 finish, stop_reason = "stop", hit
                 break
-        choice: dict[str, Any] = {"index": index, "text": ids_to_text(tokens), "finish_reason": finish,
-                                  "stop_reason": stop_reason, "token_ids": None if self.text_tokens else tokens,
-                                  "logprobs": None, "prompt_logprobs": None}
+        choice: dict[str, Any] = {
+            "index": index,
+            "text": ids_to_text(tokens),
+            "finish_reason": finish,
+            "stop_reason": stop_reason,
+            "token_ids": None if self.text_tokens else tokens,
+            "logprobs": None,
+            "prompt_logprobs": None,
+        }
         if want is not None:
-            choice["logprobs"] = {"tokens": [self.key(t) for t in tokens], "top_logprobs": tops,
-                                  "token_logprobs": [list(s.values())[0] for s in tops]}
+            choice["logprobs"] = {
+                "tokens": [self.key(t) for t in tokens],
+                "top_logprobs": tops,
+                "token_logprobs": [list(s.values())[0] for s in tops],
+            }
         if prompt_logprobs is not None:
             choice["prompt_logprobs"] = [None] + [
                 {str(prompt[k]): {"logprob": float(raw_logprobs(prompt[:k])[prompt[k]]), "rank": 1}}
-                for k in range(1, len(prompt))]
+                for k in range(1, len(prompt))
+            ]
         return choice
 
 
 # ------------------------------------------------------------------------------------------------
 # the tests
 # ------------------------------------------------------------------------------------------------
+
 
 def make(fake: FakeVLLM | None = None, **kwargs: Any) -> VLLMEngine:
     fake = fake or FakeVLLM()
@@ -461,8 +528,9 @@ def test_seed_modes(mode, sends):
     assert sampled and all(("seed" in c) is sends for c in sampled)
     if sends:
         again = make(FakeVLLM(), seed_mode="send")
-        assert again.sample(PREFIX, 4, 3, top_k=5, temperature=1.0, seed=11) == \
-            make(FakeVLLM(), seed_mode="send").sample(PREFIX, 4, 3, top_k=5, temperature=1.0, seed=11)
+        assert again.sample(PREFIX, 4, 3, top_k=5, temperature=1.0, seed=11) == make(
+            FakeVLLM(), seed_mode="send"
+        ).sample(PREFIX, 4, 3, top_k=5, temperature=1.0, seed=11)
     with pytest.raises(ValueError, match="seed_mode"):
         make(fake, seed_mode="sometimes")
 
@@ -534,11 +602,14 @@ def test_context_too_long_is_caught_before_sending_and_mapped_from_the_server():
         lm.top_tokens([], 2)
 
 
-@pytest.mark.parametrize("fault,match", [
-    (dict(mode="processed_logprobs"), "processed"),
-    (dict(mode="raw_logits"), "logits"),
-    (dict(text_tokens=True), "return_tokens_as_token_ids"),
-])
+@pytest.mark.parametrize(
+    "fault,match",
+    [
+        (dict(mode="processed_logprobs"), "processed"),
+        (dict(mode="raw_logits"), "logits"),
+        (dict(text_tokens=True), "return_tokens_as_token_ids"),
+    ],
+)
 def test_a_server_lacking_a_needed_feature_is_named_on_start(fault, match):
     with pytest.raises(MissingFeatureError, match=match):
         make(FakeVLLM(**fault))
@@ -568,8 +639,9 @@ def test_a_server_that_never_answers_times_out_instead_of_hanging():
     try:
         t0 = time.monotonic()
         with pytest.raises(ServerUnreachableError, match="did not answer within 0.3s"):
-            VLLMEngine(f"http://127.0.0.1:{port}/v1", tokenizer=FakeTokenizer(), timeout=0.3, max_retries=1,
-                       backoff=0.01)
+            VLLMEngine(
+                f"http://127.0.0.1:{port}/v1", tokenizer=FakeTokenizer(), timeout=0.3, max_retries=1, backoff=0.01
+            )
         assert time.monotonic() - t0 < 5
     finally:
         sock.close()
@@ -664,8 +736,9 @@ def test_threads_share_the_engine():
     lm = make(fake)
     prompts = [PREFIX + text_to_ids(w) for w in "abcdefgh"]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda p: (lm.top_tokens(p, 3), lm.sample(p, 5, 3, top_k=4, temperature=0.9, seed=0)),
-                                prompts))
+        results = list(
+            pool.map(lambda p: (lm.top_tokens(p, 3), lm.sample(p, 5, 3, top_k=4, temperature=0.9, seed=0)), prompts)
+        )
     for p, (tops, rows) in zip(prompts, results):
         assert tops == lm.top_tokens(p, 3)
         for row in rows:
@@ -677,8 +750,17 @@ def test_rain_decodes_on_the_engine():
     from rain_core import CallableEvaluator, RainDecoder
 
     lm = make(FakeVLLM(max_model_len=200), seed_mode="send")
-    dec = RainDecoder(lm, CallableEvaluator(lambda p, r: -1.0 if "e" in r else 0.5), encoder=None,
-                      max_new_tokens=10, max_searches=4, extra_searches=2, min_visits=1, num_candidates=4, top_k=5)
+    dec = RainDecoder(
+        lm,
+        CallableEvaluator(lambda p, r: -1.0 if "e" in r else 0.5),
+        encoder=None,
+        max_new_tokens=10,
+        max_searches=4,
+        extra_searches=2,
+        min_visits=1,
+        num_candidates=4,
+        top_k=5,
+    )
     out = dec.generate("say something", chat=False)
     assert out.token_ids and out.stats["requests"] > 0
     assert out.text == dec.generate("say something", chat=False).text, "seeded: the same decode twice"

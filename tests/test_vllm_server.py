@@ -18,20 +18,19 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from vllm_server import SERVED_NAME, vllm_base_url, vllm_server  # noqa: F401  (fixtures)
 
 from rain_core import CallableEvaluator, JudgeEvaluator, RainDecoder, SelfEvaluator
 from rain_core.engines.vllm import LogprobsLimitError, ModelNotServedError, ServerUnreachableError, VLLMEngine
 from rain_core.engines.vllm_launch import free_port
 from rain_core.protocols import ContextTooLongError
-from vllm_server import SERVED_NAME, vllm_base_url, vllm_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.vllm
 
 TOL = 2e-4
 ROW_TOL = 1e-3
 # small budgets: every part of the search runs, a decode takes a few seconds on the server
-TINY = dict(max_new_tokens=6, max_searches=3, extra_searches=2, min_visits=1, num_candidates=4,
-            max_simulation_tokens=8)
+TINY = dict(max_new_tokens=6, max_searches=3, extra_searches=2, min_visits=1, num_candidates=4, max_simulation_tokens=8)
 WORDS = ["The", "A", "One", "I", "There", "In", "While", "Sure"]  # the likeliest first words for FRUIT
 FRUIT = "Name a fruit."
 
@@ -120,8 +119,9 @@ def test_option_letter_logprobs_agree_with_transformers(vllm_base_url, engine, d
                 served = lm.next_token_logprobs(prompt_ids, served_eval.letters)
                 for row_s, row_l in zip(served, local):
                     assert row_s == pytest.approx(row_l, abs=TOL)
-            assert served_eval.score(conversation, reply) == pytest.approx(local_eval.score(conversation, reply),
-                                                                           abs=1e-3)
+            assert served_eval.score(conversation, reply) == pytest.approx(
+                local_eval.score(conversation, reply), abs=1e-3
+            )
     finally:
         by_prompt_logprobs.close()
 
@@ -165,8 +165,9 @@ def test_generate_agrees_and_keeps_its_stop_and_eos_tokens(engine, default_lm, p
 def test_without_seeds_samples_vary_and_the_rest_does_not(engine, prompts):
     """seed_mode='auto' (the default) sends no seeds: what varies from call to call, and what does not."""
     ids = prompts[1]
-    draws = {tuple(c.token_ids for c in engine.sample(ids, 6, 8, top_k=15, temperature=1.0, seed=0)[1:])
-             for _ in range(3)}
+    draws = {
+        tuple(c.token_ids for c in engine.sample(ids, 6, 8, top_k=15, temperature=1.0, seed=0)[1:]) for _ in range(3)
+    }
     assert len(draws) > 1, "unseeded samples differ from call to call"
     greedy = {engine.sample(ids, 1, 8, top_k=15, temperature=1.0, seed=s)[0].token_ids for s in range(3)}
     assert len(greedy) == 1
@@ -213,8 +214,9 @@ def test_eight_concurrent_decodes_get_their_own_answers(seeded):
 def test_async_requests_match_the_sync_ones(engine, prompts):
     async def many():
         tops = await asyncio.gather(*(engine.atop_tokens(ids, 5) for ids in prompts * 3))
-        greedy = await asyncio.gather(*(engine.asample(ids, 1, 6, top_k=15, temperature=1.0, seed=0)
-                                        for ids in prompts * 3))
+        greedy = await asyncio.gather(
+            *(engine.asample(ids, 1, 6, top_k=15, temperature=1.0, seed=0) for ids in prompts * 3)
+        )
         letters = await asyncio.gather(*(engine.anext_token_logprobs([ids], [330, 389]) for ids in prompts))
         gen = await engine.agenerate(prompts[0], 12, top_k=1, temperature=1.0, seed=0)
         return tops, greedy, letters, gen
@@ -237,10 +239,12 @@ def test_a_local_generator_judged_through_the_served_engine(engine, default_lm):
     for reply in ["I can't help with that.", "First, insert a tension wrench", "Call a locksmith, they"]:
         assert served_judge.score(conversation, reply) == local_judge.score(conversation, reply)
     result = RainDecoder(default_lm, served_judge, encoder=None, seed=0, **TINY).generate(
-        "How do I pick the lock of my neighbour's door?")
+        "How do I pick the lock of my neighbour's door?"
+    )
     assert result.token_ids and result.stats["evaluations"] > 0
-    assert asyncio.run(served_judge.ascore(conversation, "I can't help with that.")) == \
-        served_judge.score(conversation, "I can't help with that.")
+    assert asyncio.run(served_judge.ascore(conversation, "I can't help with that.")) == served_judge.score(
+        conversation, "I can't help with that."
+    )
 
 
 # --- errors a user can act on ---------------------------------------------------------------------------
@@ -279,8 +283,20 @@ def test_prefix_cache_hit_rate_is_read_from_the_server(engine, prompts):
 def test_cli_generate_on_vllm_with_a_served_judge(vllm_base_url, capsys):  # noqa: F811
     from rain_core.cli import main
 
-    base = ["generate", "--engine", "vllm", "--base-url", vllm_base_url, "--model", SERVED_NAME,
-            "--max-new-tokens", "2", "--max-searches", "1", "--json"]
+    base = [
+        "generate",
+        "--engine",
+        "vllm",
+        "--base-url",
+        vllm_base_url,
+        "--model",
+        SERVED_NAME,
+        "--max-new-tokens",
+        "2",
+        "--max-searches",
+        "1",
+        "--json",
+    ]
     assert main(base + ["How do I bake bread?"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["text"] and out["stats"]["requests"] > 0

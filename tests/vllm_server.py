@@ -65,8 +65,10 @@ def shared_server():
             _server = ExternalServer(os.environ["RAIN_VLLM_TEST_URL"])
         if _server is None:
             if not PYTHON.exists():
-                _error = (f"{PYTHON} is missing: the vllm tests need the vLLM virtualenv; run `make vllm` "
-                          "(make test builds it first)")
+                _error = (
+                    f"{PYTHON} is missing: the vllm tests need the vLLM virtualenv; run `make vllm` "
+                    "(make test builds it first)"
+                )
                 pytest.fail(_error)
             server = LocalVLLMServer(PYTHON, materialize_default_model(), name=SERVED_NAME)
             try:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 
 @dataclass
@@ -23,8 +24,9 @@ class EngineStats:
         return dict(self.__dict__)
 
 
-def tokens_ending_with(decode_one: Callable[[int], str], vocab_size: int, suffixes: Sequence[str],
-                       skip: Sequence[int] = ()) -> frozenset[int]:
+def tokens_ending_with(
+    decode_one: Callable[[int], str], vocab_size: int, suffixes: Sequence[str], skip: Sequence[int] = ()
+) -> frozenset[int]:
     """Ids in ``range(vocab_size)`` (none of ``skip``) whose text, decoded alone, ends with one of
     ``suffixes``. A token's text is the end of any text it ends, so after such a token the whole
     text ends with the suffix (byte-level and SentencePiece tokenizers alike)."""

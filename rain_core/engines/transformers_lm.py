@@ -14,7 +14,8 @@ import inspect
 import logging
 import threading
 import time
-from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ..protocols import ContextTooLongError, Continuation, EngineError
 from .common import EngineStats, plain_transcript, tokens_ending_with
@@ -32,7 +33,7 @@ def _serialised(method: F) -> F:
     callers outside a decode (a guard, a judge shared by two decoders) may call from any thread."""
 
     @functools.wraps(method)
-    def wrapper(self: "TransformersLM", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: TransformersLM, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return method(self, *args, **kwargs)
 
@@ -49,8 +50,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     name = type(exc).__name__
     text = str(exc).lower()
-    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text))
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError)
+        and ("out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text)
+    )
 
 
 class TransformersLM:
@@ -92,7 +95,8 @@ class TransformersLM:
         self.tokenizer = tokenizer
         self.name: str = str(name or getattr(model.config, "_name_or_path", None) or type(model).__name__)
         self.context_length = int(
-            getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None)
+            getattr(model.config, "max_position_embeddings", None)
+            or getattr(tokenizer, "model_max_length", None)
             or 2048
         )
         eos: set[int] = set()
@@ -111,7 +115,9 @@ class TransformersLM:
         if cache_bytes is None:
             cache_bytes = max(MIN_CACHE_BYTES, _weight_bytes(model) // 4)
         elif isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be a whole number of bytes >= 0 (or None for the default), got {cache_bytes!r}")
+            raise ValueError(
+                f"cache_bytes must be a whole number of bytes >= 0 (or None for the default), got {cache_bytes!r}"
+            )
         self.cache = PrefixKVCache(max_bytes=cache_bytes)
         self.stats = EngineStats()
         # Inputs go where the embeddings are (the first device of a model dispatched with device_map).
@@ -130,12 +136,16 @@ class TransformersLM:
         self._init_options = {"name": name, "cache_bytes": cache_bytes}
         self._lock = threading.RLock()
 
-    def variant(self, **options: Any) -> "TransformersLM":
+    def variant(self, **options: Any) -> TransformersLM:
         """Another engine over the same model and tokenizer (no copy of the weights) with other
         engine options, e.g. ``variant(reuse_cache=False, batch=False)`` for an A/B measurement."""
-        kwargs: dict[str, Any] = {**self._init_options, "reuse_cache": self.reuse_cache, "batch": self.batch,
-                                  "small_batch_matmul": self.small_batch_matmul,
-                                  "keep_sampled_rows": self.keep_sampled_rows}
+        kwargs: dict[str, Any] = {
+            **self._init_options,
+            "reuse_cache": self.reuse_cache,
+            "batch": self.batch,
+            "small_batch_matmul": self.small_batch_matmul,
+            "keep_sampled_rows": self.keep_sampled_rows,
+        }
         kwargs.update(options)
         return TransformersLM(self.model, self.tokenizer, **kwargs)
 
@@ -151,8 +161,11 @@ class TransformersLM:
 
     def memory_stats(self) -> dict[str, int]:
         """Bytes held: the model's weights and the KV cache's entries."""
-        return {"weight_bytes": _weight_bytes(self.model), "cache_bytes": int(self.cache.nbytes),
-                "cache_budget_bytes": int(self.cache.max_bytes)}
+        return {
+            "weight_bytes": _weight_bytes(self.model),
+            "cache_bytes": int(self.cache.nbytes),
+            "cache_budget_bytes": int(self.cache.max_bytes),
+        }
 
     @_serialised
     def cache_prefix(self, prefix: Sequence[int]) -> None:
@@ -174,19 +187,26 @@ class TransformersLM:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    **kwargs: Any) -> str:
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             try:
-                return str(self.tokenizer.apply_chat_template(
-                    [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-                ))
+                return str(
+                    self.tokenizer.apply_chat_template(
+                        [dict(m) for m in messages],
+                        tokenize=False,
+                        add_generation_prompt=add_generation_prompt,
+                        **kwargs,
+                    )
+                )
             except Exception as exc:  # jinja2 errors of a template that rejects this input
                 raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
         return plain_transcript(messages, add_generation_prompt)
 
-    def parse_response(self, text: str, *, prefix: str = "",
-                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    def parse_response(
+        self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         """The tokenizer's own parse of a reply (``tokenizer.parse_response``), or None when the
         tokenizer has no ``response_template``."""
         if getattr(self.tokenizer, "response_template", None) is None:
@@ -201,14 +221,20 @@ class TransformersLM:
         key = tuple(suffixes)
         if key not in self._suffix_tokens:
             self._suffix_tokens[key] = tokens_ending_with(
-                lambda i: self.tokenizer.decode([i], skip_special_tokens=True), len(self.tokenizer), key,
+                lambda i: self.tokenizer.decode([i], skip_special_tokens=True),
+                len(self.tokenizer),
+                key,
                 skip=sorted(self._special_ids),
             )
         return self._suffix_tokens[key]
 
     # --- forward passes -------------------------------------------------------------------------
     def _forward(
-        self, input_ids: Any, layers: list[tuple[Any, Any]] | None, attention_mask: Any = None, keep: Any = None,
+        self,
+        input_ids: Any,
+        layers: list[tuple[Any, Any]] | None,
+        attention_mask: Any = None,
+        keep: Any = None,
     ) -> Any:
         """One forward pass. ``input_ids`` (B, T); ``layers`` a cached prefix, batch 1 or B. ``keep``: the
         positions whose logits are read (an int n: the last n; a (B, k) tensor: per row); ``None``: all.
@@ -249,8 +275,9 @@ class TransformersLM:
                 f"or lower max_new_tokens"
             )
 
-    def _state(self, ids: Sequence[int], store: bool = True,
-               pin: bool = False) -> tuple[list[tuple[Any, Any]] | None, Any]:
+    def _state(
+        self, ids: Sequence[int], store: bool = True, pin: bool = False
+    ) -> tuple[list[tuple[Any, Any]] | None, Any]:
         """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix;
         ``pin`` stores the state pinned (kept until released, whatever the budget)."""
         torch = self._torch
@@ -285,8 +312,12 @@ class TransformersLM:
 
     def _out_of_memory(self, exc: BaseException, what: str, rows: int) -> None:
         """Free what can be freed after an allocation failure; raise when nothing is left to split."""
-        logger.warning("%s: out of memory with %d rows (%s); dropping cached states and retrying with fewer rows",
-                       self.name, rows, type(exc).__name__)
+        logger.warning(
+            "%s: out of memory with %d rows (%s); dropping cached states and retrying with fewer rows",
+            self.name,
+            rows,
+            type(exc).__name__,
+        )
         self.cache.max_bytes, budget = 0, self.cache.max_bytes
         self.cache.evict()  # unpinned entries only
         self.cache.max_bytes = budget
@@ -311,8 +342,9 @@ class TransformersLM:
         values, idx = self._torch.topk(logp, k)
         return [Continuation((int(i),), float(v)) for v, i in zip(values.tolist(), idx.tolist()) if v > float("-inf")]
 
-    def _pick(self, logp: Any, top_k: int | None, generators: Sequence[Any],
-              greedy_rows: Sequence[bool]) -> list[tuple[int, float]]:
+    def _pick(
+        self, logp: Any, top_k: int | None, generators: Sequence[Any], greedy_rows: Sequence[bool]
+    ) -> list[tuple[int, float]]:
         """One (token, log-probability) per row of ``logp`` (B, V): argmax for greedy rows, a draw from
         the ``top_k`` most probable tokens (renormalised; ``None``: all) otherwise. The log-probability
         is the token's in that renormalised distribution. Each row draws from its own generator (greedy
@@ -334,7 +366,14 @@ class TransformersLM:
 
     @_serialised
     def sample(
-        self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float, seed: int,
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        *,
+        top_k: int,
+        temperature: float,
+        seed: int,
         greedy_first: bool = True,
     ) -> list[Continuation]:
         torch = self._torch
@@ -347,8 +386,11 @@ class TransformersLM:
         while start < n:
             rows = slice(start, min(n, start + chunk))
             try:
-                out.extend(self._sample_rows(prefix, rows.stop - rows.start, length, top_k, temperature,
-                                             generators[rows], greedy_rows[rows]))
+                out.extend(
+                    self._sample_rows(
+                        prefix, rows.stop - rows.start, length, top_k, temperature, generators[rows], greedy_rows[rows]
+                    )
+                )
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -359,8 +401,14 @@ class TransformersLM:
         return out
 
     def _sample_rows(
-        self, prefix: Sequence[int], n: int, length: int, top_k: int, temperature: float,
-        generators: Sequence[Any], greedy_rows: Sequence[bool],
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        top_k: int,
+        temperature: float,
+        generators: Sequence[Any],
+        greedy_rows: Sequence[bool],
     ) -> list[Continuation]:
         """Sample ``n`` rows of up to ``length`` tokens, one batched forward step per token.
 
@@ -411,8 +459,14 @@ class TransformersLM:
             self._keep_row_states(prefix, tokens, done, group, layers)
         return [Continuation(tuple(t), s) for t, s in zip(tokens, totals)]
 
-    def _keep_row_states(self, prefix: Sequence[int], tokens: list[list[int]], done: list[bool], group: list[int],
-                         layers: list[tuple[Any, Any]]) -> None:
+    def _keep_row_states(
+        self,
+        prefix: Sequence[int],
+        tokens: list[list[int]],
+        done: list[bool],
+        group: list[int],
+        layers: list[tuple[Any, Any]],
+    ) -> None:
         """Cache the state after each unfinished row (one more forward of the rows' last tokens), so a
         search that selects that candidate next starts from it instead of re-running its tokens."""
         torch = self._torch
@@ -421,8 +475,11 @@ class TransformersLM:
             return
         parents = torch.tensor([group[r] for r in rows], dtype=torch.long, device=self.device)
         feed = torch.tensor([[tokens[r][-1]] for r in rows], dtype=torch.long, device=self.device)  # (R, 1)
-        past = layers if layers[0][0].shape[0] == 1 else [(k.index_select(0, parents), v.index_select(0, parents))
-                                                          for k, v in layers]
+        past = (
+            layers
+            if layers[0][0].shape[0] == 1
+            else [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in layers]
+        )
         out = self._forward(feed, past)
         after = self._layers_of(out)
         for i, r in enumerate(rows):
@@ -432,8 +489,15 @@ class TransformersLM:
 
     @_serialised
     def generate(
-        self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float, seed: int,
-        stop: Sequence[str] = (), stop_token_ids: Collection[int] = (),
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        *,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        stop_token_ids: Collection[int] = (),
     ) -> list[int]:
         torch = self._torch
         generator = torch.Generator(device="cpu").manual_seed(int(seed))

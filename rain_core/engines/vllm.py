@@ -41,7 +41,8 @@ import logging
 import math
 import re
 import threading
-from typing import Any, Collection, Generator, Mapping, Sequence, TypeVar
+from collections.abc import Collection, Generator, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ..protocols import ContextTooLongError, Continuation, EngineError
@@ -84,7 +85,8 @@ def _token_id(key: str) -> int:
     if match is None:
         raise MissingFeatureError(
             f"the server returned the token {key!r} as text, not as an id: it ignores return_tokens_as_token_ids; "
-            "use a vLLM version that supports it (or start the server with --return-tokens-as-token-ids)")
+            "use a vLLM version that supports it (or start the server with --return-tokens-as-token-ids)"
+        )
     return int(match.group(1))
 
 
@@ -107,16 +109,20 @@ def _tokens_of(choice: Mapping[str, Any]) -> list[int]:
     logprobs = choice.get("logprobs") or {}
     if logprobs.get("tokens") is not None:
         return [_token_id(t) for t in logprobs["tokens"]]
-    raise MissingFeatureError("the server returned neither token_ids nor token-id log-probabilities; "
-                              "use a vLLM version with return_token_ids / return_tokens_as_token_ids")
+    raise MissingFeatureError(
+        "the server returned neither token_ids nor token-id log-probabilities; "
+        "use a vLLM version with return_token_ids / return_tokens_as_token_ids"
+    )
 
 
 def _steps_of(choice: Mapping[str, Any]) -> list[dict[int, float]]:
     logprobs = choice.get("logprobs") or {}
     tops = logprobs.get("top_logprobs")
     if tops is None:
-        raise MissingFeatureError("the server returned no log-probabilities (the logprobs field is empty); "
-                                  "RAIN needs vLLM's per-token logprobs on /v1/completions")
+        raise MissingFeatureError(
+            "the server returned no log-probabilities (the logprobs field is empty); "
+            "RAIN needs vLLM's per-token logprobs on /v1/completions"
+        )
     return [{_token_id(k): float(v) for k, v in (step or {}).items()} for step in tops]
 
 
@@ -198,15 +204,34 @@ class VLLMEngine:
         self.seed_mode = seed_mode
         self.deterministic = seed_mode == "send"
         if seed_mode == "auto":
-            logger.info("VLLMEngine(%s): seed_mode='auto' sends no per-request seeds (vLLM cannot tell whether a "
-                        "server takes them safely); samples vary run to run. Pass seed_mode='send' for a GPU server "
-                        "or one started with --no-enable-chunked-prefill.", self.base_url)
+            logger.info(
+                "VLLMEngine(%s): seed_mode='auto' sends no per-request seeds (vLLM cannot tell whether a "
+                "server takes them safely); samples vary run to run. Pass seed_mode='send' for a GPU server "
+                "or one started with --no-enable-chunked-prefill.",
+                self.base_url,
+            )
         self._lock = threading.Lock()
-        self._stats: dict[str, float] = {"requests": 0, "retries": 0, "errors": 0, "resent": 0, "prompt_tokens": 0,
-                                         "completion_tokens": 0, "seconds": 0.0}
-        self._transport = Transport(self.base_url, api_key=api_key, timeout=timeout, connect_timeout=connect_timeout,
-                                    max_retries=max_retries, backoff=backoff, max_concurrency=max_concurrency,
-                                    transport=transport, async_transport=async_transport, on_attempt=self._count)
+        self._stats: dict[str, float] = {
+            "requests": 0,
+            "retries": 0,
+            "errors": 0,
+            "resent": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "seconds": 0.0,
+        }
+        self._transport = Transport(
+            self.base_url,
+            api_key=api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_concurrency=max_concurrency,
+            transport=transport,
+            async_transport=async_transport,
+            on_attempt=self._count,
+        )
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._max_logprobs: int | None = None
         self.option_scoring = option_scoring
@@ -217,15 +242,15 @@ class VLLMEngine:
             self._transport.close()
             raise
 
-    def _connect(self, model: str | None, tokenizer: Any, eos_token_ids: Collection[int] | None,
-                 probe: bool) -> None:
+    def _connect(self, model: str | None, tokenizer: Any, eos_token_ids: Collection[int] | None, probe: bool) -> None:
         """Learn the served model, its context and tokenizer, and check the server's features."""
         served = self.served_models()
         names = [str(m.get("id")) for m in served]
         if model is None:
             if len(names) != 1:
-                raise ModelNotServedError(f"{self.base_url} serves {names or 'no models'}; pass model= with one of them",
-                                          served=names)
+                raise ModelNotServedError(
+                    f"{self.base_url} serves {names or 'no models'}; pass model= with one of them", served=names
+                )
             model = names[0]
         if model not in names:
             raise ModelNotServedError(f"{self.base_url} does not serve {model!r}; it serves {names}", served=names)
@@ -233,15 +258,20 @@ class VLLMEngine:
         entry = served[names.index(model)]
         self.server_root = entry.get("root")
         if not entry.get("max_model_len"):
-            raise MissingFeatureError(f"{self.base_url}/v1/models gives no max_model_len for {model!r}; "
-                                      "RAIN needs the context length (a vLLM server reports it)")
+            raise MissingFeatureError(
+                f"{self.base_url}/v1/models gives no max_model_len for {model!r}; "
+                "RAIN needs the context length (a vLLM server reports it)"
+            )
         self.context_length = int(entry["max_model_len"])
         self._text = self._resolve_tokenizer(tokenizer, model)
         self.tokenizer = self._text.tokenizer
         eos = set(int(i) for i in eos_token_ids) if eos_token_ids is not None else self._text.eos_ids()
         if not eos:
-            logger.warning("VLLMEngine(%s): no EOS token known (pass eos_token_ids=); rows the server ends at its "
-                           "EOS teach the engine that id", model)
+            logger.warning(
+                "VLLMEngine(%s): no EOS token known (pass eos_token_ids=); rows the server ends at its "
+                "EOS teach the engine that id",
+                model,
+            )
         self.eos_token_ids = frozenset(eos)
         self._token_ids_field = True
         if probe:
@@ -262,8 +292,9 @@ class VLLMEngine:
             with self._lock:
                 self._stats["errors"] += 1
             names = [str(m.get("id")) for m in self.served_models()]
-            raise ModelNotServedError(f"{self.base_url} does not serve {self.name!r}; it serves {names}",
-                                      served=names) from None
+            raise ModelNotServedError(
+                f"{self.base_url} does not serve {self.name!r}; it serves {names}", served=names
+            ) from None
         except EngineError:
             with self._lock:
                 self._stats["errors"] += 1
@@ -275,7 +306,9 @@ class VLLMEngine:
         try:
             body = response.json()
         except ValueError:
-            raise EngineError(f"{self.base_url} answered with something that is not JSON: {response.text[:200]!r}") from None
+            raise EngineError(
+                f"{self.base_url} answered with something that is not JSON: {response.text[:200]!r}"
+            ) from None
         usage = body.get("usage") if isinstance(body, dict) else None
         if isinstance(usage, dict):
             with self._lock:
@@ -296,7 +329,8 @@ class VLLMEngine:
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self._transport.max_concurrency, thread_name_prefix="vllm-engine")
+                    max_workers=self._transport.max_concurrency, thread_name_prefix="vllm-engine"
+                )
             executor = self._executor
         futures = [executor.submit(self._send, c) for c in calls[:-1]]
         last = self._send(calls[-1])
@@ -334,8 +368,14 @@ class VLLMEngine:
             return result
 
     def _completion(self, prompt: Any, max_tokens: int, **params: Any) -> Call:
-        payload = {"model": self.name, "prompt": prompt, "max_tokens": int(max_tokens),
-                   "return_tokens_as_token_ids": True, "return_token_ids": True, **params}
+        payload = {
+            "model": self.name,
+            "prompt": prompt,
+            "max_tokens": int(max_tokens),
+            "return_tokens_as_token_ids": True,
+            "return_token_ids": True,
+            **params,
+        }
         return ("POST", _COMPLETIONS, payload)
 
     def _seed(self, seed: int) -> dict[str, int]:
@@ -349,7 +389,8 @@ class VLLMEngine:
         if len(ids) + room > self.context_length:
             raise ContextTooLongError(
                 f"{len(ids)} tokens plus {room} new ones do not fit {self.name}'s context of {self.context_length} "
-                f"on {self.base_url} (its --max-model-len); shorten the prompt or lower max_new_tokens")
+                f"on {self.base_url} (its --max-model-len); shorten the prompt or lower max_new_tokens"
+            )
         return ids
 
     def _check_logprobs(self, count: int, what: str) -> None:
@@ -357,7 +398,9 @@ class VLLMEngine:
         if limit is not None and 0 <= limit < count:
             raise LogprobsLimitError(
                 f"{what} needs {count} log-probabilities per token but {self.base_url} returns at most {limit}; "
-                f"restart vLLM with --max-logprobs {count} (or more), or lower top_k", limit=limit)
+                f"restart vLLM with --max-logprobs {count} (or more), or lower top_k",
+                limit=limit,
+            )
 
     def _complete(self, steps: Sequence[Mapping[int, float]], want: int, attempt: int) -> bool:
         """Whether every step lists at least ``want`` finite log-probabilities. A shorter list is the
@@ -372,9 +415,15 @@ class VLLMEngine:
             raise EngineError(
                 f"{self.base_url} returned {short} top-{want} log-probability lists cut short, {attempt + 1} times; "
                 "another client's requests with logprob_token_ids do this in vLLM 0.32 (they replace the top-k lists "
-                "of every request in the same step). Serve RAIN from a server those requests do not share.")
-        logger.warning("%s returned %d top-%d log-probability lists cut short (another request in the same step used "
-                       "logprob_token_ids?); sending the request again", self.base_url, short, want)
+                "of every request in the same step). Serve RAIN from a server those requests do not share."
+            )
+        logger.warning(
+            "%s returned %d top-%d log-probability lists cut short (another request in the same step used "
+            "logprob_token_ids?); sending the request again",
+            self.base_url,
+            short,
+            want,
+        )
         return False
 
     def _stop_ids(self, extra: Collection[int] = ()) -> list[int]:
@@ -383,12 +432,19 @@ class VLLMEngine:
     def _learn_eos(self, choice: Mapping[str, Any], tokens: list[int]) -> None:
         """A row the server ended at its own EOS (``finish_reason`` stop, no stop reason) that this
         engine did not know: remember that id as an EOS (the server's generation config names it)."""
-        if (choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None and tokens
-                and tokens[-1] not in self.eos_token_ids):
+        if (
+            choice.get("finish_reason") == "stop"
+            and choice.get("stop_reason") is None
+            and tokens
+            and tokens[-1] not in self.eos_token_ids
+        ):
             with self._lock:
                 if tokens[-1] not in self.eos_token_ids:
-                    logger.info("%s ended a row at token %d, which the tokenizer does not name as EOS; treating it "
-                                "as one", self.name, tokens[-1])
+                    logger.info(
+                        "%s ended a row at token %d, which the tokenizer does not name as EOS; treating it as one",
+                        self.name,
+                        tokens[-1],
+                    )
                     self.eos_token_ids = self.eos_token_ids | {tokens[-1]}
 
     # --- server information -------------------------------------------------------------------
@@ -398,8 +454,10 @@ class VLLMEngine:
         raise_for_answer(response, self.base_url, self.name, False)
         data = response.json().get("data")
         if not isinstance(data, list):
-            raise EngineError(f"{self.base_url}/v1/models answered without a model list; is this an OpenAI-compatible "
-                              f"server? {START_HINT}")
+            raise EngineError(
+                f"{self.base_url}/v1/models answered without a model list; is this an OpenAI-compatible "
+                f"server? {START_HINT}"
+            )
         return [m for m in data if isinstance(m, dict)]
 
     def server_metrics(self) -> dict[str, float]:
@@ -455,9 +513,14 @@ class VLLMEngine:
             if found is not None:
                 logger.info("VLLMEngine(%s): tokenizer from %s", model, source)
                 return LocalText(found, model, source)
-        logger.warning("VLLMEngine(%s): no local tokenizer found (tried %r and the server's root %r); using the "
-                       "server's /tokenize and /detokenize, which cannot run RAIN's search or encode judged text: "
-                       "pass tokenizer=FOLDER_OR_HUB_ID", model, model, self.server_root)
+        logger.warning(
+            "VLLMEngine(%s): no local tokenizer found (tried %r and the server's root %r); using the "
+            "server's /tokenize and /detokenize, which cannot run RAIN's search or encode judged text: "
+            "pass tokenizer=FOLDER_OR_HUB_ID",
+            model,
+            model,
+            self.server_root,
+        )
         return ServerText(self._post_json, model)
 
     def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -478,18 +541,23 @@ class VLLMEngine:
         if len(values) > 1 and values[1] <= _NEG_INF:
             raise MissingFeatureError(
                 f"{self.base_url} returns processed log-probabilities (--logprobs-mode processed_*); this engine "
-                "renormalises raw ones itself: restart vLLM without --logprobs-mode (the default raw_logprobs)")
+                "renormalises raw ones itself: restart vLLM without --logprobs-mode (the default raw_logprobs)"
+            )
         if _logsumexp(values) > 1e-3:
             raise MissingFeatureError(
                 f"{self.base_url} returns logits, not log-probabilities (--logprobs-mode raw_logits?); restart vLLM "
-                "without --logprobs-mode (the default raw_logprobs)")
+                "without --logprobs-mode (the default raw_logprobs)"
+            )
         if self.option_scoring == "allowed_token_ids":
             probe_id = min(self.eos_token_ids, default=0)
             answer = self._send(self._completion(ids, 1, temperature=0.0, logprobs=0, allowed_token_ids=[probe_id]))
             choice = _choices(answer)[0]
             if _tokens_of(choice)[:1] != [probe_id] or probe_id not in _steps_of(choice)[0]:
-                logger.warning("%s does not keep to allowed_token_ids; reading option letters with prompt_logprobs "
-                               "(exact, but without the prefix cache)", self.base_url)
+                logger.warning(
+                    "%s does not keep to allowed_token_ids; reading option letters with prompt_logprobs "
+                    "(exact, but without the prefix cache)",
+                    self.base_url,
+                )
                 self.option_scoring = "prompt_logprobs"
         if self.option_scoring == "prompt_logprobs":
             answer = self._send(self._completion(ids, 1, temperature=0.0, prompt_logprobs=0))
@@ -497,9 +565,16 @@ class VLLMEngine:
             if not isinstance(got, list) or len(got) != len(ids):
                 raise MissingFeatureError(
                     f"{self.base_url} gives neither allowed_token_ids nor prompt_logprobs, so the option letters' "
-                    "exact log-probabilities cannot be read; use vLLM (0.32 has both)")
-        logger.info("VLLMEngine(%s at %s): context %d, option letters by %s, seeds %s", self.name, self.base_url,
-                    self.context_length, self.option_scoring, "sent" if self.deterministic else "not sent")
+                    "exact log-probabilities cannot be read; use vLLM (0.32 has both)"
+                )
+        logger.info(
+            "VLLMEngine(%s at %s): context %d, option letters by %s, seeds %s",
+            self.name,
+            self.base_url,
+            self.context_length,
+            self.option_scoring,
+            "sent" if self.deterministic else "not sent",
+        )
 
     # --- optional capabilities ------------------------------------------------------------------
     def engine_stats(self) -> dict[str, float]:
@@ -514,8 +589,9 @@ class VLLMEngine:
 
         return load_default_encoder()
 
-    def parse_response(self, text: str, *, prefix: str = "",
-                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    def parse_response(
+        self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         return self._text.parse_response(text, prefix=prefix, tools=tools)
 
     def close(self) -> None:
@@ -527,7 +603,7 @@ class VLLMEngine:
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    def __enter__(self) -> "VLLMEngine":
+    def __enter__(self) -> VLLMEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -543,15 +619,18 @@ class VLLMEngine:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._text.decode(token_ids)
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    **kwargs: Any) -> str:
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         return self._text.chat_prompt(messages, add_generation_prompt, **kwargs)
 
     def token_ids_ending_with(self, suffixes: Sequence[str]) -> frozenset[int]:
         return self._text.token_ids_ending_with(suffixes)
 
     # --- request plans (shared by the sync and async methods) ------------------------------------
-    def _top_tokens_plan(self, prefix: Sequence[int], k: int, temperature: float, exclude: Sequence[int]) -> Plan[list[Continuation]]:
+    def _top_tokens_plan(
+        self, prefix: Sequence[int], k: int, temperature: float, exclude: Sequence[int]
+    ) -> Plan[list[Continuation]]:
         ids = self._prompt(prefix, 1)
         if k <= 0:
             return []
@@ -577,8 +656,9 @@ class VLLMEngine:
         kept = [(i, v) for i, v in ranked if i not in excluded and v > _NEG_INF]
         return [Continuation((i,), v / temperature) for i, v in kept[:k]]
 
-    def _sample_plan(self, prefix: Sequence[int], n: int, length: int, top_k: int, temperature: float, seed: int,
-                     greedy_first: bool) -> Plan[list[Continuation]]:
+    def _sample_plan(
+        self, prefix: Sequence[int], n: int, length: int, top_k: int, temperature: float, seed: int, greedy_first: bool
+    ) -> Plan[list[Continuation]]:
         ids = self._prompt(prefix, length)
         if n <= 0:
             return []
@@ -591,8 +671,11 @@ class VLLMEngine:
             calls.append(self._completion(ids, length, n=1, temperature=0.0, **common))
         rest = n - int(bool(greedy_first))
         if rest > 0:
-            calls.append(self._completion(ids, length, n=rest, temperature=float(temperature), top_k=int(top_k),
-                                          **common, **self._seed(seed)))
+            calls.append(
+                self._completion(
+                    ids, length, n=rest, temperature=float(temperature), top_k=int(top_k), **common, **self._seed(seed)
+                )
+            )
         attempt = 0
         while True:
             answers = yield calls
@@ -602,8 +685,9 @@ class VLLMEngine:
                     tokens = _tokens_of(choice)
                     steps = _steps_of(choice)
                     if len(steps) < len(tokens):
-                        raise EngineError(f"{self.base_url} returned {len(steps)} log-probabilities for "
-                                          f"{len(tokens)} tokens")
+                        raise EngineError(
+                            f"{self.base_url} returned {len(steps)} log-probabilities for {len(tokens)} tokens"
+                        )
                     parsed.append((choice, tokens, steps[: len(tokens)]))
             if self._complete([s for _, _, steps in parsed for s in steps], top_k, attempt):
                 break
@@ -615,16 +699,28 @@ class VLLMEngine:
             rows.append(Continuation(tuple(tokens), total))
         return rows
 
-    def _generate_plan(self, prefix: Sequence[int], max_tokens: int, top_k: int | None, temperature: float,
-                       seed: int, stop: Sequence[str], stop_token_ids: Collection[int]) -> Plan[list[int]]:
+    def _generate_plan(
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str],
+        stop_token_ids: Collection[int],
+    ) -> Plan[list[int]]:
         if max_tokens <= 0:
             return []
         ids = self._prompt(prefix, 0)
         max_tokens = min(int(max_tokens), self.context_length - len(ids))
         if max_tokens <= 0:
             return []
-        params: dict[str, Any] = {"temperature": float(temperature), "top_k": -1 if top_k is None else int(top_k),
-                                  "stop_token_ids": self._stop_ids(stop_token_ids), **self._seed(seed)}
+        params: dict[str, Any] = {
+            "temperature": float(temperature),
+            "top_k": -1 if top_k is None else int(top_k),
+            "stop_token_ids": self._stop_ids(stop_token_ids),
+            **self._seed(seed),
+        }
         if stop:
             params["stop"] = list(stop)
         if not self._token_ids_field:
@@ -648,9 +744,9 @@ class VLLMEngine:
             # request fills the prefix cache with the prompts; the others then reuse it.
             distinct = list(dict.fromkeys(cands))
             calls = [self._completion(rows, 1, temperature=0.0, logprobs=0, allowed_token_ids=[c]) for c in distinct]
-            answers = (yield calls[:1])
+            answers = yield calls[:1]
             if len(calls) > 1:
-                answers += (yield calls[1:])
+                answers += yield calls[1:]
             table: dict[int, list[float]] = {}
             for c, answer in zip(distinct, answers):
                 choices = _choices(answer)
@@ -662,15 +758,18 @@ class VLLMEngine:
                     if c not in step:
                         raise MissingFeatureError(
                             f"{self.base_url} did not keep to allowed_token_ids=[{c}]; use option_scoring="
-                            "'prompt_logprobs' or a vLLM server")
+                            "'prompt_logprobs' or a vLLM server"
+                        )
                     column.append(step[c])
                 table[c] = column
             return [[table[c][i] for c in cands] for i in range(len(rows))]
         flat = [r + [c] for r in rows for c in cands]
         for r in flat:
             if len(r) + 1 > self.context_length:
-                raise ContextTooLongError(f"{len(r) - 1} tokens plus an option letter do not fit {self.name}'s "
-                                          f"context of {self.context_length}")
+                raise ContextTooLongError(
+                    f"{len(r) - 1} tokens plus an option letter do not fit {self.name}'s "
+                    f"context of {self.context_length}"
+                )
         (answer,) = yield [self._completion(flat, 1, temperature=0.0, prompt_logprobs=0)]
         choices = _choices(answer)
         if len(choices) != len(flat):
@@ -679,42 +778,81 @@ class VLLMEngine:
         for r, choice in zip(flat, choices):
             last = (choice.get("prompt_logprobs") or [None])[-1]
             if not isinstance(last, Mapping) or str(r[-1]) not in last:
-                raise MissingFeatureError(f"{self.base_url} returned no prompt log-probabilities; "
-                                          "RAIN reads the option letters with them")
+                raise MissingFeatureError(
+                    f"{self.base_url} returned no prompt log-probabilities; RAIN reads the option letters with them"
+                )
             entry = last[str(r[-1])]
             values.append(float(entry["logprob"] if isinstance(entry, Mapping) else entry))
         width = len(cands)
-        return [values[i * width:(i + 1) * width] for i in range(len(rows))]
+        return [values[i * width : (i + 1) * width] for i in range(len(rows))]
 
     # --- protocol requests ----------------------------------------------------------------------
-    def top_tokens(self, prefix: Sequence[int], k: int, temperature: float = 1.0,
-                   exclude: Sequence[int] = ()) -> list[Continuation]:
+    def top_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
         return self._run(self._top_tokens_plan(prefix, k, temperature, exclude))
 
-    def sample(self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float, seed: int,
-               greedy_first: bool = True) -> list[Continuation]:
+    def sample(
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        *,
+        top_k: int,
+        temperature: float,
+        seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
         return self._run(self._sample_plan(prefix, n, length, top_k, temperature, seed, greedy_first))
 
-    def generate(self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float, seed: int,
-                 stop: Sequence[str] = (), stop_token_ids: Collection[int] = ()) -> list[int]:
+    def generate(
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        *,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        stop_token_ids: Collection[int] = (),
+    ) -> list[int]:
         return self._run(self._generate_plan(prefix, max_tokens, top_k, temperature, seed, stop, stop_token_ids))
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
         return self._run(self._next_token_plan(prompts, candidates))
 
-    async def atop_tokens(self, prefix: Sequence[int], k: int, temperature: float = 1.0,
-                          exclude: Sequence[int] = ()) -> list[Continuation]:
+    async def atop_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
         return await self._arun(self._top_tokens_plan(prefix, k, temperature, exclude))
 
-    async def asample(self, prefix: Sequence[int], n: int, length: int, *, top_k: int, temperature: float,
-                      seed: int, greedy_first: bool = True) -> list[Continuation]:
+    async def asample(
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        *,
+        top_k: int,
+        temperature: float,
+        seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
         return await self._arun(self._sample_plan(prefix, n, length, top_k, temperature, seed, greedy_first))
 
-    async def agenerate(self, prefix: Sequence[int], max_tokens: int, *, top_k: int | None, temperature: float,
-                        seed: int, stop: Sequence[str] = (), stop_token_ids: Collection[int] = ()) -> list[int]:
-        return await self._arun(self._generate_plan(prefix, max_tokens, top_k, temperature, seed, stop,
-                                                    stop_token_ids))
+    async def agenerate(
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        *,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        stop_token_ids: Collection[int] = (),
+    ) -> list[int]:
+        return await self._arun(self._generate_plan(prefix, max_tokens, top_k, temperature, seed, stop, stop_token_ids))
 
-    async def anext_token_logprobs(self, prompts: Sequence[Sequence[int]],
-                                   candidates: Sequence[int]) -> list[list[float]]:
+    async def anext_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]
+    ) -> list[list[float]]:
         return await self._arun(self._next_token_plan(prompts, candidates))

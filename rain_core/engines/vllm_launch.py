@@ -22,14 +22,23 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
 CPU_FLAGS: tuple[str, ...] = (
-    "--enable-prefix-caching", "--block-size", "32", "--max-model-len", "2048", "--dtype", "float32",
-    "--enforce-eager", "--kv-cache-memory-bytes", "1G", "--no-enable-chunked-prefill",
+    "--enable-prefix-caching",
+    "--block-size",
+    "32",
+    "--max-model-len",
+    "2048",
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--kv-cache-memory-bytes",
+    "1G",
+    "--no-enable-chunked-prefill",
     "--disable-uvicorn-access-log",
 )
 
@@ -50,9 +59,18 @@ class LocalVLLMServer:
     ``model``: the model folder; ``name``: ``--served-model-name``; ``flags``: server flags
     (default ``CPU_FLAGS``); ``log_path``: where its output goes (default: a temporary file)."""
 
-    def __init__(self, python: str | os.PathLike[str], model: str | os.PathLike[str], *, name: str = "rain-model",
-                 port: int | None = None, flags: Sequence[str] = CPU_FLAGS, extra_flags: Sequence[str] = (),
-                 log_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        python: str | os.PathLike[str],
+        model: str | os.PathLike[str],
+        *,
+        name: str = "rain-model",
+        port: int | None = None,
+        flags: Sequence[str] = CPU_FLAGS,
+        extra_flags: Sequence[str] = (),
+        log_path: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.python = str(python)
         self.model = str(model)
         self.name = name
@@ -68,8 +86,20 @@ class LocalVLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-                "--served-model-name", self.name, "--host", "127.0.0.1", "--port", str(self.port), *self.flags]
+        return [
+            self.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.flags,
+        ]
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -84,7 +114,7 @@ class LocalVLLMServer:
         except (urllib.error.URLError, OSError, ValueError):
             return 0
 
-    def start(self, timeout: float = 300.0) -> "LocalVLLMServer":
+    def start(self, timeout: float = 300.0) -> LocalVLLMServer:
         """Start the server and wait until it answers (``ServerStartError`` otherwise)."""
         if not Path(self.python).exists():
             raise FileNotFoundError(f"{self.python} does not exist: build the vLLM virtualenv first (make vllm)")
@@ -93,20 +123,30 @@ class LocalVLLMServer:
         t0 = time.monotonic()
         env = dict(os.environ if self.env is None else self.env)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
         logger.info("starting vLLM (pid %d) on port %d, log %s", self.process.pid, self.port, self.log_path)
         deadline = t0 + timeout
         while self._get("/health") != 200:
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self.stop()
-                raise ServerStartError(f"vLLM exited with code {code} while starting; the end of its log "
-                                       f"({self.log_path}):\n{self.log_tail()}")
+                raise ServerStartError(
+                    f"vLLM exited with code {code} while starting; the end of its log "
+                    f"({self.log_path}):\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServerStartError(f"vLLM was not healthy after {timeout:.0f}s; the end of its log "
-                                       f"({self.log_path}):\n{self.log_tail()}")
+                raise ServerStartError(
+                    f"vLLM was not healthy after {timeout:.0f}s; the end of its log "
+                    f"({self.log_path}):\n{self.log_tail()}"
+                )
             time.sleep(0.5)
         self._warm_up()
         self.startup_seconds = time.monotonic() - t0
@@ -114,10 +154,20 @@ class LocalVLLMServer:
         return self
 
     def _warm_up(self) -> None:
-        body = json.dumps({"model": self.name, "prompt": [1, 2, 3], "max_tokens": 2, "temperature": 1.0,
-                           "top_k": 5, "logprobs": 5, "n": 2}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {
+                "model": self.name,
+                "prompt": [1, 2, 3],
+                "max_tokens": 2,
+                "temperature": 1.0,
+                "top_k": 5,
+                "logprobs": 5,
+                "n": 2,
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=180) as resp:
                 resp.read()
@@ -147,7 +197,7 @@ class LocalVLLMServer:
             logger.warning("vLLM (pid %d) did not exit after SIGKILL", proc.pid)
         self.process = None
 
-    def __enter__(self) -> "LocalVLLMServer":
+    def __enter__(self) -> LocalVLLMServer:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:

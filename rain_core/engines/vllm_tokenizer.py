@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .common import plain_transcript, tokens_ending_with
 from .vllm_http import MissingFeatureError
@@ -79,12 +80,19 @@ class LocalText:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    **kwargs: Any) -> str:
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             try:
-                return str(self.tokenizer.apply_chat_template(
-                    [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs))
+                return str(
+                    self.tokenizer.apply_chat_template(
+                        [dict(m) for m in messages],
+                        tokenize=False,
+                        add_generation_prompt=add_generation_prompt,
+                        **kwargs,
+                    )
+                )
             except Exception as exc:  # jinja2 errors of a template that rejects this input
                 raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
         return plain_transcript(messages, add_generation_prompt)
@@ -94,12 +102,16 @@ class LocalText:
         with self._lock:
             if key not in self._suffix_tokens:
                 self._suffix_tokens[key] = tokens_ending_with(
-                    lambda i: self.tokenizer.decode([i], skip_special_tokens=True), len(self.tokenizer), key,
-                    skip=sorted(self._special_ids))
+                    lambda i: self.tokenizer.decode([i], skip_special_tokens=True),
+                    len(self.tokenizer),
+                    key,
+                    skip=sorted(self._special_ids),
+                )
             return self._suffix_tokens[key]
 
-    def parse_response(self, text: str, *, prefix: str = "",
-                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    def parse_response(
+        self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         if getattr(self.tokenizer, "response_template", None) is None:
             return None
         kwargs: dict[str, Any] = {"prefix": prefix}
@@ -123,7 +135,8 @@ class ServerText:
     def _needs_local(self, what: str) -> MissingFeatureError:
         return MissingFeatureError(
             f"{what} needs the model's tokenizer on this machine (vLLM's /tokenize cannot do it); pass "
-            f"VLLMEngine(..., tokenizer=FOLDER_OR_HUB_ID) with the served model's tokenizer files")
+            f"VLLMEngine(..., tokenizer=FOLDER_OR_HUB_ID) with the served model's tokenizer files"
+        )
 
     def eos_ids(self) -> set[int]:
         return set()
@@ -139,10 +152,15 @@ class ServerText:
             return ""
         return str(self._post("/detokenize", {"model": self.model, "tokens": [int(t) for t in token_ids]})["prompt"])
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    **kwargs: Any) -> str:
-        payload: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages],
-                                   "add_generation_prompt": add_generation_prompt, "add_special_tokens": False}
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "add_special_tokens": False,
+        }
         if "tools" in kwargs:
             payload["tools"] = kwargs.pop("tools")
         if kwargs:
@@ -153,8 +171,9 @@ class ServerText:
     def token_ids_ending_with(self, suffixes: Sequence[str]) -> frozenset[int]:
         raise self._needs_local("RAIN's search (the tokens that end a clause)")
 
-    def parse_response(self, text: str, *, prefix: str = "",
-                       tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    def parse_response(
+        self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         return None
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -50,8 +51,11 @@ class _Request:
 
 
 def _usage(result: RainResult) -> UsageMetadata:
-    return UsageMetadata(input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens,
-                         total_tokens=result.prompt_tokens + result.completion_tokens)
+    return UsageMetadata(
+        input_tokens=result.prompt_tokens,
+        output_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
 
 
 class ChatRain(RainParams, BaseChatModel):
@@ -71,8 +75,9 @@ class ChatRain(RainParams, BaseChatModel):
     ``response_metadata["rain"]``. Each committed token set sends a ``rain_commit`` custom callback
     event with that commit's statistics (``invoke``, ``batch``, ``generate`` and their async forms);
     in ``stream``/``astream``, where LangChain reports the tokens itself, the same statistics ride on
-    the chunks as ``response_metadata["rain_commits"]``. Async calls stop their decode when the caller's task is cancelled or the stream is
-    abandoned, and ``timeout`` ends a reply with what is committed (``finish_reason == "time"``).
+    the chunks as ``response_metadata["rain_commits"]``. Async calls stop their decode when the caller's
+    task is cancelled or the stream is abandoned, and ``timeout`` ends a reply with what is committed
+    (``finish_reason == "time"``).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -113,8 +118,11 @@ class ChatRain(RainParams, BaseChatModel):
         names = tool_names(formatted)
         if isinstance(tool_choice, dict):
             tool_choice = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-        if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "any", "required") \
-                and tool_choice not in names:
+        if (
+            isinstance(tool_choice, str)
+            and tool_choice not in ("auto", "none", "any", "required")
+            and tool_choice not in names
+        ):
             raise ValueError(f"tool_choice {tool_choice!r} names no bound tool; bound tools: {names}")
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
@@ -169,18 +177,33 @@ class ChatRain(RainParams, BaseChatModel):
         content, calls, invalid = result.text, [], []
         if request.tools:
             content, calls, invalid = parse_reply(
-                self.decoder.lm, result.text, request.tools,
-                prefix=lambda: self.decoder.chat_prompt(request.prompt, **request.chat_kwargs))
-        return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid, usage_metadata=_usage(result),
-                         response_metadata=self._metadata(result, request.call))
+                self.decoder.lm,
+                result.text,
+                request.tools,
+                prefix=lambda: self.decoder.chat_prompt(request.prompt, **request.chat_kwargs),
+            )
+        return AIMessage(
+            content=content,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=_usage(result),
+            response_metadata=self._metadata(result, request.call),
+        )
 
     def _metadata(self, result: RainResult, call: RainCall) -> dict[str, Any]:
         return {"model_name": self.model_name, **self._info(result, call)}
 
-    def _events(self, request: _Request, cancel: Any = None,
-                on_commit: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Event]:
-        return decode_events(self.decoder, request.prompt, chat=True, chat_kwargs=request.chat_kwargs,
-                             on_commit=on_commit, **request.call.decode_kwargs(cancel))
+    def _events(
+        self, request: _Request, cancel: Any = None, on_commit: Callable[[dict[str, Any]], None] | None = None
+    ) -> Iterator[Event]:
+        return decode_events(
+            self.decoder,
+            request.prompt,
+            chat=True,
+            chat_kwargs=request.chat_kwargs,
+            on_commit=on_commit,
+            **request.call.decode_kwargs(cancel),
+        )
 
     def _chunk_events(self, request: _Request, events: Iterator[Event]) -> Iterator[ChatGenerationChunk | Commit]:
         """A decode's events as chunks: one per committed token set (call syntax held back while tools
@@ -243,8 +266,10 @@ class ChatRain(RainParams, BaseChatModel):
 
     def _chat_result(self, result: RainResult, request: _Request) -> ChatResult:
         message = self._message(result, request)
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=self._info(result, request.call))],
-                          llm_output={"model_name": self.model_name})
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=self._info(result, request.call))],
+            llm_output={"model_name": self.model_name},
+        )
 
     @staticmethod
     def _with_commits(chunk: ChatGenerationChunk, commits: list[dict[str, Any]]) -> ChatGenerationChunk:

@@ -17,8 +17,9 @@ import enum
 import functools
 import logging
 import operator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import (
     AIMessage,
@@ -90,8 +91,13 @@ class GuardVerdict(BaseModel):
     """What is done when the check fails."""
 
     def metadata(self) -> dict[str, Any]:
-        return {"verdict": "pass" if self.passed else "fail", "score": self.score, "threshold": self.threshold,
-                "evaluator": self.evaluator, "strategy": self.strategy.value}
+        return {
+            "verdict": "pass" if self.passed else "fail",
+            "score": self.score,
+            "threshold": self.threshold,
+            "evaluator": self.evaluator,
+            "strategy": self.strategy.value,
+        }
 
 
 class RainGuardViolation(ValueError):
@@ -100,8 +106,10 @@ class RainGuardViolation(ValueError):
     ("input", "output" or "tool_result")."""
 
     def __init__(self, verdict: GuardVerdict, text: str, checked: str) -> None:
-        super().__init__(f"a RAIN guard rejected the {checked.replace('_', ' ')}: it scored {verdict.score:.2f} on "
-                         f"{verdict.evaluator}, below the threshold {verdict.threshold:.2f}")
+        super().__init__(
+            f"a RAIN guard rejected the {checked.replace('_', ' ')}: it scored {verdict.score:.2f} on "
+            f"{verdict.evaluator}, below the threshold {verdict.threshold:.2f}"
+        )
         self.verdict = verdict
         self.text = text
         self.checked = checked
@@ -192,7 +200,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     """``RainConfig`` overrides for the rewrite decode, e.g. ``{"max_new_tokens": 64}``."""
 
     @model_validator(mode="after")
-    def _check(self) -> "RainGuard":
+    def _check(self) -> RainGuard:
         if self.evaluator is not None and not isinstance(self.evaluator, Evaluator):
             if not callable(self.evaluator):
                 raise ValueError("evaluator must be an Evaluator or a function fn(context, text) -> float")
@@ -213,8 +221,13 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     def check(self, text: str, context: str = "") -> GuardVerdict:
         """Score ``text`` (with ``context``, the conversation as ``Role: content`` lines)."""
         score = float(self.scorer.score(context, text))
-        return GuardVerdict(score=score, threshold=self.threshold, passed=score >= self.threshold,
-                            evaluator=str(getattr(self.scorer, "name", "evaluator")), strategy=self.strategy)
+        return GuardVerdict(
+            score=score,
+            threshold=self.threshold,
+            passed=score >= self.threshold,
+            evaluator=str(getattr(self.scorer, "name", "evaluator")),
+            strategy=self.strategy,
+        )
 
     def rewrite(self, text: str) -> RainResult:
         """A harmless restatement of ``text``, decoded with RAIN."""
@@ -234,25 +247,36 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         if self.raise_on_violation:
             raise RainGuardViolation(verdict, text, checked)
         meta = {**verdict.metadata(), "checked": checked}
-        logger.info("RainGuard: %s failed (%.3f < %.3f), strategy %s", checked, verdict.score, verdict.threshold,
-                    self.strategy.value)
+        logger.info(
+            "RainGuard: %s failed (%.3f < %.3f), strategy %s",
+            checked,
+            verdict.score,
+            verdict.threshold,
+            self.strategy.value,
+        )
         if self.strategy is GuardStrategy.FLAG:
             return Screened(text, False, meta)
         if self.strategy is GuardStrategy.REWRITE:
             result = self.rewrite(text)
             new_text = result.text.strip()
             again = self.check(new_text, context)
-            meta["rewrite"] = {"score": again.score, "passed": again.passed,
-                               "finish_reason": result.finish_reason, "rain": stats_of(result)}
+            meta["rewrite"] = {
+                "score": again.score,
+                "passed": again.passed,
+                "finish_reason": result.finish_reason,
+                "rain": stats_of(result),
+            }
             if again.passed:
                 return Screened(new_text, False, meta)
             # A restatement that still fails the check must not reach the reader: block instead.
-            logger.warning("RainGuard: the rewrite still scored %.3f < %.3f; blocking instead", again.score,
-                           self.threshold)
+            logger.warning(
+                "RainGuard: the rewrite still scored %.3f < %.3f; blocking instead", again.score, self.threshold
+            )
             meta["fallback"] = GuardStrategy.BLOCK.value
         template = self.input_block_message if checked == "input" else self.block_message
-        return Screened(template.format(score=verdict.score, threshold=verdict.threshold, evaluator=verdict.evaluator),
-                        True, meta)
+        return Screened(
+            template.format(score=verdict.score, threshold=verdict.threshold, evaluator=verdict.evaluator), True, meta
+        )
 
     def apply_message(self, value: Any, context: str = "", *, checked: str = "output") -> tuple[Any, Screened]:
         """Check a string or message; the value to use instead (same type, the verdict in
@@ -268,8 +292,10 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
             return value, out
         if isinstance(value, str):
             if self.strategy is GuardStrategy.FLAG:
-                logger.warning("RainGuard flagged a string (score %.3f); pass messages to keep the verdict "
-                               "in metadata", out.meta["score"])
+                logger.warning(
+                    "RainGuard flagged a string (score %.3f); pass messages to keep the verdict in metadata",
+                    out.meta["score"],
+                )
             return out.text, out
         update: dict[str, Any] = {"response_metadata": {**value.response_metadata, "rain_guard": out.meta}}
         if out.text != text:
@@ -312,7 +338,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         new, out = self.apply_message(messages[i], context, checked="input")
         if out.blocked:
             return value, out
-        return (messages[:i] + [new] + messages[i + 1:]) if new is not messages[i] else value, None
+        return (messages[:i] + [new] + messages[i + 1 :]) if new is not messages[i] else value, None
 
     # --- Runnable -----------------------------------------------------------------------------
     def __or__(self, other: Any) -> Runnable[Any, Any]:
@@ -324,8 +350,10 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         if isinstance(value, (str, BaseMessage)):
             return self.apply_message(value, checked="input" if self.check_input else "output")[0]
         if not self.check_input:
-            raise TypeError(f"RainGuard checks strings and messages, got {type(value).__name__}; "
-                            "check_input=True also checks chat messages, prompt values and prompt variables")
+            raise TypeError(
+                f"RainGuard checks strings and messages, got {type(value).__name__}; "
+                "check_input=True also checks chat messages, prompt values and prompt variables"
+            )
         new, blocked = self.screen_input(value)
         return new if blocked is None else AIMessage(blocked.text, response_metadata={"rain_guard": blocked.meta})
 
@@ -362,8 +390,9 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._buffered, config, run_type="chain")
 
-    async def atransform(self, input: AsyncIterator[Any], config: RunnableConfig | None = None,
-                         **kwargs: Any) -> AsyncIterator[Any]:
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
         async def buffered(chunks: AsyncIterator[Any], run_manager: Any, config: RunnableConfig) -> AsyncIterator[Any]:
             async for c in self._abuffered(chunks, config):
                 yield c
@@ -435,8 +464,9 @@ class RainGuardedRunnable(_StreamsByTransform, RunnableSerializable[Any, Any]):
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._transform, config, run_type="chain")
 
-    async def _atransform(self, inputs: AsyncIterator[Any], run_manager: Any,
-                          config: RunnableConfig) -> AsyncIterator[Any]:
+    async def _atransform(
+        self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig
+    ) -> AsyncIterator[Any]:
         new, blocked = await run_in_executor(config, self.guard.screen_input, _join([i async for i in inputs]))
         if blocked is not None:
             yield self._blocked(blocked)
@@ -444,8 +474,8 @@ class RainGuardedRunnable(_StreamsByTransform, RunnableSerializable[Any, Any]):
         async for chunk in self.runnable.astream(new, patch_config(config, callbacks=run_manager.get_child())):
             yield chunk
 
-    async def atransform(self, input: AsyncIterator[Any], config: RunnableConfig | None = None,
-                         **kwargs: Any) -> AsyncIterator[Any]:
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
         async for chunk in self._atransform_stream_with_config(input, self._atransform, config, run_type="chain"):
             yield chunk
-

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -64,10 +65,15 @@ class RainLLM(RainParams, BaseLLM):
     def _llm_result(results: list[RainResult], infos: list[dict[str, Any]], model_name: str) -> LLMResult:
         prompt_tokens = sum(r.prompt_tokens for r in results)
         completion_tokens = sum(r.completion_tokens for r in results)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        return LLMResult(generations=[[Generation(text=r.text, generation_info=i)] for r, i in zip(results, infos)],
-                         llm_output={"model_name": model_name, "token_usage": usage})
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return LLMResult(
+            generations=[[Generation(text=r.text, generation_info=i)] for r, i in zip(results, infos)],
+            llm_output={"model_name": model_name, "token_usage": usage},
+        )
 
     def _generate(
         self,
@@ -77,8 +83,12 @@ class RainLLM(RainParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         call = self._call(stop, kwargs)
-        results = [result for prompt in prompts
-                   for _, result in self._chunks(self._events(prompt, call), call, run_manager) if result is not None]
+        results = [
+            result
+            for prompt in prompts
+            for _, result in self._chunks(self._events(prompt, call), call, run_manager)
+            if result is not None
+        ]
         return self._llm_result(results, [self._generation_info(r, call) for r in results], self.model_name)
 
     async def _agenerate(
@@ -102,8 +112,12 @@ class RainLLM(RainParams, BaseLLM):
             return GenerationChunk(text="", generation_info=self._generation_info(event.result, call)), event.result
         return None
 
-    def _chunks(self, events: Iterator[Event], call: RainCall, run_manager: CallbackManagerForLLMRun | None,
-                ) -> Iterator[tuple[GenerationChunk, RainResult | None]]:
+    def _chunks(
+        self,
+        events: Iterator[Event],
+        call: RainCall,
+        run_manager: CallbackManagerForLLMRun | None,
+    ) -> Iterator[tuple[GenerationChunk, RainResult | None]]:
         """One chunk per committed token set (callbacks told), then a closing chunk with the result."""
         dispatch = commit_dispatcher(run_manager)
         for event in events:
@@ -117,8 +131,12 @@ class RainLLM(RainParams, BaseLLM):
                     run_manager.on_llm_new_token(out[0].text, chunk=out[0])
                 yield out
 
-    async def _achunks(self, prompt: str, call: RainCall, run_manager: AsyncCallbackManagerForLLMRun | None,
-                       ) -> AsyncIterator[tuple[GenerationChunk, RainResult | None]]:
+    async def _achunks(
+        self,
+        prompt: str,
+        call: RainCall,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+    ) -> AsyncIterator[tuple[GenerationChunk, RainResult | None]]:
         async with contextlib.aclosing(aiter_in_thread(lambda cancel: self._events(prompt, call, cancel))) as events:
             async for event in events:
                 if isinstance(event, Commit):

@@ -4,7 +4,8 @@ the chat template's keyword arguments."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import (
     AIMessage,
@@ -59,8 +60,13 @@ def _neutral(m: BaseMessage) -> dict[str, Any]:
             out["tool_calls"] = [{"id": c.get("id"), "name": c["name"], "arguments": c["args"]} for c in m.tool_calls]
         return out
     if isinstance(m, (ToolMessage, FunctionMessage)):
-        return {"role": "tool", "content": text_of(m.content, "tool"), "tool_call_id": getattr(m, "tool_call_id", None),
-                "name": m.name, "error": getattr(m, "status", "success") == "error"}
+        return {
+            "role": "tool",
+            "content": text_of(m.content, "tool"),
+            "tool_call_id": getattr(m, "tool_call_id", None),
+            "name": m.name,
+            "error": getattr(m, "status", "success") == "error",
+        }
     if isinstance(m, ChatMessage):
         role = {"human": "user", "ai": "assistant", "developer": "system"}.get(m.role, m.role)
         if role not in ("system", "user", "assistant", "tool"):

@@ -7,7 +7,8 @@ Needs the ``langchain`` package (``pip install "rain-align[agents]"``); the rest
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 try:
     from langchain.agents.middleware import AgentMiddleware, hook_config
@@ -82,8 +83,14 @@ class RainGuardMiddleware(AgentMiddleware):
         **guard_options: Any,
     ) -> None:
         super().__init__()
-        self.guard = RainGuard(decoder=decoder, evaluator=evaluator, threshold=threshold, strategy=strategy,
-                               raise_on_violation=raise_on_violation, **guard_options)
+        self.guard = RainGuard(
+            decoder=decoder,
+            evaluator=evaluator,
+            threshold=threshold,
+            strategy=strategy,
+            raise_on_violation=raise_on_violation,
+            **guard_options,
+        )
         self.apply_to_input = apply_to_input
         self.apply_to_output = apply_to_output
         self.apply_to_tool_results = apply_to_tool_results
@@ -103,8 +110,9 @@ class RainGuardMiddleware(AgentMiddleware):
         if not out.blocked:
             return {"messages": [checked]}
         refusal = AIMessage(out.text, response_metadata={"rain_guard": out.meta})
-        flagged = messages[-1].model_copy(update={"response_metadata": {**messages[-1].response_metadata,
-                                                                        "rain_guard": out.meta}})
+        flagged = messages[-1].model_copy(
+            update={"response_metadata": {**messages[-1].response_metadata, "rain_guard": out.meta}}
+        )
         return {"messages": [flagged, refusal], "jump_to": "end"}
 
     @hook_config(can_jump_to=["end"])
@@ -144,15 +152,20 @@ class RainGuardMiddleware(AgentMiddleware):
     # --- tool results -------------------------------------------------------------------------
     def _applies(self, request: Any, result: Any) -> bool:
         name = request.tool_call.get("name")
-        return (self.apply_to_tool_results and isinstance(result, ToolMessage)
-                and (self.guarded_tools is None or name in self.guarded_tools))
+        return (
+            self.apply_to_tool_results
+            and isinstance(result, ToolMessage)
+            and (self.guarded_tools is None or name in self.guarded_tools)
+        )
 
     @staticmethod
     def _tool_context(request: Any) -> str:
         """The last user turn and the tool call, as the evaluator's ``Role: content`` lines."""
         users = [m for m in _messages(request.state) if isinstance(m, HumanMessage)]
         call = request.tool_call
-        turn = [AIMessage("", tool_calls=[tool_call(name=call["name"], args=call.get("args") or {}, id=call.get("id"))])]
+        turn = [
+            AIMessage("", tool_calls=[tool_call(name=call["name"], args=call.get("args") or {}, id=call.get("id"))])
+        ]
         return _context(users[-1:] + turn)
 
     def _screen_tool(self, request: Any, result: Any) -> Any:
@@ -177,7 +190,19 @@ class RainToolGuard(RainGuardMiddleware):
         agent = create_agent(chat, tools=[search], middleware=[RainToolGuard(decoder, strategy="block")])
     """
 
-    def __init__(self, decoder: RainDecoder | None = None, *, apply_to_input: bool = False,
-                 apply_to_output: bool = False, apply_to_tool_results: bool = True, **options: Any) -> None:
-        super().__init__(decoder, apply_to_input=apply_to_input, apply_to_output=apply_to_output,
-                         apply_to_tool_results=apply_to_tool_results, **options)
+    def __init__(
+        self,
+        decoder: RainDecoder | None = None,
+        *,
+        apply_to_input: bool = False,
+        apply_to_output: bool = False,
+        apply_to_tool_results: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            decoder,
+            apply_to_input=apply_to_input,
+            apply_to_output=apply_to_output,
+            apply_to_tool_results=apply_to_tool_results,
+            **options,
+        )

@@ -5,8 +5,9 @@ keyword arguments, the constructors (``from_model_id``, ``from_engine``, ``from_
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -56,16 +57,24 @@ def commit_dispatcher(run_manager: CallbackManagerForLLMRun | None) -> Callable[
     """A function that sends ``rain_commit`` to the run's handlers (None without handlers)."""
     if run_manager is None or not run_manager.handlers:
         return None
-    manager = CallbackManager(handlers=run_manager.handlers, parent_run_id=run_manager.parent_run_id,
-                              tags=run_manager.tags, metadata=run_manager.metadata)
+    manager = CallbackManager(
+        handlers=run_manager.handlers,
+        parent_run_id=run_manager.parent_run_id,
+        tags=run_manager.tags,
+        metadata=run_manager.metadata,
+    )
     return lambda data: manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=run_manager.run_id)
 
 
 async def acommit_dispatch(run_manager: AsyncCallbackManagerForLLMRun | None, data: dict[str, Any]) -> None:
     if run_manager is None or not run_manager.handlers:
         return
-    manager = AsyncCallbackManager(handlers=run_manager.handlers, parent_run_id=run_manager.parent_run_id,
-                                   tags=run_manager.tags, metadata=run_manager.metadata)
+    manager = AsyncCallbackManager(
+        handlers=run_manager.handlers,
+        parent_run_id=run_manager.parent_run_id,
+        tags=run_manager.tags,
+        metadata=run_manager.metadata,
+    )
     await manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=run_manager.run_id)
 
 
@@ -106,10 +115,21 @@ class RainParams(BaseModel):
 
     @classmethod
     def from_model_id(
-        cls: type[P], model_id: str, *, judge: str | LanguageModel | None = None, evaluator: Any = None,
-        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
-        device: str | None = None, device_map: Any = None, dtype: Any = None, quantization_config: Any = None,
-        model_kwargs: dict[str, Any] | None = None, judge_kwargs: dict[str, Any] | None = None, **kwargs: Any,
+        cls: type[P],
+        model_id: str,
+        *,
+        judge: str | LanguageModel | None = None,
+        evaluator: Any = None,
+        principle: Any = "harmless",
+        encoder: Any = "default",
+        config: RainConfig | None = None,
+        device: str | None = None,
+        device_map: Any = None,
+        dtype: Any = None,
+        quantization_config: Any = None,
+        model_kwargs: dict[str, Any] | None = None,
+        judge_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> P:
         """Load ``model_id`` (a local folder or a hub id in the local cache) the way users do and
         decode with RAIN on it.
@@ -121,15 +141,32 @@ class RainParams(BaseModel):
         ``evaluator``: any ``Evaluator`` or ``fn(prompt, response) -> float`` instead; neither: the
         model judges itself. ``kwargs``: fields of this class (``max_tokens``, ``timeout``, ...) or
         ``RainConfig`` fields (``max_searches``, ``seed``, ...)."""
-        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config,
-                     device=device, device_map=device_map, dtype=dtype, quantization_config=quantization_config,
-                     model_kwargs=model_kwargs, judge_kwargs=judge_kwargs)
+        build = dict(
+            judge=judge,
+            evaluator=evaluator,
+            principle=principle,
+            encoder=encoder,
+            config=config,
+            device=device,
+            device_map=device_map,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            model_kwargs=model_kwargs,
+            judge_kwargs=judge_kwargs,
+        )
         return cls._from_parts(model_id, build, kwargs)
 
     @classmethod
     def from_engine(
-        cls: type[P], lm: LanguageModel, *, judge: str | LanguageModel | None = None, evaluator: Any = None,
-        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None, **kwargs: Any,
+        cls: type[P],
+        lm: LanguageModel,
+        *,
+        judge: str | LanguageModel | None = None,
+        evaluator: Any = None,
+        principle: Any = "harmless",
+        encoder: Any = "default",
+        config: RainConfig | None = None,
+        **kwargs: Any,
     ) -> P:
         """RAIN on a ready ``LanguageModel``: a loaded ``TransformersLM``, a served model (a remote
         engine), or your own implementation of the protocol. Other arguments as in ``from_model_id``."""
@@ -138,13 +175,26 @@ class RainParams(BaseModel):
 
     @classmethod
     def from_default(
-        cls: type[P], *, judge: str | LanguageModel | None = None, evaluator: Any = None,
-        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None, **kwargs: Any,
+        cls: type[P],
+        *,
+        judge: str | LanguageModel | None = None,
+        evaluator: Any = None,
+        principle: Any = "harmless",
+        encoder: Any = "default",
+        config: RainConfig | None = None,
+        **kwargs: Any,
     ) -> P:
         """RAIN on the embedded SmolLM2-135M-Instruct (offline; loaded once per process and shared
         with the other adapters). Arguments as in ``from_engine``."""
-        return cls.from_engine(default_lm(), judge=judge, evaluator=evaluator, principle=principle, encoder=encoder,
-                               config=config, **kwargs)
+        return cls.from_engine(
+            default_lm(),
+            judge=judge,
+            evaluator=evaluator,
+            principle=principle,
+            encoder=encoder,
+            config=config,
+            **kwargs,
+        )
 
     # --- options ---------------------------------------------------------------------------------
     @property
@@ -169,8 +219,12 @@ class RainParams(BaseModel):
         keep_trees = bool(kwargs.pop("keep_trees", self.keep_trees))
         config = kwargs.pop("rain_config", None)
         options: dict[str, Any] = dict(self.rain_options)
-        standard = {"max_new_tokens": self.max_tokens, "temperature": rain_temperature(self.temperature),
-                    "stop": self.stop, "max_seconds": self.timeout}
+        standard = {
+            "max_new_tokens": self.max_tokens,
+            "temperature": rain_temperature(self.temperature),
+            "stop": self.stop,
+            "max_seconds": self.timeout,
+        }
         options.update({k: v for k, v in standard.items() if v is not None})
         if "max_tokens" in kwargs:
             kwargs["max_new_tokens"] = kwargs.pop("max_tokens")
@@ -218,4 +272,3 @@ class RainParams(BaseModel):
             "timeout": self.timeout,
             "rain_config": self.decoder.resolve_config(**self.rain_options).model_dump(mode="json"),
         }
-

@@ -5,8 +5,9 @@ instead of returning None."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage, BaseMessage
@@ -50,8 +51,9 @@ def json_instruction(response_format: Mapping[str, Any]) -> str:
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema")
     if schema:
-        return ("Reply with only a JSON object, no other text, that follows this JSON schema:\n"
-                + json.dumps(schema, ensure_ascii=False))
+        return "Reply with only a JSON object, no other text, that follows this JSON schema:\n" + json.dumps(
+            schema, ensure_ascii=False
+        )
     return "Reply with only a JSON object, no other text."
 
 
@@ -96,8 +98,7 @@ class StructuredOutputParser(BaseOutputParser[Any]):
                 raise ValueError(f"required keys missing: {missing}")
             return data
         except (ValidationError, ValueError) as exc:
-            raise OutputParserException(
-                f"the reply does not match the schema: {exc}", llm_output=reply) from exc
+            raise OutputParserException(f"the reply does not match the schema: {exc}", llm_output=reply) from exc
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
         generation = result[0]
@@ -107,20 +108,22 @@ class StructuredOutputParser(BaseOutputParser[Any]):
             calls = message.tool_calls if isinstance(message, AIMessage) else []
             if not calls:
                 raise OutputParserException(
-                    f"the model did not call the output tool; it replied: {reply!r}", llm_output=reply)
+                    f"the model did not call the output tool; it replied: {reply!r}", llm_output=reply
+                )
             return self._validate(calls[0]["args"], reply)
         try:
             data = _first_json(reply)
         except ValueError as exc:
             raise OutputParserException(
-                f"the reply is not JSON ({exc}); it replied: {reply!r}", llm_output=reply) from exc
+                f"the reply is not JSON ({exc}); it replied: {reply!r}", llm_output=reply
+            ) from exc
         return self._validate(data, reply)
 
     def parse(self, text: str) -> Any:
         return self.parse_result([Generation(text=text)])
 
 
-def structured_output(model: "ChatRain", schema: Any, *, method: str, include_raw: bool) -> Runnable:
+def structured_output(model: ChatRain, schema: Any, *, method: str, include_raw: bool) -> Runnable:
     """The runnable behind ``ChatRain.with_structured_output``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -129,15 +132,17 @@ def structured_output(model: "ChatRain", schema: Any, *, method: str, include_ra
     parser = StructuredOutputParser(target=schema, method=method)
     if method == "function_calling":
         name = _json_schema(schema)[0]
-        bound: Runnable = model.bind_tools([schema], tool_choice=name,
-                                           ls_structured_output_format={"kwargs": {"method": method}, "schema": schema})
+        bound: Runnable = model.bind_tools(
+            [schema], tool_choice=name, ls_structured_output_format={"kwargs": {"method": method}, "schema": schema}
+        )
     else:
         fmt: dict[str, Any] = {"type": "json_object"}
         if schema is not None:
             name, json_schema = _json_schema(schema)
             fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}
-        bound = model.bind(response_format=fmt,
-                           ls_structured_output_format={"kwargs": {"method": method}, "schema": schema})
+        bound = model.bind(
+            response_format=fmt, ls_structured_output_format={"kwargs": {"method": method}, "schema": schema}
+        )
     if not include_raw:
         return bound | parser
     parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)

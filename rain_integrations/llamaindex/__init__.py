@@ -49,7 +49,8 @@ def __getattr__(name: str) -> Any:
         warnings.warn(
             "rain_integrations.llamaindex.RainLLM is now RainLlamaIndexLLM (the old name clashed with the "
             "LangChain RainLLM); the alias will be removed in the next release",
-            DeprecationWarning, stacklevel=2,
+            DeprecationWarning,
+            stacklevel=2,
         )
         return RainLlamaIndexLLM
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

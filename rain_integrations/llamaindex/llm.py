@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from typing import Any, Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -47,7 +48,7 @@ from .messages import messages_from_llamaindex
 
 __all__ = ["RainLlamaIndexLLM"]
 
-Prompt = Union[str, Sequence[ChatMessage]]
+Prompt = Union[str, Sequence[ChatMessage]]  # noqa: UP007 (a runtime alias)
 
 
 @dataclasses.dataclass
@@ -62,9 +63,14 @@ class _Request:
 
 def _openai_calls(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Neutral tool calls as OpenAI-style dicts in ``additional_kwargs["tool_calls"]``."""
-    return [{"id": c["id"], "type": "function",
-             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
-            for c in calls]
+    return [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)},
+        }
+        for c in calls
+    ]
 
 
 class RainLlamaIndexLLM(FunctionCallingLLM):
@@ -82,8 +88,9 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     """
 
     decoder: RainDecoder = Field(exclude=True, description="The RAIN decoder every call delegates to.")
-    context_window: Optional[int] = Field(
-        default=None, gt=1,
+    context_window: int | None = Field(
+        default=None,
+        gt=1,
         description="Prompt plus answer token cap, passed to RAIN as max_length; LlamaIndex packs "
         "retrieved context up to it. Default: the model's real context window.",
     )
@@ -106,63 +113,114 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
 
     def __init__(self, decoder: RainDecoder | None = None, **kwargs: Any) -> None:
         if decoder is None and "decoder" not in kwargs:
-            raise TypeError("RainLlamaIndexLLM needs a RainDecoder: RainLlamaIndexLLM(RainDecoder(lm, ...)), "
-                            "or use RainLlamaIndexLLM.from_model_name(...) / .from_default()")
+            raise TypeError(
+                "RainLlamaIndexLLM needs a RainDecoder: RainLlamaIndexLLM(RainDecoder(lm, ...)), "
+                "or use RainLlamaIndexLLM.from_model_name(...) / .from_default()"
+            )
         if decoder is not None:
             kwargs["decoder"] = decoder
         super().__init__(**kwargs)
 
     @model_validator(mode="after")
-    def _fill_context_window(self) -> "RainLlamaIndexLLM":
+    def _fill_context_window(self) -> RainLlamaIndexLLM:
         if self.context_window is None:
             self.context_window = int(self.decoder.lm.context_length)
         return self
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
-    def _from_parts(cls, model: str | LanguageModel, build: dict[str, Any], llm_kwargs: dict[str, Any] | None,
-                    kwargs: dict[str, Any]) -> "RainLlamaIndexLLM":
+    def _from_parts(
+        cls,
+        model: str | LanguageModel,
+        build: dict[str, Any],
+        llm_kwargs: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> RainLlamaIndexLLM:
         own, rain = split_fields(cls, cls.model_fields, kwargs)
         return cls(build_decoder(model, **build, **rain), **{**(llm_kwargs or {}), **own})
 
     @classmethod
     def from_model_name(
-        cls, model_name: str, *, judge: str | LanguageModel | None = None, evaluator: Any = None,
-        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
-        device: str | None = None, device_map: Any = None, dtype: Any = None, quantization_config: Any = None,
-        model_kwargs: dict[str, Any] | None = None, judge_kwargs: dict[str, Any] | None = None,
-        llm_kwargs: dict[str, Any] | None = None, **kwargs: Any,
-    ) -> "RainLlamaIndexLLM":
+        cls,
+        model_name: str,
+        *,
+        judge: str | LanguageModel | None = None,
+        evaluator: Any = None,
+        principle: Any = "harmless",
+        encoder: Any = "default",
+        config: RainConfig | None = None,
+        device: str | None = None,
+        device_map: Any = None,
+        dtype: Any = None,
+        quantization_config: Any = None,
+        model_kwargs: dict[str, Any] | None = None,
+        judge_kwargs: dict[str, Any] | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RainLlamaIndexLLM:
         """Load ``model_name`` (a local folder or a hub id in the local cache) and decode with RAIN on
         it. ``device``/``device_map``/``dtype``/``quantization_config``/``model_kwargs`` pass through to
         ``from_pretrained`` (a dispatched or quantised model is never moved). ``judge``: a model
         id/folder or ``LanguageModel`` judging against ``principle``; ``evaluator`` instead; neither:
         the model judges itself. ``kwargs``: fields of this class (``context_window``, ``system_prompt``,
         ...) or ``RainConfig`` fields (``max_searches``, ...)."""
-        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config,
-                     device=device, device_map=device_map, dtype=dtype, quantization_config=quantization_config,
-                     model_kwargs=model_kwargs, judge_kwargs=judge_kwargs)
+        build = dict(
+            judge=judge,
+            evaluator=evaluator,
+            principle=principle,
+            encoder=encoder,
+            config=config,
+            device=device,
+            device_map=device_map,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            model_kwargs=model_kwargs,
+            judge_kwargs=judge_kwargs,
+        )
         return cls._from_parts(model_name, build, llm_kwargs, kwargs)
 
     @classmethod
     def from_engine(
-        cls, lm: LanguageModel, *, judge: str | LanguageModel | None = None, evaluator: Any = None,
-        principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
-        llm_kwargs: dict[str, Any] | None = None, **kwargs: Any,
-    ) -> "RainLlamaIndexLLM":
+        cls,
+        lm: LanguageModel,
+        *,
+        judge: str | LanguageModel | None = None,
+        evaluator: Any = None,
+        principle: Any = "harmless",
+        encoder: Any = "default",
+        config: RainConfig | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RainLlamaIndexLLM:
         """RAIN on a ready ``LanguageModel`` (a loaded model, a served one, your own); other arguments
         as in ``from_model_name``."""
         build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
         return cls._from_parts(lm, build, llm_kwargs, kwargs)
 
     @classmethod
-    def from_default(cls, evaluator: Any = None, *, judge: str | LanguageModel | None = None,
-                     principle: Any = "harmless", encoder: Any = "default", config: RainConfig | None = None,
-                     llm_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> "RainLlamaIndexLLM":
+    def from_default(
+        cls,
+        evaluator: Any = None,
+        *,
+        judge: str | LanguageModel | None = None,
+        principle: Any = "harmless",
+        encoder: Any = "default",
+        config: RainConfig | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RainLlamaIndexLLM:
         """RAIN on the embedded SmolLM2-135M-Instruct (loaded once per process, offline, shared with
         the LangChain adapter); arguments as in ``from_engine``."""
-        return cls.from_engine(default_lm(), judge=judge, evaluator=evaluator, principle=principle, encoder=encoder,
-                               config=config, llm_kwargs=llm_kwargs, **kwargs)
+        return cls.from_engine(
+            default_lm(),
+            judge=judge,
+            evaluator=evaluator,
+            principle=principle,
+            encoder=encoder,
+            config=config,
+            llm_kwargs=llm_kwargs,
+            **kwargs,
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -203,12 +261,15 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
                 neutral = messages_from_llamaindex([ChatMessage(role=MessageRole.USER, content=prompt)], system)
             else:
                 neutral = messages_from_llamaindex(prompt, self.system_prompt)
-            rain_prompt, chat_kwargs = render_tools(neutral, tools=tools, tool_choice=tool_choice,
-                                                    support=self.decoder.template_support)
+            rain_prompt, chat_kwargs = render_tools(
+                neutral, tools=tools, tool_choice=tool_choice, support=self.decoder.template_support
+            )
         if "temperature" in kwargs:
             kwargs["temperature"] = rain_temperature(kwargs["temperature"])
         options = {"max_length": self.context_window, **kwargs}
-        self.decoder.resolve_config(config, **options)  # checked now: a stream fails at the call, not at its first chunk
+        self.decoder.resolve_config(
+            config, **options
+        )  # checked now: a stream fails at the call, not at its first chunk
         if config is not None:
             options["config"] = config
         if keep_trees and not self.plain:
@@ -216,13 +277,21 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         parsed_tools = tools if tool_choice != "none" else []
         return _Request(rain_prompt, self.chat_template, chat_kwargs, options, parsed_tools, cancel)
 
-    def _events(self, request: _Request, cancel: threading.Event | None = None,
-                span_id: str | None = None) -> Iterator[Event]:
+    def _events(
+        self, request: _Request, cancel: threading.Event | None = None, span_id: str | None = None
+    ) -> Iterator[Event]:
         extra = {"chat_kwargs": request.chat_kwargs} if request.chat_kwargs else {}
         overrides = {k: v for k, v in request.options.items() if k not in ("config", "keep_trees")}
         config = self.decoder.resolve_config(request.options.get("config"), **overrides).model_dump(mode="json")
-        events = decode_events(self.decoder, request.prompt, plain=self.plain, chat=request.chat,
-                               cancel=join_cancels(cancel, request.cancel), **extra, **request.options)
+        events = decode_events(
+            self.decoder,
+            request.prompt,
+            plain=self.plain,
+            chat=request.chat,
+            cancel=join_cancels(cancel, request.cancel),
+            **extra,
+            **request.options,
+        )
         return instrumented(events, self.decoder.model_name, plain=self.plain, config=config, span_id=span_id)
 
     # --- results out ------------------------------------------------------------------------------
@@ -242,8 +311,11 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         if not request.tools:
             return result.text, []
         content, calls, _invalid = parse_reply(
-            self.decoder.lm, result.text, tools=request.tools,
-            prefix=lambda: self.decoder.chat_prompt(request.prompt, **request.chat_kwargs))
+            self.decoder.lm,
+            result.text,
+            tools=request.tools,
+            prefix=lambda: self.decoder.chat_prompt(request.prompt, **request.chat_kwargs),
+        )
         return content, _openai_calls(calls)
 
     def _message(self, content: str, calls: list[dict[str, Any]]) -> ChatMessage:
@@ -330,8 +402,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     def _prepare_chat_with_tools(
         self,
         tools: Sequence[Any],
-        user_msg: Optional[Union[str, ChatMessage]] = None,
-        chat_history: Optional[list[ChatMessage]] = None,
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
         verbose: bool = False,
         allow_parallel_tool_calls: bool = False,
         tool_required: bool = False,
@@ -342,27 +414,38 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         the tool choice (``tool_required`` means "required")."""
         messages = list(chat_history or [])
         if user_msg is not None:
-            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg)
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
+            )
         specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools]
         if tool_choice is None:
             tool_choice = "required" if tool_required else "auto"
         return {"messages": messages, "tools": specs, "tool_choice": tool_choice, **kwargs}
 
-    def _validate_chat_with_tools_response(self, response: ChatResponse, tools: Sequence[Any],
-                                           allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
+    def _validate_chat_with_tools_response(
+        self, response: ChatResponse, tools: Sequence[Any], allow_parallel_tool_calls: bool = False, **kwargs: Any
+    ) -> ChatResponse:
         calls = response.message.additional_kwargs.get("tool_calls") or []
         if not allow_parallel_tool_calls and len(calls) > 1:
             response.message.additional_kwargs["tool_calls"] = calls[:1]
         return response
 
-    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
-                                     **kwargs: Any) -> list[ToolSelection]:
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
         """The tool calls of a reply (parsed when it was decoded: with the model's own response
         parser where its engine has one, else the shared ``<tool_call>``/JSON parser)."""
         calls = response.message.additional_kwargs.get("tool_calls") or []
         if not calls and error_on_no_tool_call:
-            raise ValueError(f"Expected at least one tool call, but got 0 tool calls; the model replied: "
-                             f"{response.message.content!r}")
-        return [ToolSelection(tool_id=c["id"], tool_name=c["function"]["name"],
-                              tool_kwargs=json.loads(c["function"]["arguments"] or "{}")) for c in calls]
-
+            raise ValueError(
+                f"Expected at least one tool call, but got 0 tool calls; the model replied: "
+                f"{response.message.content!r}"
+            )
+        return [
+            ToolSelection(
+                tool_id=c["id"],
+                tool_name=c["function"]["name"],
+                tool_kwargs=json.loads(c["function"]["arguments"] or "{}"),
+            )
+            for c in calls
+        ]

@@ -4,15 +4,22 @@ dicts (assistant tool calls and tool results included, see ``rain_integrations._
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
 __all__ = ["messages_from_llamaindex", "text_of", "to_rain_messages"]
 
-_ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant",
-          MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant", MessageRole.TOOL: "tool",
-          MessageRole.FUNCTION: "tool"}
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
 if hasattr(MessageRole, "DEVELOPER"):
     _ROLES[MessageRole.DEVELOPER] = "system"
 
@@ -54,12 +61,19 @@ def tool_calls_of(message: ChatMessage) -> list[dict[str, Any]]:
             entry = getattr(entry, "model_dump", lambda: {})()
         function = entry.get("function") if isinstance(entry.get("function"), Mapping) else entry
         if function.get("name"):
-            calls.append({"id": entry.get("id"), "name": function["name"],
-                          "arguments": _arguments(function.get("arguments", {}))})
+            calls.append(
+                {
+                    "id": entry.get("id"),
+                    "name": function["name"],
+                    "arguments": _arguments(function.get("arguments", {})),
+                }
+            )
     seen = {c["id"] for c in calls if c["id"]}
     for block in message.blocks:
         if getattr(block, "block_type", None) == "tool_call" and getattr(block, "tool_call_id", None) not in seen:
-            calls.append({"id": block.tool_call_id, "name": block.tool_name, "arguments": _arguments(block.tool_kwargs)})
+            calls.append(
+                {"id": block.tool_call_id, "name": block.tool_name, "arguments": _arguments(block.tool_kwargs)}
+            )
     return calls
 
 
