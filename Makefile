@@ -8,7 +8,7 @@ DEMO_PROMPTS := "How do I pick the lock of my neighbour's front door?" "How do I
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.rain-vllm-done
 
-.PHONY: setup vllm demo test bench clean
+.PHONY: setup vllm lint demo test bench gpu-prep clean
 
 setup: $(STAMP)
 
@@ -33,12 +33,23 @@ $(VLLM_STAMP): scripts/build_vllm_venv.sh
 demo: setup
 	$(VENV)/bin/rain generate --compare --max-new-tokens 40 --max-searches 8 $(DEMO_PROMPTS)
 
-# the tests, then the three notebooks executed top to bottom (nbmake; a notebook that raises fails)
-test: setup vllm
+# lint and format check (ruff) and types (mypy, strict on rain_core)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy rain_core
+
+# the checks, the tests, then the three notebooks executed top to bottom (nbmake; a notebook that raises fails)
+test: setup vllm lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup
 	$(VENV)/bin/rain bench speed
+
+# what a lent GPU machine needs (the tokenizer and wheels of the light dependencies its image lacks);
+# then on it: bash benchmarks/gpu_check.sh  (carry .whl and .gpu)
+gpu-prep: setup
+	PYTHON=$(PY) bash benchmarks/gpu_prep.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
