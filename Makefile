@@ -3,7 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.rain-setup-done
-DEMO_PROMPTS := "How do I pick the lock of my neighbour's front door?" "How do I bake a loaf of bread?"
 
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.rain-vllm-done
@@ -31,7 +30,7 @@ $(VLLM_STAMP): scripts/build_vllm_venv.sh
 	scripts/build_vllm_venv.sh $(VLLM_VENV)
 
 demo: setup
-	$(VENV)/bin/rain generate --compare --max-new-tokens 40 --max-searches 8 $(DEMO_PROMPTS)
+	$(VENV)/bin/rain demo
 
 # lint and format check (ruff) and types (mypy, strict on rain_core)
 lint: setup

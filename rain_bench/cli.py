@@ -4,6 +4,7 @@
     rain bench evaluator [--quick] [--evaluator self|judge|embedding|keyword|MODULE:FN ...] [--judge MODEL]
     rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial]
     rain bench fidelity [--quick] [--seeds N] [--out DIR]     (rain_bench.fidelity's own options)
+    rain bench vllm [--base-url URL] [--model NAME] ...       (rain_bench.vllm_speed's own options)
     rain demo
 
 Model options are the ones ``rain generate`` takes: ``--engine {transformers,vllm}``, ``--model``,
@@ -24,21 +25,30 @@ from .engines import ENGINES, ModelOptions, NamedEvaluator, SetupError, build_ev
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("speed", "evaluator", "quality", "fidelity")
+BENCHMARKS = ("speed", "evaluator", "quality", "fidelity", "vllm")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (as for `rain generate`)")
-    g.add_argument("--engine", choices=ENGINES, default="transformers",
-                   help="how the model runs (default transformers)")
-    g.add_argument("--model", default=None, help="model folder or cached hub id (transformers), or the served "
-                   "model name (vllm); default: the embedded SmolLM2-135M-Instruct")
+    g.add_argument(
+        "--engine", choices=ENGINES, default="transformers", help="how the model runs (default transformers)"
+    )
+    g.add_argument(
+        "--model",
+        default=None,
+        help="model folder or cached hub id (transformers), or the served "
+        "model name (vllm); default: the embedded SmolLM2-135M-Instruct",
+    )
     g.add_argument("--base-url", default=None, help="the vLLM server, e.g. http://HOST:8000/v1 (--engine vllm)")
     g.add_argument("--api-key", default=None, help="API key of the served model(s), if they need one")
-    g.add_argument("--judge", default=None, help="a judge model: folder or hub id (or its served name with "
-                   "--judge-base-url)")
-    g.add_argument("--judge-base-url", default=None, help="the vLLM server of the judge (default --base-url when "
-                   "--judge-model is given)")
+    g.add_argument(
+        "--judge", default=None, help="a judge model: folder or hub id (or its served name with --judge-base-url)"
+    )
+    g.add_argument(
+        "--judge-base-url",
+        default=None,
+        help="the vLLM server of the judge (default --base-url when --judge-model is given)",
+    )
     g.add_argument("--judge-model", default=None, help="the judge's served model name on its vLLM server")
     g.add_argument("--device", default=None, help="cpu, cuda, ... for local models")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto for local models")
@@ -57,28 +67,54 @@ def build_parser(which: str) -> argparse.ArgumentParser:
         return p
     p.add_argument("--name", default=None, help="report file name without extension (default from mode and model)")
     p.add_argument("--principle", default="harmless", help="the principle model evaluators ask about")
-    p.add_argument("--scoring", choices=["discrete", "continuous"], default="discrete",
-                   help="score of self/judge evaluators (RAIN's value; the evaluator benchmark reports both)")
-    p.add_argument("--evaluator", action="append", default=None, metavar="KIND",
-                   help="self, judge, embedding, keyword or MODULE:FUNCTION (repeatable; default: judge when "
-                        "--judge is given for `evaluator`, else self)")
+    p.add_argument(
+        "--scoring",
+        choices=["discrete", "continuous"],
+        default="discrete",
+        help="score of self/judge evaluators (RAIN's value; the evaluator benchmark reports both)",
+    )
+    p.add_argument(
+        "--evaluator",
+        action="append",
+        default=None,
+        metavar="KIND",
+        help="self, judge, embedding, keyword or MODULE:FUNCTION (repeatable; default: judge when "
+        "--judge is given for `evaluator`, else self)",
+    )
     if which == "evaluator":
         p.description = "can an evaluator tell a harmful reply from a harmless one?"
-        p.add_argument("--data", default=None,
-                       help="labelled pairs JSONL (default: rain_bench/data/evaluator_pairs.jsonl)")
+        p.add_argument(
+            "--data", default=None, help="labelled pairs JSONL (default: rain_bench/data/evaluator_pairs.jsonl)"
+        )
     else:
         p.description = "does RAIN lower harmful answers without refusing ordinary requests?"
-        p.add_argument("--grader", default=None, help="judge (the --judge model), keyword (rain's keyword grader) or "
-                       "MODULE:FUNCTION; default: judge when --judge is given, else keyword")
-        p.add_argument("--data", action="append", default=None, metavar="[NAME=]FILE",
-                       help="a prompt set JSONL (repeatable; replaces the built-in sets)")
+        p.add_argument(
+            "--grader",
+            default=None,
+            help="judge (the --judge model), keyword (rain's keyword grader) or "
+            "MODULE:FUNCTION; default: judge when --judge is given, else keyword",
+        )
+        p.add_argument(
+            "--data",
+            action="append",
+            default=None,
+            metavar="[NAME=]FILE",
+            help="a prompt set JSONL (repeatable; replaces the built-in sets)",
+        )
         p.add_argument("--sets", default=None, help="built-in sets, comma-separated (default harmful,benign,alarming)")
         p.add_argument("--per-set", type=int, default=None, help="the first N prompts of each set (full default 10)")
-        p.add_argument("--adversarial", action="store_true", help="also run every set with each prompt wrapped in "
-                       "an adversarial framing")
+        p.add_argument(
+            "--adversarial",
+            action="store_true",
+            help="also run every set with each prompt wrapped in an adversarial framing",
+        )
         p.add_argument("--framings", default=None, help="framings JSONL (default: rain_bench/data/framings.jsonl)")
-        p.add_argument("--preset", choices=["fast", "official"], default=None,
-                       help="RAIN's base configuration (default fast: RainConfig.fast())")
+        p.add_argument(
+            "--preset",
+            choices=["fast", "official"],
+            default=None,
+            help="RAIN's base configuration (default fast: RainConfig.fast())",
+        )
         p.add_argument("--max-new-tokens", type=int, default=None)
         p.add_argument("--max-searches", type=int, default=None)
         p.add_argument("--extra-searches", type=int, default=None)
@@ -88,9 +124,17 @@ def build_parser(which: str) -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> ModelOptions:
-    return ModelOptions(engine=args.engine, model=args.model, base_url=args.base_url, api_key=args.api_key,
-                        judge=args.judge, judge_base_url=args.judge_base_url, judge_model=args.judge_model,
-                        device=args.device, dtype=args.dtype)
+    return ModelOptions(
+        engine=args.engine,
+        model=args.model,
+        base_url=args.base_url,
+        api_key=args.api_key,
+        judge=args.judge,
+        judge_base_url=args.judge_base_url,
+        judge_model=args.judge_model,
+        device=args.device,
+        dtype=args.dtype,
+    )
 
 
 def _progress_bar(desc: str, total: int) -> tuple[Any, Callable[[str], None]]:
@@ -162,18 +206,33 @@ def run_quality(args: argparse.Namespace) -> int:
     sets: tuple[str, ...] = tuple(args.data) if args.data else BUILTIN_SETS
     if args.sets:
         sets = tuple(s.strip() for s in args.sets.split(",") if s.strip()) + (tuple(args.data) if args.data else ())
-    overrides = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "max_searches": args.max_searches,
-                                   "extra_searches": args.extra_searches, "seed": args.seed}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "max_new_tokens": args.max_new_tokens,
+            "max_searches": args.max_searches,
+            "extra_searches": args.extra_searches,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
     make = bench.QualityPlan.quick if args.quick else bench.QualityPlan.full
-    plan = make(sets=sets, per_set=args.per_set, adversarial=args.adversarial or None,
-                framings=Path(args.framings) if args.framings else None, preset=args.preset, overrides=overrides)
+    plan = make(
+        sets=sets,
+        per_set=args.per_set,
+        adversarial=args.adversarial or None,
+        framings=Path(args.framings) if args.framings else None,
+        preset=args.preset,
+        overrides=overrides,
+    )
     prompt_sets = bench.load_sets(plan)  # bad data fails before any model loads
     others = {k: build_evaluator(k, None, judge, args.principle, args.scoring) for k in kinds if k != "self"}
     for named in others.values():  # a grader that is one of RAIN's evaluators fails before the model loads
         ensure_separate(grader, named.evaluator)
     lm = build_generator(opts)
-    evaluators = [others[k] if k in others else build_evaluator(k, lm, judge, args.principle, args.scoring)
-                  for k in kinds]
+    evaluators = [
+        others[k] if k in others else build_evaluator(k, lm, judge, args.principle, args.scoring) for k in kinds
+    ]
     total = sum(len(s) for s in prompt_sets) * (1 + len(evaluators)) + len(evaluators)
     bar, progress = _progress_bar("rain bench quality", total)
     with bar:
@@ -194,6 +253,10 @@ def bench_main(which: str, argv: Sequence[str]) -> int:
         from .fidelity import main as fidelity_main
 
         return fidelity_main(list(argv))
+    if which == "vllm":  # a program with its own options (rain_bench.vllm_speed)
+        from .vllm_speed import main as vllm_main
+
+        return vllm_main(list(argv))
     args = build_parser(which).parse_args(list(argv))
     if which == "speed":
         from .speed import main as speed_main

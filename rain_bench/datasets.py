@@ -134,8 +134,15 @@ def load_pairs(path: str | Path | None = None, limit: int | None = None) -> list
     path = Path(path) if path is not None else PAIRS_FILE
     rows = read_jsonl(path)
     ids = _ids(path, rows)
-    pairs = [LabelledPair(ident, _text(obj, "prompt", f"{path}:{n}"), _text(obj, "reply", f"{path}:{n}"),
-                          _flag(obj, "harmful", f"{path}:{n}")) for ident, (n, obj) in zip(ids, rows)]
+    pairs = [
+        LabelledPair(
+            ident,
+            _text(obj, "prompt", f"{path}:{n}"),
+            _text(obj, "reply", f"{path}:{n}"),
+            _flag(obj, "harmful", f"{path}:{n}"),
+        )
+        for ident, (n, obj) in zip(ids, rows)
+    ]
     return pairs[:limit] if limit is not None else pairs
 
 
@@ -161,8 +168,10 @@ def load_prompt_set(spec: str | Path, limit: int | None = None) -> PromptSet:
         name = path.stem
     rows = read_jsonl(path)
     ids = _ids(path, rows)
-    items = tuple(PromptItem(ident, _text(obj, "prompt", f"{path}:{n}"), _flag(obj, "harmful", f"{path}:{n}"))
-                  for ident, (n, obj) in zip(ids, rows))
+    items = tuple(
+        PromptItem(ident, _text(obj, "prompt", f"{path}:{n}"), _flag(obj, "harmful", f"{path}:{n}"))
+        for ident, (n, obj) in zip(ids, rows)
+    )
     return PromptSet(name=name, source=str(path), items=items[:limit] if limit is not None else items)
 
 
@@ -186,8 +195,13 @@ def framed(prompt_set: PromptSet, framings: Sequence[Framing]) -> PromptSet:
     the set's size unchanged)."""
     if not framings:
         raise DataError("no adversarial framings to wrap the prompts in")
-    items = tuple(PromptItem(f"{item.id}+{framings[i % len(framings)].id}",
-                             framings[i % len(framings)].wrap(item.prompt), item.harmful,
-                             framing=framings[i % len(framings)].id)
-                  for i, item in enumerate(prompt_set.items))
+    items = tuple(
+        PromptItem(
+            f"{item.id}+{framings[i % len(framings)].id}",
+            framings[i % len(framings)].wrap(item.prompt),
+            item.harmful,
+            framing=framings[i % len(framings)].id,
+        )
+        for i, item in enumerate(prompt_set.items)
+    )
     return PromptSet(name=f"{prompt_set.name}+framed", source=prompt_set.source, items=items)

@@ -48,8 +48,10 @@ def vllm_engine(base_url: str, model: str | None, api_key: str | None) -> Langua
         module = importlib.import_module("rain_core.engines.vllm")
         engine_class = module.VLLMEngine
     except (ImportError, AttributeError) as exc:
-        raise SetupError(f"the vLLM engine is not available in this installation of rain "
-                         f"(rain_core.engines.vllm: {exc}); use --engine transformers") from None
+        raise SetupError(
+            f"the vLLM engine is not available in this installation of rain "
+            f"(rain_core.engines.vllm: {exc}); use --engine transformers"
+        ) from None
     try:
         return engine_class(base_url, model, api_key=api_key)  # type: ignore[no-any-return]
     except TypeError as exc:
@@ -69,7 +71,8 @@ def build_generator(opts: ModelOptions) -> LanguageModel:
     from rain_core.engines import load_default_model, load_model
 
     kw = {k: v for k, v in {"device": opts.device, "dtype": opts.dtype}.items() if v}
-    return load_model(opts.model, **kw) if opts.model else load_default_model(**kw)
+    lm: LanguageModel = load_model(opts.model, **kw) if opts.model else load_default_model(**kw)
+    return lm
 
 
 def build_judge(opts: ModelOptions) -> LanguageModel | None:
@@ -87,7 +90,8 @@ def build_judge(opts: ModelOptions) -> LanguageModel | None:
     from rain_core.engines import load_model
 
     kw = {k: v for k, v in {"device": opts.device, "dtype": opts.dtype}.items() if v}
-    return load_model(opts.judge, **kw)
+    judge: LanguageModel = load_model(opts.judge, **kw)
+    return judge
 
 
 @dataclass(frozen=True)
@@ -99,20 +103,28 @@ class NamedEvaluator:
     description: str
 
 
-def self_evaluator(lm: LanguageModel, principle: str = "harmless",
-                   scoring: Scoring | str = Scoring.DISCRETE) -> NamedEvaluator:
+def self_evaluator(
+    lm: LanguageModel, principle: str = "harmless", scoring: Scoring | str = Scoring.DISCRETE
+) -> NamedEvaluator:
     ev = SelfEvaluator(lm, principle, scoring=scoring)
-    return NamedEvaluator(f"self ({lm.name})", ev,
-                          f"self-evaluation: {lm.name} asked the {ev.principle.name!r} question about its own "
-                          f"replies in both option orders ({ev.scoring.value} score, as RAIN uses it)")
+    return NamedEvaluator(
+        f"self ({lm.name})",
+        ev,
+        f"self-evaluation: {lm.name} asked the {ev.principle.name!r} question about its own "
+        f"replies in both option orders ({ev.scoring.value} score, as RAIN uses it)",
+    )
 
 
-def judge_evaluator(judge: LanguageModel, principle: str = "harmless",
-                    scoring: Scoring | str = Scoring.DISCRETE) -> NamedEvaluator:
+def judge_evaluator(
+    judge: LanguageModel, principle: str = "harmless", scoring: Scoring | str = Scoring.DISCRETE
+) -> NamedEvaluator:
     ev = JudgeEvaluator(judge, principle, scoring=scoring)
-    return NamedEvaluator(f"judge ({judge.name})", ev,
-                          f"the judge model {judge.name} asked the {ev.principle.name!r} question in both option "
-                          f"orders ({ev.scoring.value} score)")
+    return NamedEvaluator(
+        f"judge ({judge.name})",
+        ev,
+        f"the judge model {judge.name} asked the {ev.principle.name!r} question in both option "
+        f"orders ({ev.scoring.value} score)",
+    )
 
 
 def scorer_evaluator(spec: str) -> NamedEvaluator:
@@ -120,8 +132,13 @@ def scorer_evaluator(spec: str) -> NamedEvaluator:
     return NamedEvaluator(f"scorer {name}", CallableEvaluator(fn, name=name), description)
 
 
-def build_evaluator(kind: str, lm: LanguageModel | None, judge: LanguageModel | None, principle: str = "harmless",
-                    scoring: Scoring | str = Scoring.DISCRETE) -> NamedEvaluator:
+def build_evaluator(
+    kind: str,
+    lm: LanguageModel | None,
+    judge: LanguageModel | None,
+    principle: str = "harmless",
+    scoring: Scoring | str = Scoring.DISCRETE,
+) -> NamedEvaluator:
     """``self``, ``judge`` (needs ``--judge``), or ``scorer:NAME`` / a built-in scorer name."""
     if kind == "self":
         if lm is None:

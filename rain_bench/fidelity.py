@@ -118,12 +118,21 @@ def default_presets() -> dict[str, RainConfig]:
     return {"official": RainConfig(), "fast": RainConfig.fast()}
 
 
-def run_scenario(lm: Any, scenario: Scenario, seeds: Sequence[int], presets: Mapping[str, RainConfig],
-                 overrides: Mapping[str, Any], progress: Progress, encoder: Any = "default") -> ScenarioResult:
+def run_scenario(
+    lm: Any,
+    scenario: Scenario,
+    seeds: Sequence[int],
+    presets: Mapping[str, RainConfig],
+    overrides: Mapping[str, Any],
+    progress: Progress,
+    encoder: Any = "default",
+) -> ScenarioResult:
     """Every preset on ``scenario`` for each seed, and plain decoding with the same seeds."""
     dec = RainDecoder(lm, scenario.penalty(), encoder=encoder)
-    plain = sum(not scenario.avoided(dec.vanilla(scenario.prompt, max_new_tokens=scenario.max_new_tokens,
-                                                 seed=s).text) for s in seeds)
+    plain = sum(
+        not scenario.avoided(dec.vanilla(scenario.prompt, max_new_tokens=scenario.max_new_tokens, seed=s).text)
+        for s in seeds
+    )
     outcomes: dict[str, PresetOutcome] = {}
     for name, preset in presets.items():
         avoided, searches, commits, seconds, tokens = 0, 0, 0, 0.0, 0
@@ -141,8 +150,9 @@ def run_scenario(lm: Any, scenario: Scenario, seeds: Sequence[int], presets: Map
             log = res.stats["commit_log"]
             firsts.append(list(log[0]["tokens"]) if log else [])
         low, high = wilson(avoided, len(seeds))
-        outcomes[name] = PresetOutcome(name, len(seeds), avoided, low, high, searches / max(commits, 1),
-                                       seconds / max(tokens, 1), None, firsts)
+        outcomes[name] = PresetOutcome(
+            name, len(seeds), avoided, low, high, searches / max(commits, 1), seconds / max(tokens, 1), None, firsts
+        )
     reference = outcomes.get("official")
     if reference is not None:
         for name, out in outcomes.items():
@@ -152,15 +162,24 @@ def run_scenario(lm: Any, scenario: Scenario, seeds: Sequence[int], presets: Map
     return ScenarioResult(scenario, plain, len(seeds), outcomes)
 
 
-def run(lm: Any, *, scenarios: Sequence[Scenario] = SCENARIOS, seeds: int = 10,
-        presets: Mapping[str, RainConfig] | None = None, overrides: Mapping[str, Any] | None = None,
-        mode: str = "full", progress: Progress = lambda label: None, encoder: Any = "default") -> FidelityReport:
+def run(
+    lm: Any,
+    *,
+    scenarios: Sequence[Scenario] = SCENARIOS,
+    seeds: int = 10,
+    presets: Mapping[str, RainConfig] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    mode: str = "full",
+    progress: Progress = lambda label: None,
+    encoder: Any = "default",
+) -> FidelityReport:
     """The fidelity report of ``presets`` (default: official and fast) on ``lm``. ``overrides`` apply
     to every preset (the quick mode's small budgets); ``encoder`` is the decoders' sentence encoder."""
     presets = dict(presets or default_presets())
     t0 = time.perf_counter()
-    results = [run_scenario(lm, sc, range(seeds), presets, dict(overrides or {}), progress, encoder)
-               for sc in scenarios]
+    results = [
+        run_scenario(lm, sc, range(seeds), presets, dict(overrides or {}), progress, encoder) for sc in scenarios
+    ]
     described = {name: {k: v for k, (_, v) in cfg.deviations().items()} for name, cfg in presets.items()}
     return FidelityReport(str(lm.name), mode, seeds, described, results, time.perf_counter() - t0)
 
@@ -177,7 +196,7 @@ def render_table(report: FidelityReport) -> str:
             same = "" if out.same_first_set is None else f"{out.same_first_set:.0%}"
             ok = "(reference)" if name == "official" else ("yes" if r.acceptable(name) else "**no**")
             lines.append(
-                f"| {r.scenario.name} (\"{'/'.join(r.scenario.words)}\") | {r.plain_wrote_word}/{r.seeds} | {name} | "
+                f'| {r.scenario.name} ("{"/".join(r.scenario.words)}") | {r.plain_wrote_word}/{r.seeds} | {name} | '
                 f"{out.avoided}/{out.seeds} ({out.ci_low:.2f}-{out.ci_high:.2f}) | {same} | "
                 f"{out.searches_per_commit:.1f} | {out.seconds_per_token:.2f} | {ok} |"
             )
@@ -185,26 +204,33 @@ def render_table(report: FidelityReport) -> str:
 
 
 def render_markdown(report: FidelityReport) -> str:
-    verdicts = [f"- **{name}**: {'acceptable' if report.acceptable(name) else 'NOT acceptable'} "
-                f"(avoidance within the official interval on {sum(r.acceptable(name) for r in report.results)} of "
-                f"{len(report.results)} scenarios)" for name in report.presets if name != "official"]
+    verdicts = [
+        f"- **{name}**: {'acceptable' if report.acceptable(name) else 'NOT acceptable'} "
+        f"(avoidance within the official interval on {sum(r.acceptable(name) for r in report.results)} of "
+        f"{len(report.results)} scenarios)"
+        for name in report.presets
+        if name != "official"
+    ]
     presets = "\n".join(f"- `{name}`: {fields or 'the official defaults'}" for name, fields in report.presets.items())
-    return "\n".join([
-        f"# Fidelity of the search presets ({report.mode} mode)",
-        "",
-        f"Model: {report.model}. {report.seeds} seeds per scenario and preset. Evaluator: -1 when the answer so far "
-        "contains the penalised word, +1 otherwise. A preset is acceptable on a scenario when its avoidance rate "
-        "lies inside the official search's 95% Wilson interval.",
-        "",
-        presets,
-        "",
-        render_table(report),
-        "",
-        *verdicts,
-        "",
-        f"Wall time: {report.seconds:.0f} s.",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Fidelity of the search presets ({report.mode} mode)",
+            "",
+            f"Model: {report.model}. {report.seeds} seeds per scenario and preset. "
+            "Evaluator: -1 when the answer so far contains the penalised word, +1 otherwise. "
+            "A preset is acceptable on a scenario when its avoidance rate lies inside "
+            "the official search's 95% Wilson interval.",
+            "",
+            presets,
+            "",
+            render_table(report),
+            "",
+            *verdicts,
+            "",
+            f"Wall time: {report.seconds:.0f} s.",
+            "",
+        ]
+    )
 
 
 def to_json(report: FidelityReport) -> str:
@@ -237,8 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios = tuple(Scenario(s.name, s.prompt, s.words, 6) for s in scenarios)
     total = len(scenarios) * seeds * 2
     with tqdm(total=total, desc="fidelity", unit="decode") as bar:
-        report = run(lm, scenarios=scenarios, seeds=seeds, overrides=overrides,
-                     mode="quick" if args.quick else "full", progress=lambda label: bar.update(1))
+        report = run(
+            lm,
+            scenarios=scenarios,
+            seeds=seeds,
+            overrides=overrides,
+            mode="quick" if args.quick else "full",
+            progress=lambda label: bar.update(1),
+        )
     out = Path(args.out)
     if not out.is_dir():
         raise SystemExit(f"report folder {out} does not exist")

@@ -30,10 +30,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rain_core import CallableEvaluator, RainConfig, RainDecoder, RainResult, SelfEvaluator
 from rain_core.engines.vllm import VLLMEngine
@@ -141,8 +142,9 @@ class VLLMSpeedReport:
     @property
     def target_met(self) -> bool:
         """Whether every concurrency measurement reached ``target_speedup`` (threads and asyncio)."""
-        values = [c.speedup_threads for c in self.concurrency] + \
-            [c.speedup_asyncio for c in self.concurrency if c.speedup_asyncio is not None]
+        values = [c.speedup_threads for c in self.concurrency] + [
+            c.speedup_asyncio for c in self.concurrency if c.speedup_asyncio is not None
+        ]
         return bool(values) and all(v >= self.target_speedup for v in values)
 
     def to_json(self) -> dict[str, Any]:
@@ -184,12 +186,15 @@ class VLLMSpeedReport:
             lines.append(
                 f"| {c.n} RAIN decodes at once vs one at a time, {c.evaluator}, {c.config} (threads) | "
                 f"{fmt_num(c.threads.tokens_per_s, 2)} vs {fmt_num(c.one_at_a_time.tokens_per_s, 2)} tokens/s: "
-                f"**{fmt_x(c.speedup_threads, 2)}** |")
+                f"**{fmt_x(c.speedup_threads, 2)}** |"
+            )
             if c.asyncio is not None:
                 lines.append(
-                    f"| {c.n} RAIN decodes at once vs one at a time, {c.evaluator}, {c.config} (asyncio, one event loop) | "
+                    f"| {c.n} RAIN decodes at once vs one at a time, {c.evaluator}, {c.config} "
+                    "(asyncio, one event loop) | "
                     f"{fmt_num(c.asyncio.tokens_per_s, 2)} vs {fmt_num(c.one_at_a_time.tokens_per_s, 2)} tokens/s: "
-                    f"**{fmt_x(c.speedup_asyncio, 2)}** |")
+                    f"**{fmt_x(c.speedup_asyncio, 2)}** |"
+                )
         lines += [
             f"| server prefix-cache hit rate, whole run | {fmt_pct(self.cache_hit_rate_overall)} of prompt tokens |",
             "",
@@ -204,16 +209,20 @@ class VLLMSpeedReport:
         for c in self.concurrency:
             runs += c.rounds or [r for r in (c.one_at_a_time, c.threads, c.asyncio) if r is not None]
         for r in runs:
-            lines.append(f"| {r.label} | {r.config} | {r.evaluator} | {r.decodes} | {r.concurrency} | {r.tokens} | "
-                         f"{r.seconds:.1f} | {fmt_num(r.tokens_per_s, 2)} | {r.requests} | {r.prompt_tokens} | "
-                         f"{r.searches} | {fmt_pct(r.cache_hit_rate)} |")
+            lines.append(
+                f"| {r.label} | {r.config} | {r.evaluator} | {r.decodes} | {r.concurrency} | {r.tokens} | "
+                f"{r.seconds:.1f} | {fmt_num(r.tokens_per_s, 2)} | {r.requests} | {r.prompt_tokens} | "
+                f"{r.searches} | {fmt_pct(r.cache_hit_rate)} |"
+            )
         for c in self.concurrency:
             same = [f"threads {'identical' if c.same_answers_threads else 'NOT identical'}"]
             if c.same_answers_asyncio is not None:
                 same.append(f"asyncio {'identical' if c.same_answers_asyncio else 'NOT identical'}")
             lines.append("")
-            lines.append(f"{c.evaluator}: the answers of the decodes at once were {', '.join(same)} to the ones "
-                         "decoded one at a time (same seeds).")
+            lines.append(
+                f"{c.evaluator}: the answers of the decodes at once were {', '.join(same)} to the ones "
+                "decoded one at a time (same seeds)."
+            )
         lines += ["", *self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
@@ -228,8 +237,15 @@ def approve_all() -> CallableEvaluator:
     return CallableEvaluator(lambda prompt, response: 1.0, name="approve-all")
 
 
-def _timed_run(engine: VLLMEngine, label: str, config: str, evaluator: str, mode: str, concurrency: int,
-               work: Callable[[], list[RainResult]]) -> tuple[DecodeRun, list[RainResult]]:
+def _timed_run(
+    engine: VLLMEngine,
+    label: str,
+    config: str,
+    evaluator: str,
+    mode: str,
+    concurrency: int,
+    work: Callable[[], list[RainResult]],
+) -> tuple[DecodeRun, list[RainResult]]:
     metrics = engine.server_metrics()
     stats = engine.engine_stats()
     t0 = time.perf_counter()
@@ -237,18 +253,31 @@ def _timed_run(engine: VLLMEngine, label: str, config: str, evaluator: str, mode
     seconds = time.perf_counter() - t0
     after = engine.engine_stats()
     run = DecodeRun(
-        label=label, config=config, evaluator=evaluator, decodes=len(results), concurrency=concurrency, mode=mode,
-        tokens=sum(len(r.token_ids) for r in results), seconds=seconds,
+        label=label,
+        config=config,
+        evaluator=evaluator,
+        decodes=len(results),
+        concurrency=concurrency,
+        mode=mode,
+        tokens=sum(len(r.token_ids) for r in results),
+        seconds=seconds,
         requests=int(after["requests"] - stats["requests"]),
         prompt_tokens=int(after["prompt_tokens"] - stats["prompt_tokens"]),
         searches=int(sum(r.stats.get("searches", 0) for r in results)),
-        cache_hit_rate=engine.prefix_cache_hit_rate(metrics))
+        cache_hit_rate=engine.prefix_cache_hit_rate(metrics),
+    )
     logger.info("%s: %d tokens in %.1fs (%.2f tokens/s)", label, run.tokens, run.seconds, run.tokens_per_s)
     return run, results
 
 
-def _concurrency(engine: VLLMEngine, make: Callable[[int], RainDecoder], prompts: Sequence[str], evaluator: str,
-                 config: str, repeats: int = 1) -> Concurrency:
+def _concurrency(
+    engine: VLLMEngine,
+    make: Callable[[int], RainDecoder],
+    prompts: Sequence[str],
+    evaluator: str,
+    config: str,
+    repeats: int = 1,
+) -> Concurrency:
     n = len(prompts)
     decoders = [make(i) for i in range(n)]
 
@@ -286,15 +315,22 @@ def _concurrency(engine: VLLMEngine, make: Callable[[int], RainDecoder], prompts
         return max((r for r in rounds if r.mode == mode), key=lambda r: r.tokens_per_s)
 
     return Concurrency(
-        evaluator=evaluator, config=config, n=n, one_at_a_time=best("sequential"), threads=best("threads"),
+        evaluator=evaluator,
+        config=config,
+        n=n,
+        one_at_a_time=best("sequential"),
+        threads=best("threads"),
         asyncio=best("asyncio") if has_async else None,
         same_answers_threads=answers["threads"] == answers["sequential"],
         same_answers_asyncio=(answers["asyncio"] == answers["sequential"]) if has_async else None,
-        repeats=max(1, repeats), rounds=rounds)
+        repeats=max(1, repeats),
+        rounds=rounds,
+    )
 
 
-def measure(engine: VLLMEngine, *, quick: bool = False, server: dict[str, Any] | None = None,
-            self_evaluation: bool = True) -> VLLMSpeedReport:
+def measure(
+    engine: VLLMEngine, *, quick: bool = False, server: dict[str, Any] | None = None, self_evaluation: bool = True
+) -> VLLMSpeedReport:
     """Run every measurement on ``engine``'s server (see the module's docstring)."""
     from rain_bench.harness import machine_info, now_iso
 
@@ -311,28 +347,61 @@ def measure(engine: VLLMEngine, *, quick: bool = False, server: dict[str, Any] |
 
     official = RainConfig(max_new_tokens=max_new)
     fast = RainConfig.fast(max_new_tokens=max_new)
-    plain, _ = _timed_run(engine, "plain decoding", "top-k sampling", "none", "sequential", 1,
-                          lambda: [RainDecoder(engine, approve_all(), config=official).vanilla(p) for p in ratio_prompts])
-    rain_official, _ = _timed_run(engine, "RAIN official", "RainConfig()", "approve-all", "sequential", 1,
-                                  lambda: [RainDecoder(engine, approve_all(), config=official).generate(p)
-                                           for p in ratio_prompts])
-    rain_fast, _ = _timed_run(engine, "RAIN fast", "RainConfig.fast()", "approve-all", "sequential", 1,
-                              lambda: [RainDecoder(engine, approve_all(), config=fast).generate(p)
-                                       for p in ratio_prompts])
+    plain, _ = _timed_run(
+        engine,
+        "plain decoding",
+        "top-k sampling",
+        "none",
+        "sequential",
+        1,
+        lambda: [RainDecoder(engine, approve_all(), config=official).vanilla(p) for p in ratio_prompts],
+    )
+    rain_official, _ = _timed_run(
+        engine,
+        "RAIN official",
+        "RainConfig()",
+        "approve-all",
+        "sequential",
+        1,
+        lambda: [RainDecoder(engine, approve_all(), config=official).generate(p) for p in ratio_prompts],
+    )
+    rain_fast, _ = _timed_run(
+        engine,
+        "RAIN fast",
+        "RainConfig.fast()",
+        "approve-all",
+        "sequential",
+        1,
+        lambda: [RainDecoder(engine, approve_all(), config=fast).generate(p) for p in ratio_prompts],
+    )
     conc_new = 8 if quick else 16
     repeats = 1 if quick else 2
-    runs = [_concurrency(engine, lambda i: RainDecoder(engine, approve_all(), config=RainConfig.fast(
-        max_new_tokens=conc_new, seed=i)), concurrency_prompts, "approve-all", f"RainConfig.fast(), {conc_new} tokens",
-        repeats)]
+    runs = [
+        _concurrency(
+            engine,
+            lambda i: RainDecoder(engine, approve_all(), config=RainConfig.fast(max_new_tokens=conc_new, seed=i)),
+            concurrency_prompts,
+            "approve-all",
+            f"RainConfig.fast(), {conc_new} tokens",
+            repeats,
+        )
+    ]
     if self_evaluation:
         # the model judges itself on the server (two option-letter requests per evaluation); the
         # searches per commit are capped so that eight decodes one at a time fit in minutes
         judge = SelfEvaluator(engine, "harmless")
         self_new = 2 if quick else 3
         budget = dict(max_searches=6, extra_searches=3)
-        runs.append(_concurrency(engine, lambda i: RainDecoder(engine, judge, config=RainConfig.fast(
-            max_new_tokens=self_new, seed=i, **budget)), concurrency_prompts, "self-evaluation",
-            f"RainConfig.fast(max_searches=6, extra_searches=3), {self_new} tokens", 1))
+        runs.append(
+            _concurrency(
+                engine,
+                lambda i: RainDecoder(engine, judge, config=RainConfig.fast(max_new_tokens=self_new, seed=i, **budget)),
+                concurrency_prompts,
+                "self-evaluation",
+                f"RainConfig.fast(max_searches=6, extra_searches=3), {self_new} tokens",
+                1,
+            )
+        )
     notes = [
         "Plain decoding and RAIN use the same server, prompts, temperature (1.0) and top-k (15). The per-token "
         "ratio divides RAIN's seconds per committed token by plain decoding's.",
@@ -341,14 +410,26 @@ def measure(engine: VLLMEngine, *, quick: bool = False, server: dict[str, Any] |
         "rounds; the table shows each mode's fastest round (the JSON has every round).",
     ]
     if not engine.deterministic:
-        notes.append("The engine sent no per-request seeds, so the decodes at once may differ from those one at a "
-                     "time (and do different work).")
+        notes.append(
+            "The engine sent no per-request seeds, so the decodes at once may differ from those one at a "
+            "time (and do different work)."
+        )
     return VLLMSpeedReport(
-        created=now_iso(), quick=quick, server=dict(server or {"base_url": engine.base_url, "model": engine.name}),
-        machine=machine, seed_mode=seed_mode, max_new_tokens=max_new, plain=plain, rain_official=rain_official,
-        rain_fast=rain_fast, concurrency=runs, cache_hit_rate_overall=engine.prefix_cache_hit_rate(before),
+        created=now_iso(),
+        quick=quick,
+        server=dict(server or {"base_url": engine.base_url, "model": engine.name}),
+        machine=machine,
+        seed_mode=seed_mode,
+        max_new_tokens=max_new,
+        plain=plain,
+        rain_official=rain_official,
+        rain_fast=rain_fast,
+        concurrency=runs,
+        cache_hit_rate_overall=engine.prefix_cache_hit_rate(before),
         load_average_after=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        seconds=time.perf_counter() - t_start, notes=notes)
+        seconds=time.perf_counter() - t_start,
+        notes=notes,
+    )
 
 
 def _server_version(engine: VLLMEngine) -> str | None:
@@ -361,11 +442,18 @@ def _server_version(engine: VLLMEngine) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rain_bench.vllm_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", default=None, help="a running vLLM server (default: start a local CPU one "
-                        "from .venv-vllm, the way the tests do)")
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help="a running vLLM server (default: start a local CPU one from .venv-vllm, the way the tests do)",
+    )
     parser.add_argument("--model", default=None, help="the served model name (default: the only one served)")
-    parser.add_argument("--seed-mode", choices=["auto", "send", "never"], default=None,
-                        help="per-request seeds (default: send to the server this benchmark starts, auto otherwise)")
+    parser.add_argument(
+        "--seed-mode",
+        choices=["auto", "send", "never"],
+        default=None,
+        help="per-request seeds (default: send to the server this benchmark starts, auto otherwise)",
+    )
     parser.add_argument("--venv", default=".venv-vllm", help="the vLLM virtualenv for the local server")
     parser.add_argument("--quick", action="store_true", help="a small version (about two minutes)")
     parser.add_argument("--no-self-evaluation", action="store_true", help="skip the self-evaluation concurrency run")
@@ -394,16 +482,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_url, seed_mode, how = args.base_url, args.seed_mode or "auto", "a running server"
     try:
         with VLLMEngine(base_url, args.model, seed_mode=seed_mode) as engine:
-            server = {"base_url": engine.base_url, "model": engine.name, "version": _server_version(engine),
-                      "how": how, "startup_seconds": local.startup_seconds if local else None}
+            server = {
+                "base_url": engine.base_url,
+                "model": engine.name,
+                "version": _server_version(engine),
+                "how": how,
+                "startup_seconds": local.startup_seconds if local else None,
+            }
             report = measure(engine, quick=args.quick, server=server, self_evaluation=not args.no_self_evaluation)
     finally:
         if local is not None:
             local.stop()
     command = "python -m rain_bench.vllm_speed" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     markdown = report.to_markdown(command.strip())
-    md_path, json_path = write_report(Path(args.out) if args.out else DEFAULT_FOLDER, args.name, markdown,
-                                      report.to_json())
+    md_path, json_path = write_report(
+        Path(args.out) if args.out else DEFAULT_FOLDER, args.name, markdown, report.to_json()
+    )
     sys.stdout.write(markdown)
     sys.stdout.write(f"\nwrote {md_path} and {json_path}\n")
     return 0

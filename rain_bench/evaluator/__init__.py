@@ -19,12 +19,26 @@ from .records import EvaluatorReport, EvaluatorSummary, PairJudgement
 from .report import render_markdown, render_table, report_name, write
 from .sections import Progress, _noop, measure, run, summarise, verdict
 
-__all__ = ["EvaluatorPlan", "EvaluatorReport", "EvaluatorSummary", "PairJudgement", "evaluate", "measure",
-           "render_markdown", "render_table", "report_name", "run", "summarise", "verdict", "write"]
+__all__ = [
+    "EvaluatorPlan",
+    "EvaluatorReport",
+    "EvaluatorSummary",
+    "PairJudgement",
+    "evaluate",
+    "measure",
+    "render_markdown",
+    "render_table",
+    "report_name",
+    "run",
+    "summarise",
+    "verdict",
+    "write",
+]
 
 
-def evaluate(evaluators: Sequence[NamedEvaluator], plan: EvaluatorPlan | None = None,
-             progress: Progress = _noop) -> EvaluatorReport:
+def evaluate(
+    evaluators: Sequence[NamedEvaluator], plan: EvaluatorPlan | None = None, progress: Progress = _noop
+) -> EvaluatorReport:
     """Judge the plan's pairs with every evaluator and return the report (nothing written)."""
     plan = plan or EvaluatorPlan.full()
     pairs = load_pairs(plan.data, plan.limit)

@@ -38,6 +38,11 @@ class EvaluatorPlan:
         return cls("demo", None, DEMO_PAIRS)
 
     def thresholds(self) -> dict[str, float | int]:
-        return {"max_position_bias": MAX_POSITION_BIAS, "chance_accuracy": CHANCE_ACCURACY,
-                "chance_auc": CHANCE_AUC, "usable_accuracy": USABLE_ACCURACY, "usable_auc": USABLE_AUC,
-                "few_items": FEW_ITEMS}
+        return {
+            "max_position_bias": MAX_POSITION_BIAS,
+            "chance_accuracy": CHANCE_ACCURACY,
+            "chance_auc": CHANCE_AUC,
+            "usable_accuracy": USABLE_ACCURACY,
+            "usable_auc": USABLE_AUC,
+            "few_items": FEW_ITEMS,
+        }

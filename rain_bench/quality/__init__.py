@@ -25,8 +25,7 @@ from .records import QualityReport
 from .report import chart_path, draw_chart, render_markdown, render_table, report_name, write
 from .sections import Progress, _noop, run
 
-__all__ = ["QualityPlan", "QualityReport", "evaluate", "load_sets", "render_markdown", "render_table", "run",
-           "write"]
+__all__ = ["QualityPlan", "QualityReport", "evaluate", "load_sets", "render_markdown", "render_table", "run", "write"]
 
 
 def load_sets(plan: QualityPlan) -> list[PromptSet]:
@@ -39,9 +38,16 @@ def load_sets(plan: QualityPlan) -> list[PromptSet]:
     return sets
 
 
-def evaluate(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Grader,
-             plan: QualityPlan | None = None, *, out: str | Path | None = None, name: str | None = None,
-             progress: Progress = _noop) -> tuple[QualityReport, Path, Path]:
+def evaluate(
+    lm: LanguageModel,
+    evaluators: Sequence[NamedEvaluator],
+    grader: Grader,
+    plan: QualityPlan | None = None,
+    *,
+    out: str | Path | None = None,
+    name: str | None = None,
+    progress: Progress = _noop,
+) -> tuple[QualityReport, Path, Path]:
     """Run the plan, draw one chart per set and write the report; returns it with the Markdown and
     JSON paths."""
     plan = plan or QualityPlan.full()
@@ -52,7 +58,15 @@ def evaluate(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Gr
     sets = load_sets(plan)
     pairs = load_pairs(limit=plan.grader_pairs)
     folder.mkdir(parents=True, exist_ok=True)
-    report = run(lm, evaluators, grader, sets, plan, pairs, progress,
-                 chart=lambda result: draw_chart(result, chart_path(folder, report_file, result.name)))
+    report = run(
+        lm,
+        evaluators,
+        grader,
+        sets,
+        plan,
+        pairs,
+        progress,
+        chart=lambda result: draw_chart(result, chart_path(folder, report_file, result.name)),
+    )
     md, js = write(report, folder, report_file)
     return report, md, js

@@ -18,8 +18,14 @@ from ..datasets import BUILTIN_SETS
 FULL_PER_SET = 10
 FULL_BUDGET: Mapping[str, Any] = {"max_new_tokens": 32, "max_searches": 6, "extra_searches": 3}
 QUICK_PER_SET = 2
-QUICK_BUDGET: Mapping[str, Any] = {"max_new_tokens": 8, "max_searches": 2, "extra_searches": 1, "min_visits": 1,
-                                   "num_candidates": 4, "max_simulation_tokens": 8}
+QUICK_BUDGET: Mapping[str, Any] = {
+    "max_new_tokens": 8,
+    "max_searches": 2,
+    "extra_searches": 1,
+    "min_visits": 1,
+    "num_candidates": 4,
+    "max_simulation_tokens": 8,
+}
 PAIRS_FOR_GRADER = {"full": None, "quick": 8}  # labelled pairs the grader is checked on (None: all)
 
 

@@ -41,8 +41,13 @@ def draw_chart(result: SetResult, path: Path) -> str:
     for bars, values in ((b1, methods), (b2, methods)):
         for bar, m in zip(bars, values):
             n = m.graded if bars is b1 else m.decoded
-            ax.annotate(f"{bar.get_height():.0f}%\n(n={n})", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                f"{bar.get_height():.0f}%\n(n={n})",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.set_xticks(list(xs))
     ax.set_xticklabels([_short(m) for m in methods], fontsize=8)
     ax.set_ylim(0, 135)
@@ -66,17 +71,21 @@ def _method_row(set_name: str, m: MethodResult) -> str:
     work = "1.00x" if m.method == PLAIN else (f"{m.work_vs_plain:.1f}x" if m.work_vs_plain else "n/a")
     spt = fmt_num(m.searches_per_token) if m.searches_per_token is not None else "—"
     failed = f"{m.failed_grades}" + (f" (+{m.failed_decodes} decodes)" if m.failed_decodes else "")
-    return (f"| {md_cell(set_name)} | {md_cell(m.method)} | {m.items} | "
-            f"{fmt_pct(m.harmful_share)} ({m.harmful}/{m.graded}) "
-            f"| {fmt_pct(m.refusal_rate)} ({m.refusals}/{m.decoded}) | {fmt_num(m.mean_tokens, 1)} | "
-            f"{fmt_num(m.seconds_per_token, 3)} | {spt} | {cost} | {fmt_num(m.forward_tokens_per_token, 0)} | "
-            f"{work} | {failed} |")
+    return (
+        f"| {md_cell(set_name)} | {md_cell(m.method)} | {m.items} | "
+        f"{fmt_pct(m.harmful_share)} ({m.harmful}/{m.graded}) "
+        f"| {fmt_pct(m.refusal_rate)} ({m.refusals}/{m.decoded}) | {fmt_num(m.mean_tokens, 1)} | "
+        f"{fmt_num(m.seconds_per_token, 3)} | {spt} | {cost} | {fmt_num(m.forward_tokens_per_token, 0)} | "
+        f"{work} | {failed} |"
+    )
 
 
 def render_table(report: QualityReport) -> str:
-    rows = ["| set | method | prompts | harmful answers (grader) | refusals | tokens | s/token | searches/token | "
-            "time vs plain | model tokens/token | work vs plain | failed grades |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| set | method | prompts | harmful answers (grader) | refusals | tokens | s/token | searches/token | "
+        "time vs plain | model tokens/token | work vs plain | failed grades |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in report.sets:
         rows += [_method_row(s.name, m) for m in s.methods]
     return "\n".join(rows) + "\n"
@@ -97,8 +106,11 @@ def render_markdown(report: QualityReport) -> str:
         "",
     ]
     if report.mode != "full":
-        lines += ["**Quick mode**: two prompts per set and tiny budgets; the figures only show the program works. "
-                  "Run the full benchmark for figures to quote.", ""]
+        lines += [
+            "**Quick mode**: two prompts per set and tiny budgets; the figures only show the program works. "
+            "Run the full benchmark for figures to quote.",
+            "",
+        ]
     lines += [
         "## Who graded",
         "",
@@ -107,11 +119,13 @@ def render_markdown(report: QualityReport) -> str:
         "principle's question is refused).",
         "",
         f"The grader's own agreement with the labelled evaluator pairs: {fmt_pct(g.pairs_accuracy)} "
-        f"({g.pairs_correct}/{g.pairs - g.pairs_failed}" + (f", {g.pairs_failed} failed" if g.pairs_failed else "")
+        f"({g.pairs_correct}/{g.pairs - g.pairs_failed}"
+        + (f", {g.pairs_failed} failed" if g.pairs_failed else "")
         + ").",
         "",
         f"Failed grades: {report.failed_grades} of {len(report.answers)} answers (left out of the harmful share)"
-        + (f"; failed decodes: {report.failed_decodes}" if report.failed_decodes else "") + ".",
+        + (f"; failed decodes: {report.failed_decodes}" if report.failed_decodes else "")
+        + ".",
         "",
         "RAIN's evaluators:",
         "",
@@ -146,9 +160,14 @@ def render_markdown(report: QualityReport) -> str:
         "",
     ]
     for s in report.sets:
-        lines += [f"## Answers: {s.name}", "", f"Source: `{s.source}`.", "",
-                  "| prompt | method | answer (first characters) | tokens | refusal | harmful |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## Answers: {s.name}",
+            "",
+            f"Source: `{s.source}`.",
+            "",
+            "| prompt | method | answer (first characters) | tokens | refusal | harmful |",
+            "|---|---|---|---|---|---|",
+        ]
         for a in report.answers:
             if a.set != s.name:
                 continue
@@ -157,8 +176,10 @@ def render_markdown(report: QualityReport) -> str:
             else:
                 text = a.text[:ANSWER_CHARS] + ("…" if len(a.text) > ANSWER_CHARS else "")
                 verdict = "failed" if a.grade_error else ("yes" if a.harmful else "no")
-            lines.append(f"| {a.item} | {md_cell(a.method)} | {md_cell(text)} | {a.tokens} | "
-                         f"{'yes' if a.refusal else 'no'} | {verdict} |")
+            lines.append(
+                f"| {a.item} | {md_cell(a.method)} | {md_cell(text)} | {a.tokens} | "
+                f"{'yes' if a.refusal else 'no'} | {verdict} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from rain_core.chat import transcript
@@ -52,8 +53,14 @@ def check_grader(grader: Grader, pairs: Sequence[LabelledPair]) -> GraderInfo:
         elif g.harmful == pair.harmful:
             correct += 1
     judged = len(pairs) - failed
-    return GraderInfo(name=grader.name, description=grader.describe(), pairs=len(pairs), pairs_correct=correct,
-                      pairs_accuracy=correct / judged if judged else None, pairs_failed=failed)
+    return GraderInfo(
+        name=grader.name,
+        description=grader.describe(),
+        pairs=len(pairs),
+        pairs_correct=correct,
+        pairs_accuracy=correct / judged if judged else None,
+        pairs_failed=failed,
+    )
 
 
 def _decode(method: str, fn: Callable[[], Any], item: PromptItem, set_name: str, grader: Grader) -> Answer:
@@ -62,21 +69,48 @@ def _decode(method: str, fn: Callable[[], Any], item: PromptItem, set_name: str,
         result = fn()
     except Exception as exc:  # a failing decode (e.g. an evaluator error) is recorded, the run goes on
         logger.warning("%s failed on %s: %s: %s", method, item.id, type(exc).__name__, exc)
-        return Answer(set_name, item.id, method, item.prompt, item.harmful, item.framing, "", 0,
-                      time.perf_counter() - t0, None, "error", None, None,
-                      decode_error=f"{type(exc).__name__}: {exc}")
+        return Answer(
+            set_name,
+            item.id,
+            method,
+            item.prompt,
+            item.harmful,
+            item.framing,
+            "",
+            0,
+            time.perf_counter() - t0,
+            None,
+            "error",
+            None,
+            None,
+            decode_error=f"{type(exc).__name__}: {exc}",
+        )
     seconds = time.perf_counter() - t0
     g = grade(grader, conversation(item.prompt), result.text)
     searches = result.stats.get("searches")
     forward = result.stats.get("forward_tokens")
-    return Answer(set_name, item.id, method, item.prompt, item.harmful, item.framing, result.text,
-                  len(result.token_ids), seconds, int(searches) if searches is not None else None,
-                  result.finish_reason, refusal_phrase(result.text), g.harmful, grade_error=g.error,
-                  forward_tokens=int(forward) if forward is not None else None)
+    return Answer(
+        set_name,
+        item.id,
+        method,
+        item.prompt,
+        item.harmful,
+        item.framing,
+        result.text,
+        len(result.token_ids),
+        seconds,
+        int(searches) if searches is not None else None,
+        result.finish_reason,
+        refusal_phrase(result.text),
+        g.harmful,
+        grade_error=g.error,
+        forward_tokens=int(forward) if forward is not None else None,
+    )
 
 
-def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | None,
-              plain_forward: float | None = None) -> MethodResult:
+def summarise(
+    method: str, answers: Sequence[Answer], plain_seconds: float | None, plain_forward: float | None = None
+) -> MethodResult:
     decoded = [a for a in answers if a.decode_error is None]
     graded = [a for a in decoded if a.harmful is not None]
     harmful = sum(1 for a in graded if a.harmful)
@@ -87,12 +121,20 @@ def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | Non
     counted = all(a.forward_tokens is not None for a in decoded) and bool(decoded)
     forward = sum(a.forward_tokens or 0 for a in decoded) if counted else None
     return MethodResult(
-        method=method, items=len(answers), decoded=len(decoded), graded=len(graded),
+        method=method,
+        items=len(answers),
+        decoded=len(decoded),
+        graded=len(graded),
         failed_grades=sum(1 for a in decoded if a.grade_error is not None),
-        failed_decodes=len(answers) - len(decoded), harmful=harmful, harmful_share=share(harmful, len(graded)),
-        refusals=refusals, refusal_rate=share(refusals, len(decoded)),
-        mean_tokens=mean([float(a.tokens) for a in decoded]), seconds=seconds,
-        seconds_per_token=seconds / tokens if tokens else None, searches=searches,
+        failed_decodes=len(answers) - len(decoded),
+        harmful=harmful,
+        harmful_share=share(harmful, len(graded)),
+        refusals=refusals,
+        refusal_rate=share(refusals, len(decoded)),
+        mean_tokens=mean([float(a.tokens) for a in decoded]),
+        seconds=seconds,
+        seconds_per_token=seconds / tokens if tokens else None,
+        searches=searches,
         searches_per_token=(searches / tokens if tokens and searches is not None else None),
         cost_vs_plain=(seconds / plain_seconds if plain_seconds else None),
         forward_tokens_per_token=(forward / tokens if forward is not None and tokens else None),
@@ -100,16 +142,17 @@ def summarise(method: str, answers: Sequence[Answer], plain_seconds: float | Non
     )
 
 
-def run_set(prompt_set: PromptSet, plain: RainDecoder, rain: dict[str, RainDecoder], grader: Grader,
-            progress: Progress = _noop) -> tuple[list[Answer], list[MethodResult]]:
+def run_set(
+    prompt_set: PromptSet, plain: RainDecoder, rain: dict[str, RainDecoder], grader: Grader, progress: Progress = _noop
+) -> tuple[list[Answer], list[MethodResult]]:
     """Every prompt of the set: plain decoding, then RAIN with each evaluator, back to back."""
     answers: dict[str, list[Answer]] = {PLAIN: [], **{m: [] for m in rain}}
     for item in prompt_set.items:
         progress(f"{prompt_set.name} {item.id} plain")
-        answers[PLAIN].append(_decode(PLAIN, lambda: plain.vanilla(item.prompt), item, prompt_set.name, grader))
+        answers[PLAIN].append(_decode(PLAIN, partial(plain.vanilla, item.prompt), item, prompt_set.name, grader))
         for method, dec in rain.items():
             progress(f"{prompt_set.name} {item.id} {method}")
-            answers[method].append(_decode(method, lambda: dec.generate(item.prompt), item, prompt_set.name, grader))
+            answers[method].append(_decode(method, partial(dec.generate, item.prompt), item, prompt_set.name, grader))
     plain_result = summarise(PLAIN, answers[PLAIN], None)
     # cost against plain decoding of the same prompts (those both decoded)
     results = [plain_result]
@@ -122,9 +165,17 @@ def run_set(prompt_set: PromptSet, plain: RainDecoder, rain: dict[str, RainDecod
     return [a for rows in answers.values() for a in rows], results
 
 
-def run(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Grader, sets: Sequence[PromptSet],
-        plan: QualityPlan, pairs: Sequence[LabelledPair] = (), progress: Progress = _noop,
-        chart: Callable[[SetResult], str | None] | None = None, encoder: Any = "default") -> QualityReport:
+def run(
+    lm: LanguageModel,
+    evaluators: Sequence[NamedEvaluator],
+    grader: Grader,
+    sets: Sequence[PromptSet],
+    plan: QualityPlan,
+    pairs: Sequence[LabelledPair] = (),
+    progress: Progress = _noop,
+    chart: Callable[[SetResult], str | None] | None = None,
+    encoder: Any = "default",
+) -> QualityReport:
     """Decode, grade and summarise every set. Raises ``SameJudgeError`` before decoding anything when
     the grader is one of RAIN's evaluators, ``ValueError`` when a set is empty. ``encoder``: RAIN's
     sentence encoder, as ``RainDecoder`` takes it ("default", an ``Encoder``, or None)."""
@@ -151,21 +202,33 @@ def run(lm: LanguageModel, evaluators: Sequence[NamedEvaluator], grader: Grader,
     for s in sets:
         answers, methods = run_set(s, plain, rain, grader, progress)
         all_answers += answers
-        result = SetResult(name=s.name, source=s.source, items=len(s.items),
-                           harmful_requests=sum(1 for i in s.items if i.harmful),
-                           framed=any(i.framing for i in s.items), methods=tuple(methods), chart=None)
+        result = SetResult(
+            name=s.name,
+            source=s.source,
+            items=len(s.items),
+            harmful_requests=sum(1 for i in s.items if i.harmful),
+            framed=any(i.framing for i in s.items),
+            methods=tuple(methods),
+            chart=None,
+        )
         if chart is not None:
             from dataclasses import replace
 
             result = replace(result, chart=chart(result))
         results.append(result)
     return QualityReport(
-        date=date, mode=plan.mode, machine=machine, model=str(lm.name),
+        date=date,
+        mode=plan.mode,
+        machine=machine,
+        model=str(lm.name),
         rain_config=cfg.model_dump(mode="json"),
         config_deviations={k: {"official": o, "this run": v} for k, (o, v) in cfg.deviations().items()},
         evaluators=tuple(EvaluatorInfo(rain_method(ev), ev.description) for ev in evaluators),
-        grader=grader_info, refusal_phrases=REFUSAL_PHRASES, refusal_window=REFUSAL_WINDOW,
-        sets=tuple(results), answers=tuple(all_answers),
+        grader=grader_info,
+        refusal_phrases=REFUSAL_PHRASES,
+        refusal_window=REFUSAL_WINDOW,
+        sets=tuple(results),
+        answers=tuple(all_answers),
         failed_grades=sum(1 for a in all_answers if a.grade_error is not None),
         failed_decodes=sum(1 for a in all_answers if a.decode_error is not None),
         seconds=time.perf_counter() - t0,

@@ -157,8 +157,17 @@ class Plan:
 
     def fidelity_overrides(self) -> dict[str, Any]:
         """Budgets of the fidelity section: the official ones in full mode, tiny ones in quick mode."""
-        return {} if self.mode == "full" else {"max_searches": 3, "extra_searches": 1, "num_candidates": 3,
-                                               "max_simulation_tokens": 8, "max_new_tokens": 6}
+        return (
+            {}
+            if self.mode == "full"
+            else {
+                "max_searches": 3,
+                "extra_searches": 1,
+                "num_candidates": 3,
+                "max_simulation_tokens": 8,
+                "max_new_tokens": 6,
+            }
+        )
 
 
 def preset_config(name: str, **overrides: Any) -> Any:

@@ -63,15 +63,17 @@ class Tally:
         result = measured.value
         stats: Mapping[str, Any] = result.stats
         counts = {key: int(stats[key]) for key in ("searches", "commits", "early_stops", "evaluations") if key in stats}
-        self.rows.append(DecodeRow(
-            prompt=prompt,
-            seconds=measured.seconds,
-            new_tokens=len(result.token_ids),
-            finish_reason=result.finish_reason,
-            forward_calls=int(stats.get("forward_calls", 0)),
-            forward_tokens=int(stats.get("forward_tokens", 0)),
-            **counts,
-        ))
+        self.rows.append(
+            DecodeRow(
+                prompt=prompt,
+                seconds=measured.seconds,
+                new_tokens=len(result.token_ids),
+                finish_reason=result.finish_reason,
+                forward_calls=int(stats.get("forward_calls", 0)),
+                forward_tokens=int(stats.get("forward_tokens", 0)),
+                **counts,
+            )
+        )
         self.peak_memory = max(self.peak_memory, measured.peak_memory)
 
     def _sum(self, name: str) -> int:

@@ -42,8 +42,12 @@ def _cells(dev: Device) -> list[str]:
         f"{fmt_x(fast['self'].per_token_ratio)} per token ({fast['self'].searches_per_commit:.1f} searches/commit)",
         f"{fmt_x(fast['nothing'].per_token_ratio)} per token ({fast['nothing'].searches_per_commit:.1f} "
         f"searches/commit)",
-        "n/a" if fid is None else (f"{'acceptable' if fid.acceptable('fast') else 'NOT acceptable'} "
-                                   f"({sum(x.acceptable('fast') for x in fid.results)}/{len(fid.results)} scenarios)"),
+        "n/a"
+        if fid is None
+        else (
+            f"{'acceptable' if fid.acceptable('fast') else 'NOT acceptable'} "
+            f"({sum(x.acceptable('fast') for x in fid.results)}/{len(fid.results)} scenarios)"
+        ),
         f"{fmt_x(r['self'].wall_ratio)} ({r['self'].searches_per_commit:.1f} searches/commit)",
         f"{fmt_x(r['everything'].wall_ratio)} ({r['everything'].searches_per_commit:.1f} searches/commit)"
         f" — {met(t['best_case_overhead'].met)}",
@@ -55,9 +59,12 @@ def _cells(dev: Device) -> list[str]:
         f"{fmt_x(m.ratio)} ({fmt_mib(m.rain_peak_bytes)} / {fmt_mib(m.vanilla_peak_bytes)})"
         f" — {met(t['peak_memory'].met)}",
         " / ".join(f"{row.rain_seconds_per_token:.3f}" for row in s.rows)
-        + " s/token (" + ", ".join(str(row.max_new_tokens) for row in s.rows) + " tokens)",
+        + " s/token ("
+        + ", ".join(str(row.max_new_tokens) for row in s.rows)
+        + " tokens)",
         f"{fmt_x(s.growth)} (vanilla {fmt_x(s.vanilla_growth)})"
-        + ("" if s.reached_cap else ", EOS before cap") + f" — {met(t['linear_cost'].met)}",
+        + ("" if s.reached_cap else ", EOS before cap")
+        + f" — {met(t['linear_cost'].met)}",
     ]
 
 
@@ -66,17 +73,22 @@ def render_table(report: SpeedReport) -> str:
     plan = report.config
     lengths, budget = plan["lengths"], plan["fixed_budget_overrides"]["max_searches"]
     labels = [
-        ("1f", "**fast preset**, satisfied with everything (best case): RAIN / plain per token",
-         f"≤ {TARGET_FAST_BEST_CASE:g}x"),
+        (
+            "1f",
+            "**fast preset**, satisfied with everything (best case): RAIN / plain per token",
+            f"≤ {TARGET_FAST_BEST_CASE:g}x",
+        ),
         ("1f", "fast preset, self-evaluation: RAIN / plain per token", "—"),
         ("1f", "fast preset, satisfied with nothing (worst case): RAIN / plain per token", "—"),
         ("6", "fast preset's avoidance within the official search's 95% interval (fidelity)", "every scenario"),
         ("1", "RAIN / vanilla wall time, self-evaluation", "—"),
-        ("1", "RAIN / vanilla wall time, satisfied with everything (best case)",
-         f"≤ {TARGET_BEST_CASE_OVERHEAD:g}x"),
+        ("1", "RAIN / vanilla wall time, satisfied with everything (best case)", f"≤ {TARGET_BEST_CASE_OVERHEAD:g}x"),
         ("1", "RAIN / vanilla wall time, satisfied with nothing (worst case)", "—"),
-        ("2", f"engine gain: time per search off / on ({budget} searches/commit)",
-         f"≥ {TARGET_ENGINE_GAIN:g}x, same tokens"),
+        (
+            "2",
+            f"engine gain: time per search off / on ({budget} searches/commit)",
+            f"≥ {TARGET_ENGINE_GAIN:g}x, same tokens",
+        ),
         ("3", "model forward tokens per committed token", "—"),
         ("4", "peak memory RAIN / vanilla", f"≤ {TARGET_PEAK_MEMORY:g}x"),
         ("5", "RAIN seconds per token by max_new_tokens", "—"),
@@ -106,8 +118,11 @@ def render_markdown(report: SpeedReport) -> str:
         "",
     ]
     if cfg["mode"] == "quick":
-        lines += ["**Quick mode**: tiny budgets, not the official defaults; the verdicts below only show the",
-                  "program works. Run the full benchmark for figures to quote.", ""]
+        lines += [
+            "**Quick mode**: tiny budgets, not the official defaults; the verdicts below only show the",
+            "program works. Run the full benchmark for figures to quote.",
+            "",
+        ]
     lines += ["## Summary", "", render_table(report), "## Targets", ""]
     for dev_name, dev in report.devices.items():
         if isinstance(dev, DeviceError):
@@ -121,8 +136,10 @@ def render_markdown(report: SpeedReport) -> str:
             continue
         o, e, mem, s = dev.overhead, dev.engine, dev.memory, dev.scaling
         lines += [
-            f"## Details: {dev_name} ({dev.model}, {dev.dtype}, {dev.seconds:.0f} s)", "",
-            f"### 1. RAIN / vanilla wall time ({o.max_new_tokens} new tokens, {_fmt_config(o.config)})", "",
+            f"## Details: {dev_name} ({dev.model}, {dev.dtype}, {dev.seconds:.0f} s)",
+            "",
+            f"### 1. RAIN / vanilla wall time ({o.max_new_tokens} new tokens, {_fmt_config(o.config)})",
+            "",
             "| decoder | seconds | new tokens | searches | commits | early stops | wall ratio | per-token ratio |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -130,41 +147,69 @@ def render_markdown(report: SpeedReport) -> str:
         lines.append(f"| vanilla | {v.seconds:.2f} | {v.new_tokens} | — | — | — | 1.00x | 1.00x |")
         for var in o.rain.values():
             d = var.decodes
-            lines.append(f"| RAIN, {var.label} | {d.seconds:.2f} | {d.new_tokens} | {d.searches} | "
-                         f"{d.commits} | {d.early_stops} | {fmt_x(var.wall_ratio)} | "
-                         f"{fmt_x(var.per_token_ratio)} |")
-        lines += ["", f"### 2–3. Engine on / off ({e.searches_per_commit} searches per commit, no early stop, "
-                      f"{e.max_new_tokens} new tokens)", "",
-                  "| engine | seconds | searches | s/search | forward calls | forward tokens | "
-                  "forward tokens / token |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| RAIN, {var.label} | {d.seconds:.2f} | {d.new_tokens} | {d.searches} | "
+                f"{d.commits} | {d.early_stops} | {fmt_x(var.wall_ratio)} | "
+                f"{fmt_x(var.per_token_ratio)} |"
+            )
+        lines += [
+            "",
+            f"### 2–3. Engine on / off ({e.searches_per_commit} searches per commit, no early stop, "
+            f"{e.max_new_tokens} new tokens)",
+            "",
+            "| engine | seconds | searches | s/search | forward calls | forward tokens | forward tokens / token |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, d in (("on", e.on), ("off", e.off)):
-            lines.append(f"| {name} | {d.seconds:.2f} | {d.searches} | {d.seconds_per_search:.4f} | "
-                         f"{d.forward_calls} | {d.forward_tokens} | {d.forward_tokens_per_token:.1f} |")
-        lines += ["", f"Gain {fmt_x(e.gain)}; committed token ids identical for "
-                      f"{e.identical_prompts} of {e.prompts} prompts. Vanilla for comparison: "
-                      f"{v.forward_tokens_per_token:.1f} forward tokens per token.", "",
-                  f"### 4. Peak memory ({mem.measure})", "",
-                  f"Vanilla {fmt_mib(mem.vanilla_peak_bytes)}, RAIN {fmt_mib(mem.rain_peak_bytes)} "
-                  f"(by evaluator: " + ", ".join(f"{k} {fmt_mib(b)}" for k, b in mem.rain_peak_by_evaluator.items())
-                  + f"), ratio {fmt_x(mem.ratio)}; KV cache held afterwards {fmt_mib(mem.kv_cache_bytes_after)}.",
-                  "", f"### 5. Cost against max_new_tokens ({s.searches_per_commit} searches per commit)", "",
-                  "| max_new_tokens | RAIN tokens | RAIN s/token | RAIN s/search | vanilla tokens | vanilla s/token |",
-                  "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {d.seconds:.2f} | {d.searches} | {d.seconds_per_search:.4f} | "
+                f"{d.forward_calls} | {d.forward_tokens} | {d.forward_tokens_per_token:.1f} |"
+            )
+        lines += [
+            "",
+            f"Gain {fmt_x(e.gain)}; committed token ids identical for "
+            f"{e.identical_prompts} of {e.prompts} prompts. Vanilla for comparison: "
+            f"{v.forward_tokens_per_token:.1f} forward tokens per token.",
+            "",
+            f"### 4. Peak memory ({mem.measure})",
+            "",
+            f"Vanilla {fmt_mib(mem.vanilla_peak_bytes)}, RAIN {fmt_mib(mem.rain_peak_bytes)} "
+            f"(by evaluator: "
+            + ", ".join(f"{k} {fmt_mib(b)}" for k, b in mem.rain_peak_by_evaluator.items())
+            + f"), ratio {fmt_x(mem.ratio)}; KV cache held afterwards {fmt_mib(mem.kv_cache_bytes_after)}.",
+            "",
+            f"### 5. Cost against max_new_tokens ({s.searches_per_commit} searches per commit)",
+            "",
+            "| max_new_tokens | RAIN tokens | RAIN s/token | RAIN s/search | vanilla tokens | vanilla s/token |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in s.rows:
-            lines.append(f"| {r.max_new_tokens} | {r.rain_new_tokens} | {r.rain_seconds_per_token:.4f} | "
-                         f"{(r.rain_seconds_per_search or float('nan')):.4f} | {r.vanilla_new_tokens} | "
-                         f"{r.vanilla_seconds_per_token:.4f} |")
-        lines += ["", f"Growth of RAIN's per-token cost: {fmt_x(s.growth)} "
-                      f"(vanilla {fmt_x(s.vanilla_growth)})"
-                      + ("." if s.reached_cap else "; some answers ended (EOS) before the cap."), ""]
+            lines.append(
+                f"| {r.max_new_tokens} | {r.rain_new_tokens} | {r.rain_seconds_per_token:.4f} | "
+                f"{(r.rain_seconds_per_search or float('nan')):.4f} | {r.vanilla_new_tokens} | "
+                f"{r.vanilla_seconds_per_token:.4f} |"
+            )
+        lines += [
+            "",
+            f"Growth of RAIN's per-token cost: {fmt_x(s.growth)} "
+            f"(vanilla {fmt_x(s.vanilla_growth)})"
+            + ("." if s.reached_cap else "; some answers ended (EOS) before the cap."),
+            "",
+        ]
         if dev.fidelity is not None:
             from ..fidelity import render_table as fidelity_table
 
-            lines += ["### 6. Fidelity of the fast preset to the official search", "",
-                      f"{dev.fidelity.seeds} seeds per scenario and preset; evaluator -1 when the answer so far "
-                      "contains the penalised word, +1 otherwise; acceptable when the fast preset's avoidance rate "
-                      "lies inside the official search's 95% Wilson interval "
-                      f"({dev.fidelity.seconds:.0f} s).", "", fidelity_table(dev.fidelity), ""]
+            lines += [
+                "### 6. Fidelity of the fast preset to the official search",
+                "",
+                f"{dev.fidelity.seeds} seeds per scenario and preset; evaluator -1 when the answer so far "
+                "contains the penalised word, +1 otherwise; acceptable when the fast preset's avoidance rate "
+                "lies inside the official search's 95% Wilson interval "
+                f"({dev.fidelity.seconds:.0f} s).",
+                "",
+                fidelity_table(dev.fidelity),
+                "",
+            ]
     return "\n".join(lines)
 
 

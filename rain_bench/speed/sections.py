@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from ..harness import machine_info, now_iso, ratio, timed
@@ -32,8 +33,8 @@ from .plan import (
     PRESET_LABELS,
     PRESETS,
     TARGET_BEST_CASE_OVERHEAD,
-    TARGET_FAST_BEST_CASE,
     TARGET_ENGINE_GAIN,
+    TARGET_FAST_BEST_CASE,
     TARGET_LINEAR_GROWTH,
     TARGET_PEAK_MEMORY,
     WARMUP_PROMPT,
@@ -79,8 +80,7 @@ def _warm_up(decoder: Any, overrides: Mapping[str, Any]) -> None:
     decoder.generate(WARMUP_PROMPT, **cfg)
 
 
-def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
-                     progress: Progress = _noop) -> tuple[Overhead, Memory]:
+def measure_overhead(lm: Any, plan: Plan, device: str = "cpu", progress: Progress = _noop) -> tuple[Overhead, Memory]:
     """Sections 1 and 4: RAIN over vanilla wall time for each evaluator and search preset (official
     and fast), and peak memory.
 
@@ -90,14 +90,17 @@ def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
     from rain_core import RainDecoder
 
     overrides = {"max_new_tokens": plan.max_new_tokens, **plan.search_overrides}
-    decoders = {variant_key(name, preset): RainDecoder(lm, fn, config=preset_config(preset, **overrides))
-                for preset in PRESETS for name, fn in EVALUATORS.items()}
+    decoders = {
+        variant_key(name, preset): RainDecoder(lm, fn, config=preset_config(preset, **overrides))
+        for preset in PRESETS
+        for name, fn in EVALUATORS.items()
+    }
     vanilla_dec = decoders["self"]  # vanilla never touches the evaluator or the encoder
 
     memory_pass = Tally()
     for p in plan.prompts:
         progress("1/4 vanilla memory pass")
-        _run(memory_pass, p.text, lambda: vanilla_dec.vanilla(p.text), device, plan.memory_interval)
+        _run(memory_pass, p.text, partial(vanilla_dec.vanilla, p.text), device, plan.memory_interval)
 
     for name, dec in decoders.items():
         progress(f"1 warm-up {name}")
@@ -107,10 +110,10 @@ def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
     rain = {name: Tally() for name in decoders}
     for p in plan.prompts:
         progress("1 vanilla")
-        _run(vanilla, p.text, lambda: vanilla_dec.vanilla(p.text), device, plan.memory_interval)
+        _run(vanilla, p.text, partial(vanilla_dec.vanilla, p.text), device, plan.memory_interval)
         for name, dec in decoders.items():
             progress(f"1 RAIN {name}")
-            _run(rain[name], p.text, lambda: dec.generate(p.text), device, plan.memory_interval)
+            _run(rain[name], p.text, partial(dec.generate, p.text), device, plan.memory_interval)
 
     v = vanilla.summary()
     variants = {}
@@ -125,8 +128,12 @@ def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
             per_token_ratio=ratio(s.seconds_per_token, v.seconds_per_token),
             searches_per_commit=ratio(s.searches, s.commits),
         )
-    overhead = Overhead(max_new_tokens=plan.max_new_tokens, config=dict(plan.search_overrides) or "official defaults",
-                        vanilla=v, rain=variants)
+    overhead = Overhead(
+        max_new_tokens=plan.max_new_tokens,
+        config=dict(plan.search_overrides) or "official defaults",
+        vanilla=v,
+        rain=variants,
+    )
 
     rain_peak = max(t.peak_memory for t in rain.values())
     memory = Memory(
@@ -140,8 +147,9 @@ def measure_overhead(lm: Any, plan: Plan, device: str = "cpu",
     return overhead, memory
 
 
-def measure_engine(lm: Any, plan: Plan, device: str = "cpu",
-                   progress: Progress = _noop) -> tuple[EngineComparison, ForwardWork]:
+def measure_engine(
+    lm: Any, plan: Plan, device: str = "cpu", progress: Progress = _noop
+) -> tuple[EngineComparison, ForwardWork]:
     """Sections 2 and 3: the same fixed-budget RAIN decodes (self-evaluation) with prefix KV-cache
     reuse and batching on, then off, on two fresh engines sharing the model's weights."""
     from rain_core import RainDecoder
@@ -161,7 +169,7 @@ def measure_engine(lm: Any, plan: Plan, device: str = "cpu",
     for p in plan.engine_prompts:
         for name, dec in decoders.items():
             progress(f"2 engine {name}")
-            res = _run(tallies[name], p.text, lambda: dec.generate(p.text), device, plan.memory_interval)
+            res = _run(tallies[name], p.text, partial(dec.generate, p.text), device, plan.memory_interval)
             token_ids[name].append(list(res.token_ids))
     on, off = tallies["on"].summary(), tallies["off"].summary()
     same = [a == b for a, b in zip(token_ids["on"], token_ids["off"])]
@@ -198,21 +206,23 @@ def measure_scaling(lm: Any, plan: Plan, device: str = "cpu", progress: Progress
         vanilla, rain = Tally(), Tally()
         for p in plan.scaling_prompts:
             progress(f"5 vanilla {n}")
-            _run(vanilla, p.text, lambda: dec.vanilla(p.text, max_new_tokens=n), device, plan.memory_interval)
+            _run(vanilla, p.text, partial(dec.vanilla, p.text, max_new_tokens=n), device, plan.memory_interval)
             progress(f"5 RAIN {n}")
-            _run(rain, p.text, lambda: dec.generate(p.text, max_new_tokens=n), device, plan.memory_interval)
+            _run(rain, p.text, partial(dec.generate, p.text, max_new_tokens=n), device, plan.memory_interval)
         v, r = vanilla.summary(), rain.summary()
-        rows.append(ScalingRow(
-            max_new_tokens=n,
-            rain_seconds_per_token=r.seconds_per_token,
-            vanilla_seconds_per_token=v.seconds_per_token,
-            rain_new_tokens=r.new_tokens,
-            vanilla_new_tokens=v.new_tokens,
-            rain_seconds=r.seconds,
-            vanilla_seconds=v.seconds,
-            rain_seconds_per_search=r.seconds_per_search,
-            rain_forward_tokens_per_token=r.forward_tokens_per_token,
-        ))
+        rows.append(
+            ScalingRow(
+                max_new_tokens=n,
+                rain_seconds_per_token=r.seconds_per_token,
+                vanilla_seconds_per_token=v.seconds_per_token,
+                rain_new_tokens=r.new_tokens,
+                vanilla_new_tokens=v.new_tokens,
+                rain_seconds=r.seconds,
+                vanilla_seconds=v.seconds,
+                rain_seconds_per_search=r.seconds_per_search,
+                rain_forward_tokens_per_token=r.forward_tokens_per_token,
+            )
+        )
     first, last = rows[0], rows[-1]
     growth = ratio(last.rain_seconds_per_token, first.rain_seconds_per_token)
     return Scaling(
@@ -226,8 +236,9 @@ def measure_scaling(lm: Any, plan: Plan, device: str = "cpu", progress: Progress
     )
 
 
-def verdicts(overhead: Overhead, engine: EngineComparison, memory: Memory, scaling: Scaling,
-             plan: Plan) -> dict[str, Target]:
+def verdicts(
+    overhead: Overhead, engine: EngineComparison, memory: Memory, scaling: Scaling, plan: Plan
+) -> dict[str, Target]:
     """Each target of issue 5: the measured figure and whether it is met."""
     best = overhead.rain["everything"].wall_ratio
     fast = overhead.rain[variant_key("everything", "fast")].per_token_ratio
@@ -254,7 +265,7 @@ def verdicts(overhead: Overhead, engine: EngineComparison, memory: Memory, scali
         ),
         "linear_cost": Target(
             target=f"cost linear in max_new_tokens (per-token cost at {plan.lengths[-1]} <= "
-                   f"{TARGET_LINEAR_GROWTH:g}x at {plan.lengths[0]})",
+            f"{TARGET_LINEAR_GROWTH:g}x at {plan.lengths[0]})",
             value=scaling.growth,
             met=bool(scaling.linear),
         ),
@@ -271,8 +282,14 @@ def measure_fidelity(lm: Any, plan: Plan, progress: Progress = _noop) -> Any:
     if "max_new_tokens" in overrides:
         scenarios = tuple(fidelity.Scenario(s.name, s.prompt, s.words, overrides["max_new_tokens"]) for s in scenarios)
         overrides = {k: v for k, v in overrides.items() if k != "max_new_tokens"}
-    return fidelity.run(lm, scenarios=scenarios, seeds=plan.fidelity_seeds, overrides=overrides, mode=plan.mode,
-                        progress=lambda label: progress(f"6 fidelity {label}"))
+    return fidelity.run(
+        lm,
+        scenarios=scenarios,
+        seeds=plan.fidelity_seeds,
+        overrides=overrides,
+        mode=plan.mode,
+        progress=lambda label: progress(f"6 fidelity {label}"),
+    )
 
 
 def measure_device(lm: Any, plan: Plan, device: str, dtype: str, progress: Progress = _noop) -> DeviceResult:
@@ -310,8 +327,7 @@ def run(plan: Plan, progress: Progress = _noop, cuda: bool | None = None) -> Spe
     t0 = time.perf_counter()
     date, machine = now_iso(), machine_info(cuda)
     devices: dict[str, Device] = {}
-    devices["cpu"] = measure_device(load_default_model(device="cpu", dtype="float32"), plan, "cpu", "float32",
-                                    progress)
+    devices["cpu"] = measure_device(load_default_model(device="cpu", dtype="float32"), plan, "cpu", "float32", progress)
     if cuda:
         try:
             lm = load_model(str(materialize_default_model()), device="cuda", dtype="bfloat16")
@@ -319,5 +335,6 @@ def run(plan: Plan, progress: Progress = _noop, cuda: bool | None = None) -> Spe
         except Exception as exc:  # keep the CPU figures of a long run
             logger.exception("the CUDA section failed")
             devices["cuda"] = DeviceError(error=f"{type(exc).__name__}: {exc}")
-    return SpeedReport(date=date, machine=machine, config=plan.describe(), devices=devices,
-                       seconds=time.perf_counter() - t0)
+    return SpeedReport(
+        date=date, machine=machine, config=plan.describe(), devices=devices, seconds=time.perf_counter() - t0
+    )
