@@ -150,7 +150,7 @@ class VLLMSpeedReport:
     def to_json(self) -> dict[str, Any]:
         from rain_bench.output import jsonable
 
-        data = jsonable(self)
+        data: dict[str, Any] = jsonable(self)
         data["ratio_official"] = jsonable(self.ratio_official)
         data["ratio_fast"] = jsonable(self.ratio_fast)
         data["target_met"] = self.target_met

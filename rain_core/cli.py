@@ -91,8 +91,12 @@ def _build_parser() -> argparse.ArgumentParser:
 def _add_bench_and_demo(sub: Any) -> None:
     """``rain bench WHICH ...`` and ``rain demo``: their options are parsed by ``rain_bench.cli``
     (imported only when they run: the core never imports the benchmarks)."""
-    bench = sub.add_parser("bench", help="benchmarks: speed, evaluator, quality, fidelity, vllm (`rain bench WHICH --help`)")
-    bench.add_argument("which", choices=["speed", "evaluator", "quality", "fidelity", "vllm"], help="the benchmark to run")
+    bench = sub.add_parser(
+        "bench", help="benchmarks: speed, evaluator, quality, fidelity, vllm (`rain bench WHICH --help`)"
+    )
+    bench.add_argument(
+        "which", choices=["speed", "evaluator", "quality", "fidelity", "vllm"], help="the benchmark to run"
+    )
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options (see `rain bench WHICH --help`)")
     sub.add_parser(
         "demo",

@@ -18,8 +18,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..protocols import ContextTooLongError, Continuation, EngineError
-from .common import EngineStats, plain_transcript, tokens_ending_with
+from .common import EngineStats
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
+from .hf_text import LocalText
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ class TransformersLM:
         self._keeps_logits = "logits_to_keep" in params
         # transformers 5.2x names the KV cache argument ``cache``; earlier releases ``past_key_values``.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", []) or [])
-        self._suffix_tokens: dict[tuple[str, ...], frozenset[int]] = {}
+        self.text = LocalText(tokenizer, self.name)
         self._init_options = {"name": name, "cache_bytes": cache_bytes}
         self._lock = threading.RLock()
 
@@ -178,55 +178,27 @@ class TransformersLM:
     def release_prefix(self, prefix: Sequence[int]) -> None:
         self.cache.pin(prefix, False)
 
-    # --- text -------------------------------------------------------------------------------
+    # --- text (the tokenizer's side, shared with VLLMEngine's local tokenizer) --------------------
     def encode(self, text: str, *, parse_special: bool = True) -> list[int]:
-        if parse_special:
-            return list(self.tokenizer.encode(text, add_special_tokens=False))
-        return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+        return self.text.encode(text, parse_special=parse_special)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+        return self.text.decode(token_ids)
 
     def chat_prompt(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
     ) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            try:
-                return str(
-                    self.tokenizer.apply_chat_template(
-                        [dict(m) for m in messages],
-                        tokenize=False,
-                        add_generation_prompt=add_generation_prompt,
-                        **kwargs,
-                    )
-                )
-            except Exception as exc:  # jinja2 errors of a template that rejects this input
-                raise ValueError(f"{self.name}'s chat template cannot render these messages: {exc}") from exc
-        return plain_transcript(messages, add_generation_prompt)
+        return self.text.chat_prompt(messages, add_generation_prompt, **kwargs)
 
     def parse_response(
         self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
     ) -> dict[str, Any] | None:
         """The tokenizer's own parse of a reply (``tokenizer.parse_response``), or None when the
         tokenizer has no ``response_template``."""
-        if getattr(self.tokenizer, "response_template", None) is None:
-            return None
-        kwargs: dict[str, Any] = {"prefix": prefix}
-        if tools:
-            kwargs["tools"] = [dict(t) for t in tools]
-        parsed = self.tokenizer.parse_response(text, **kwargs)
-        return dict(parsed) if isinstance(parsed, Mapping) else None
+        return self.text.parse_response(text, prefix=prefix, tools=tools)
 
     def token_ids_ending_with(self, suffixes: Sequence[str]) -> frozenset[int]:
-        key = tuple(suffixes)
-        if key not in self._suffix_tokens:
-            self._suffix_tokens[key] = tokens_ending_with(
-                lambda i: self.tokenizer.decode([i], skip_special_tokens=True),
-                len(self.tokenizer),
-                key,
-                skip=sorted(self._special_ids),
-            )
-        return self._suffix_tokens[key]
+        return self.text.token_ids_ending_with(suffixes)
 
     # --- forward passes -------------------------------------------------------------------------
     def _forward(

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ..protocols import ContextTooLongError, Continuation, EngineError
+from .hf_text import LocalText, load_local_tokenizer
 from .vllm_http import (
     START_HINT,
     LogprobsLimitError,
@@ -56,7 +57,7 @@ from .vllm_http import (
     Transport,
     raise_for_answer,
 )
-from .vllm_tokenizer import LocalText, ServerText, is_local_folder, load_local_tokenizer
+from .vllm_tokenizer import ServerText, is_local_folder
 
 logger = logging.getLogger(__name__)
 
