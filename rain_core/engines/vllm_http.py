@@ -226,26 +226,39 @@ class Transport:
                 with self._slots:
                     response = self._client.request(method, path, json=payload)
             except _RETRY_EXCEPTIONS as exc:
-                self._on_attempt(time.perf_counter() - t0, attempt > 0)
-                if attempt >= self.max_retries:
-                    raise self._unreachable(path, exc, attempt + 1) from exc
-                logger.info(
-                    "%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries
-                )
+                self._settle(path, attempt, time.perf_counter() - t0, exc=exc)
             else:
-                self._on_attempt(time.perf_counter() - t0, attempt > 0)
-                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                if self._settle(path, attempt, time.perf_counter() - t0, response=response):
                     return response
-                logger.info(
-                    "%s%s: HTTP %d; retry %d of %d",
-                    self.base_url,
-                    path,
-                    response.status_code,
-                    attempt + 1,
-                    self.max_retries,
-                )
             time.sleep(self._delay(attempt))
             attempt += 1
+
+    def _settle(
+        self,
+        path: str,
+        attempt: int,
+        elapsed: float,
+        *,
+        response: httpx.Response | None = None,
+        exc: Exception | None = None,
+    ) -> bool:
+        """Book one attempt; True when ``response`` is final (not retryable, or no retries left).
+        A failed connection with no retries left raises ``EngineError``; otherwise it logs the retry."""
+        self._on_attempt(elapsed, attempt > 0)
+        if exc is not None:
+            if attempt >= self.max_retries:
+                raise self._unreachable(path, exc, attempt + 1) from exc
+            logger.info(
+                "%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries
+            )
+            return False
+        assert response is not None
+        if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+            return True
+        logger.info(
+            "%s%s: HTTP %d; retry %d of %d", self.base_url, path, response.status_code, attempt + 1, self.max_retries
+        )
+        return False
 
     async def arequest(self, method: str, path: str, payload: Any = None) -> httpx.Response:
         """``request`` on the running event loop's async client."""
@@ -257,24 +270,10 @@ class Transport:
                 async with slots:
                     response = await client.request(method, path, json=payload)
             except _RETRY_EXCEPTIONS as exc:
-                self._on_attempt(time.perf_counter() - t0, attempt > 0)
-                if attempt >= self.max_retries:
-                    raise self._unreachable(path, exc, attempt + 1) from exc
-                logger.info(
-                    "%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries
-                )
+                self._settle(path, attempt, time.perf_counter() - t0, exc=exc)
             else:
-                self._on_attempt(time.perf_counter() - t0, attempt > 0)
-                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                if self._settle(path, attempt, time.perf_counter() - t0, response=response):
                     return response
-                logger.info(
-                    "%s%s: HTTP %d; retry %d of %d",
-                    self.base_url,
-                    path,
-                    response.status_code,
-                    attempt + 1,
-                    self.max_retries,
-                )
             await asyncio.sleep(self._delay(attempt))
             attempt += 1
 
