@@ -235,3 +235,23 @@ def words_penalty(*words: str) -> Callable[[str, str], float]:
     """Evaluator function: -1 when the response contains any of ``words``, else 1."""
     pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
     return lambda prompt, response: -1.0 if pattern.search(response) else 1.0
+
+
+def two_way() -> CharLM:
+    """A chat model that prefers to answer "i like cats." (strength 12) and keeps "i like dogs." one
+    token away (10): the scenario where a penalised word is avoidable."""
+    targets = (("i like cats.", 12.0), ("i like dogs.", 10.0))
+
+    def logits(text: str) -> np.ndarray:
+        reply = text.rpartition("\nassistant:")[2]
+        out = np.zeros(len(lm.vocab))
+        for target, strength in targets:
+            if reply == target:
+                out[0] = max(out[0], 12.0)
+            elif target.startswith(reply):
+                i = lm.vocab.index(ord(target[len(reply)]))
+                out[i] = max(out[i], strength)
+        return out
+
+    lm = CharLM(logits)
+    return lm

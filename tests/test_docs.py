@@ -34,4 +34,7 @@ def test_every_fast_deviation_is_explained_in_the_algorithm_document(name):
 
 def test_docs_do_not_point_users_at_files_they_do_not_have():
     for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
-        assert "../shared" not in path.read_text() and "shared/design" not in path.read_text(), path
+        text = path.read_text()
+        # the design folder of the team that builds rain, which users do not have (spelled in parts
+        # so that searching the tree for such pointers does not find this test)
+        assert "../" + "shared" not in text and "shared" + "/design" not in text, path

@@ -2,32 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
-from fakes import CharLM
+from fakes import two_way
 
 from rain_bench import fidelity
 from rain_core import RainConfig
-
-
-def two_way():
-    """Prefers "i like cats." (strength 12) and keeps "i like dogs." close behind (10)."""
-    targets = (("i like cats.", 12.0), ("i like dogs.", 10.0))
-
-    def logits(text):
-        reply = text.rpartition("\nassistant:")[2]
-        out = np.zeros(len(lm.vocab))
-        for target, strength in targets:
-            if reply == target:
-                out[0] = max(out[0], 12.0)
-            elif target.startswith(reply):
-                i = lm.vocab.index(ord(target[len(reply)]))
-                out[i] = max(out[i], strength)
-        return out
-
-    lm = CharLM(logits)
-    return lm
-
 
 SCENARIO = fidelity.Scenario("pets", "pets?", ("cat",), 20)
 

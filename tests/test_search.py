@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from fakes import CharLM, ScriptedLM, TableLM, words_penalty
+from fakes import CharLM, ScriptedLM, TableLM, two_way, words_penalty
 
 from rain_core import CallableEvaluator, RainConfig, RainDecoder
 from rain_core.search import RainSearch
@@ -282,25 +282,6 @@ def test_stop_strings_end_the_text_and_streams_hold_them_back():
     assert res.text == "one, two" and res.finish_reason == "stop"
     assert "".join(dec.stream("count", stop=[". th"])) == "one, two"
     assert dec.vanilla("count", stop=[". th"]).text == "one, two"
-
-
-def two_way():
-    """Prefers to answer "i like cats." but keeps "i like dogs." one token away."""
-    targets = (("i like cats.", 12.0), ("i like dogs.", 10.0))
-
-    def logits(text):
-        reply = text.rpartition("\nassistant:")[2]
-        out = np.zeros(len(lm.vocab))
-        for target, strength in targets:
-            if reply == target:
-                out[0] = max(out[0], 12.0)
-            elif target.startswith(reply):
-                i = lm.vocab.index(ord(target[len(reply)]))
-                out[i] = max(out[i], strength)
-        return out
-
-    lm = CharLM(logits)
-    return lm
 
 
 def test_penalised_word_is_avoided_when_an_alternative_exists():
