@@ -9,14 +9,11 @@ parses special-token text). With them only, those two raise ``MissingFeatureErro
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .vllm_http import MissingFeatureError
-
-logger = logging.getLogger(__name__)
 
 
 class ServerText:
