@@ -22,6 +22,9 @@ them with ``isinstance`` and work without them:
   decoder's ``agenerate``/``astream`` use them, so many decodes share one event loop.
 - ``ProvidesEncoder``: the engine's default sentence encoder (all-MiniLM-L6-v2), which
   ``RainDecoder(encoder="default")`` uses; without it, pass an ``Encoder`` or ``encoder=None``.
+- ``BatchEvaluator`` / ``AsyncBatchEvaluator``: an evaluator that scores many replies to one
+  conversation in one call (``score_batch``), for the searches that run side by side
+  (``RainConfig.parallel_searches``); evaluators without it are called once per reply.
 
 Nothing here imports torch, transformers or an engine.
 """
@@ -36,8 +39,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "AsyncBatchEvaluator",
     "AsyncEvaluator",
     "AsyncLanguageModel",
+    "BatchEvaluator",
     "ConcurrentModel",
     "ContextTooLongError",
     "Continuation",
@@ -308,6 +313,23 @@ class Evaluator(Protocol):
     name: str
 
     def score(self, prompt: str, response: str) -> float: ...
+
+
+@runtime_checkable
+class BatchEvaluator(Protocol):
+    """Optional: score many replies to the same conversation in one call, same contract as
+    ``score`` for each (a model evaluator runs them as one batch over the shared prefix)."""
+
+    def score_batch(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        """One score in [-1, 1] per response, in order."""
+        ...
+
+
+@runtime_checkable
+class AsyncBatchEvaluator(Protocol):
+    """Optional: ``score_batch`` as a coroutine."""
+
+    async def ascore_batch(self, prompt: str, responses: Sequence[str]) -> list[float]: ...
 
 
 @runtime_checkable
