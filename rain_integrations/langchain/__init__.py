@@ -3,6 +3,8 @@
 - ``ChatRain``: a chat model over a ``RainDecoder`` (invoke, stream, batch, async with
   cancellation, tools, structured output, ``rain_commit`` callback events).
 - ``RainLLM``: a text-completion model over a ``RainDecoder``.
+- ``RainEmbeddings``: LangChain embeddings from the packaged all-MiniLM-L6-v2 (or any
+  sentence-transformers folder), so a vector store and a RAG chain run offline.
 - ``RainGuard``: an LCEL runnable that checks text with a RAIN evaluator and blocks, rewrites or
   flags it (``guard | chain | guard``).
 - ``RainGuardMiddleware`` / ``RainToolGuard``: the same checks as agent middleware for
@@ -31,6 +33,7 @@ from rain_core.chat import TemplateSupport, template_support
 
 from .._common import MIN_TEMPERATURE
 from .chat_models import ChatRain
+from .embeddings import DEFAULT_EMBEDDINGS_MODEL, RainEmbeddings
 from .guards import (
     DEFAULT_BLOCK_MESSAGE,
     DEFAULT_INPUT_BLOCK_MESSAGE,
@@ -52,12 +55,14 @@ _MIDDLEWARE = ("RainGuardMiddleware", "RainToolGuard")
 __all__ = [
     "ChatRain",
     "DEFAULT_BLOCK_MESSAGE",
+    "DEFAULT_EMBEDDINGS_MODEL",
     "DEFAULT_INPUT_BLOCK_MESSAGE",
     "DEFAULT_REWRITE_INSTRUCTION",
     "GuardStrategy",
     "GuardVerdict",
     "MIN_TEMPERATURE",
     "RAIN_COMMIT_EVENT",
+    "RainEmbeddings",
     "RainGuard",
     "RainGuardMiddleware",
     "RainGuardViolation",
