@@ -27,6 +27,8 @@ from typing import (
     Union,
 )
 
+from pydantic import BaseModel, ConfigDict, create_model
+
 from rain_core import (
     JudgeEvaluator,
     LanguageModel,
@@ -34,6 +36,7 @@ from rain_core import (
     RainDecoder,
     RainResult,
     SelfEvaluator,
+    load_principle,
 )
 from rain_core.decoder import Cancel
 
@@ -81,7 +84,7 @@ def load_model(name_or_path: str, **options: Any) -> LanguageModel:
 
 
 def build_decoder(
-    model: str | LanguageModel,
+    model: str | LanguageModel | None,
     *,
     judge: str | LanguageModel | None = None,
     evaluator: Any = None,
@@ -99,7 +102,10 @@ def build_decoder(
     """The one decoder builder behind every ``from_model_id``/``from_model_name``/``from_engine``/
     ``from_default`` constructor.
 
-    ``model``: a model id or folder (loaded with ``rain_core.engines.loading.load_model``, which
+    Every option is checked before any weights load (``check_build``).
+
+    ``model``: ``None`` for the embedded SmolLM2-135M-Instruct (``default_lm``), a model id or folder
+    (loaded with ``rain_core.engines.loading.load_model``, which
     passes ``device_map``, ``dtype``, ``quantization_config`` and ``model_kwargs`` through to
     ``from_pretrained`` and never moves a dispatched or quantised model; ``model_kwargs`` are further
     ``load_model`` options such as ``attn_implementation`` or ``trust_remote_code``) or a ready
@@ -108,8 +114,7 @@ def build_decoder(
     the same options unless ``judge_kwargs`` are given). ``evaluator``: any ``Evaluator`` or function
     ``fn(prompt, response) -> float`` instead. Neither: the model judges itself (``SelfEvaluator``).
     ``rain_fields``: ``RainConfig`` fields (``max_searches=10``, ...)."""
-    if judge is not None and evaluator is not None:
-        raise TypeError("pass either judge (a model that judges) or evaluator, not both")
+    cfg = check_build(judge=judge, evaluator=evaluator, principle=principle, config=config, **rain_fields)
     load_options = {
         k: v
         for k, v in {
@@ -121,8 +126,12 @@ def build_decoder(
         if v is not None
     }
     load_options.update(model_kwargs or {})
-    cfg = (config or RainConfig()).merged(**rain_fields) if (config or rain_fields) else None
-    lm = load_lm(model, load_options)
+    if model is None:
+        if load_options:
+            raise TypeError(f"{sorted(load_options)} apply when loading a model by id, not to the embedded model")
+        lm = default_lm()
+    else:
+        lm = load_lm(model, load_options)
     if judge is not None:
         judge_options = dict(judge_kwargs) if judge_kwargs is not None else load_options
         same = judge is model or (isinstance(judge, str) and judge == model and judge_kwargs is None)
@@ -131,6 +140,39 @@ def build_decoder(
     elif evaluator is None and principle != "harmless":
         evaluator = SelfEvaluator(lm, principle, scoring=(cfg or RainConfig()).scoring)
     return RainDecoder(lm, evaluator, encoder=encoder, config=cfg)
+
+
+def check_build(
+    *, judge: Any = None, evaluator: Any = None, principle: Any = "harmless", config: Any = None, **rain_fields: Any
+) -> RainConfig | None:
+    """The decoder options of a ``from_*`` constructor checked without loading anything: the judge or
+    evaluator choice, the principle the judge applies, and ``config`` merged with ``rain_fields``
+    (``RainConfig``'s own validation). Returns that config (``None`` when neither is given)."""
+    if judge is not None and evaluator is not None:
+        raise TypeError("pass either judge (a model that judges) or evaluator, not both")
+    if config is not None and not isinstance(config, RainConfig):
+        raise TypeError(f"config must be a RainConfig, got {type(config).__name__}; or pass its fields as keywords")
+    if evaluator is None:
+        load_principle(principle)  # an unknown name or a missing file fails here
+    if config is None and not rain_fields:
+        return None
+    return (config or RainConfig()).merged(**rain_fields)
+
+
+def check_fields(owner: type[BaseModel], values: Mapping[str, Any]) -> None:
+    """``values`` checked against the types and constraints of ``owner``'s fields of those names,
+    without building an ``owner`` (whose decoder may not be loaded yet). The error is pydantic's
+    ``ValidationError`` for ``owner``, as building it would raise; unknown names are a ``TypeError``."""
+    unknown = sorted(set(values) - set(owner.model_fields))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}: pass {owner.__name__} fields or RainConfig fields")
+    if not values:
+        return
+    fields: dict[str, Any] = {name: (owner.model_fields[name].annotation, owner.model_fields[name]) for name in values}
+    check = create_model(  # type: ignore[call-overload]
+        owner.__name__, __config__=ConfigDict(arbitrary_types_allowed=True, populate_by_name=True), **fields
+    )
+    check.model_validate(dict(values))
 
 
 def split_fields(

@@ -22,7 +22,7 @@ from rain_core.decoder import Cancel
 
 from .._common import (
     build_decoder,
-    default_lm,
+    check_fields,
     join_cancels,
     rain_temperature,
     split_fields,
@@ -78,6 +78,17 @@ async def acommit_dispatch(run_manager: AsyncCallbackManagerForLLMRun | None, da
     await manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=run_manager.run_id)
 
 
+def _standard(fields: dict[str, Any]) -> dict[str, Any]:
+    """The standard LangChain options among ``fields`` as ``RainConfig`` overrides (unset ones left out)."""
+    standard = {
+        "max_new_tokens": fields.get("max_tokens"),
+        "temperature": rain_temperature(fields.get("temperature")),
+        "stop": fields.get("stop"),
+        "max_seconds": fields.get("timeout"),
+    }
+    return {k: v for k, v in standard.items() if v is not None}
+
+
 class RainParams(BaseModel):
     """Fields and option handling shared by ``ChatRain`` and ``RainLLM``."""
 
@@ -109,9 +120,30 @@ class RainParams(BaseModel):
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
-    def _from_parts(cls: type[P], model: str | LanguageModel, build: dict[str, Any], kwargs: dict[str, Any]) -> P:
+    def _from_parts(
+        cls: type[P], model: str | LanguageModel | None, build: dict[str, Any], kwargs: dict[str, Any]
+    ) -> P:
+        """Check every option, then load (``model=None``: the embedded model) and build."""
         own, rain = split_fields(cls, cls.model_fields, kwargs)
+        cls.check_options(own, rain, config=build.get("config"))
         return cls(decoder=build_decoder(model, **build, **rain), **own)
+
+    @classmethod
+    def check_options(
+        cls, fields: dict[str, Any], rain_fields: dict[str, Any] | None = None, *, config: RainConfig | None = None
+    ) -> None:
+        """This class's ``fields`` and the decoder's ``RainConfig`` (``config`` with ``rain_fields``)
+        checked together without loading a model: field types and bounds, ``rain_options``, and what
+        the standard options (``max_tokens``, ``temperature``, ``stop``, ``timeout``) become in RAIN.
+        Raises what building the object would (``ValidationError``, ``TypeError``)."""
+        if "decoder" in fields:
+            raise TypeError(f"the constructors build the decoder; pass a ready one as {cls.__name__}(decoder=...)")
+        check_fields(cls, fields)
+        base = config if config is not None else RainConfig()
+        if not isinstance(base, RainConfig):
+            raise TypeError(f"config must be a RainConfig, got {type(base).__name__}")
+        per_call = {**fields.get("rain_options", {}), **_standard(fields)}
+        base.merged(**(rain_fields or {})).merged(**per_call)
 
     @classmethod
     def from_model_id(
@@ -140,7 +172,8 @@ class RainParams(BaseModel):
         ``judge``: a model id/folder or ``LanguageModel`` that judges replies against ``principle``;
         ``evaluator``: any ``Evaluator`` or ``fn(prompt, response) -> float`` instead; neither: the
         model judges itself. ``kwargs``: fields of this class (``max_tokens``, ``timeout``, ...) or
-        ``RainConfig`` fields (``max_searches``, ``seed``, ...)."""
+        ``RainConfig`` fields (``max_searches``, ``seed``, ...). Every option is checked before any
+        weights load: a misspelt or out-of-range one fails at once."""
         build = dict(
             judge=judge,
             evaluator=evaluator,
@@ -185,16 +218,10 @@ class RainParams(BaseModel):
         **kwargs: Any,
     ) -> P:
         """RAIN on the embedded SmolLM2-135M-Instruct (offline; loaded once per process and shared
-        with the other adapters). Arguments as in ``from_engine``."""
-        return cls.from_engine(
-            default_lm(),
-            judge=judge,
-            evaluator=evaluator,
-            principle=principle,
-            encoder=encoder,
-            config=config,
-            **kwargs,
-        )
+        with the other adapters). Arguments as in ``from_engine``; they are checked before the model
+        loads."""
+        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
+        return cls._from_parts(None, build, kwargs)
 
     # --- options ---------------------------------------------------------------------------------
     @property
@@ -219,13 +246,8 @@ class RainParams(BaseModel):
         keep_trees = bool(kwargs.pop("keep_trees", self.keep_trees))
         config = kwargs.pop("rain_config", None)
         options: dict[str, Any] = dict(self.rain_options)
-        standard = {
-            "max_new_tokens": self.max_tokens,
-            "temperature": rain_temperature(self.temperature),
-            "stop": self.stop,
-            "max_seconds": self.timeout,
-        }
-        options.update({k: v for k, v in standard.items() if v is not None})
+        standard = {"max_tokens": self.max_tokens, "temperature": self.temperature, "stop": self.stop}
+        options.update(_standard({**standard, "timeout": self.timeout}))
         if "max_tokens" in kwargs:
             kwargs["max_new_tokens"] = kwargs.pop("max_tokens")
         if "timeout" in kwargs:

@@ -33,8 +33,9 @@ from .._common import (
     aiter_in_thread,
     arun_in_thread,
     build_decoder,
+    check_build,
+    check_fields,
     decode_events,
-    default_lm,
     join_cancels,
     rain_temperature,
     run_events,
@@ -131,13 +132,30 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     @classmethod
     def _from_parts(
         cls,
-        model: str | LanguageModel,
+        model: str | LanguageModel | None,
         build: dict[str, Any],
         llm_kwargs: dict[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> RainLlamaIndexLLM:
+        """Check every option, then load (``model=None``: the embedded model) and build."""
         own, rain = split_fields(cls, cls.model_fields, kwargs)
-        return cls(build_decoder(model, **build, **rain), **{**(llm_kwargs or {}), **own})
+        fields = {**(llm_kwargs or {}), **own}
+        cls.check_options(fields, rain, config=build.get("config"))
+        return cls(build_decoder(model, **build, **rain), **fields)
+
+    @classmethod
+    def check_options(
+        cls, fields: dict[str, Any], rain_fields: dict[str, Any] | None = None, *, config: RainConfig | None = None
+    ) -> None:
+        """This class's ``fields`` and the decoder's ``RainConfig`` (``config`` with ``rain_fields``, and
+        ``context_window`` as RAIN's ``max_length``) checked without loading a model. Raises what
+        building the object would (``ValidationError``, ``TypeError``)."""
+        if "decoder" in fields:
+            raise TypeError("the constructors build the decoder; pass a ready one as RainLlamaIndexLLM(decoder)")
+        check_fields(cls, fields)
+        cfg = check_build(config=config, **(rain_fields or {})) or RainConfig()
+        if fields.get("context_window") is not None:
+            cfg.merged(max_length=fields["context_window"])
 
     @classmethod
     def from_model_name(
@@ -163,7 +181,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         ``from_pretrained`` (a dispatched or quantised model is never moved). ``judge``: a model
         id/folder or ``LanguageModel`` judging against ``principle``; ``evaluator`` instead; neither:
         the model judges itself. ``kwargs``: fields of this class (``context_window``, ``system_prompt``,
-        ...) or ``RainConfig`` fields (``max_searches``, ...)."""
+        ...) or ``RainConfig`` fields (``max_searches``, ...). Every option is checked before any
+        weights load."""
         build = dict(
             judge=judge,
             evaluator=evaluator,
@@ -210,17 +229,9 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> RainLlamaIndexLLM:
         """RAIN on the embedded SmolLM2-135M-Instruct (loaded once per process, offline, shared with
-        the LangChain adapter); arguments as in ``from_engine``."""
-        return cls.from_engine(
-            default_lm(),
-            judge=judge,
-            evaluator=evaluator,
-            principle=principle,
-            encoder=encoder,
-            config=config,
-            llm_kwargs=llm_kwargs,
-            **kwargs,
-        )
+        the LangChain adapter); arguments as in ``from_engine``, checked before the model loads."""
+        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
+        return cls._from_parts(None, build, llm_kwargs, kwargs)
 
     @classmethod
     def class_name(cls) -> str:

@@ -1,0 +1,108 @@
+"""The adapters' constructors check every option before any weights load: a loader that fails when
+called shows that the bad-option error comes first, and a good set of options does reach it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+import rain_core.engines.loading as loading
+from rain_core import RainConfig
+from rain_integrations.langchain import ChatRain, RainLLM
+from rain_integrations.llamaindex import RainLlamaIndexLLM
+
+
+class WeightsLoaded(Exception):
+    """Raised by the patched loaders: a constructor got as far as loading a model."""
+
+
+@pytest.fixture(autouse=True)
+def loaders_that_fail(monkeypatch):
+    def refuse(name: str) -> Any:
+        def load(*args: Any, **kwargs: Any) -> Any:
+            raise WeightsLoaded(f"{name}{args}")
+
+        return load
+
+    for name in ("load_model", "load_default_model", "shared_default_model"):
+        monkeypatch.setattr(loading, name, refuse(name))
+
+
+LANGCHAIN = [ChatRain, RainLLM]
+
+# (keyword arguments, the error type, a regular expression its message matches)
+BAD = [
+    (dict(max_searches=-1), ValidationError, r"RainConfig\nmax_searches\n  Input should be greater than or equal to 1"),
+    (dict(max_new_tokens=0), ValidationError, r"max_new_tokens\n  Input should be greater than or equal to 1"),
+    (dict(max_serches=3), TypeError, r"unknown option\(s\) \['max_serches'\]: pass \w+ fields or RainConfig fields"),
+    (dict(principle="harmles"), ValueError, r"unknown principle 'harmles': use one of harmless"),
+    (dict(principle="/no/such/principle.toml"), ValueError, r"unknown principle '/no/such/principle.toml'"),
+    (dict(evaluator=lambda p, r: 1.0, judge="some/judge"), TypeError, r"pass either judge .* or evaluator, not both"),
+    (dict(config={"max_searches": 2}), TypeError, r"config must be a RainConfig, got dict"),
+    (dict(config=RainConfig(), scoring="loud"), ValidationError, r"scoring"),
+]
+
+LANGCHAIN_BAD = [
+    (dict(max_tokens=0), ValidationError, r"validation error for (ChatRain|RainLLM)\nmax_tokens\n  Input should be"),
+    (dict(temperature=-1), ValidationError, r"temperature\n  Input should be greater than or equal to 0"),
+    (dict(timeout="soon"), ValidationError, r"timeout\n  Input should be a valid number"),
+    (dict(stop="END"), ValidationError, r"stop\n  Input should be a valid list"),
+    (dict(rain_options={"max_searches": 0}), ValidationError, r"max_searches\n  Input should be greater than"),
+    (dict(rain_options={"max_serches": 2}), TypeError, r"unknown RAIN option\(s\) \['max_serches'\]"),
+    (dict(decoder=None), TypeError, r"the constructors build the decoder"),
+]
+
+
+@pytest.mark.parametrize("cls", LANGCHAIN)
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD + LANGCHAIN_BAD)
+def test_langchain_from_default_checks_before_loading(cls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cls.from_default(**kwargs)
+
+
+@pytest.mark.parametrize("cls", LANGCHAIN)
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD + LANGCHAIN_BAD)
+def test_langchain_from_model_id_checks_before_loading(cls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cls.from_model_id("/models/not-loaded-yet", device_map="auto", dtype="bfloat16", **kwargs)
+
+
+LLAMAINDEX_BAD = [
+    (dict(context_window=1), ValidationError, r"RainLlamaIndexLLM\ncontext_window\n  Input should be greater than 1"),
+    (dict(llm_kwargs={"system_prompt": 3}), ValidationError, r"system_prompt\n  Input should be a valid string"),
+    (dict(llm_kwargs={"contxt_window": 3}), TypeError, r"unknown option\(s\) \['contxt_window'\]"),
+    (dict(plain="sometimes"), ValidationError, r"plain\n  Input should be a valid boolean"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD + LLAMAINDEX_BAD)
+def test_llamaindex_constructors_check_before_loading(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        RainLlamaIndexLLM.from_default(**kwargs)
+    with pytest.raises(error, match=message):
+        RainLlamaIndexLLM.from_model_name("org/not-loaded-yet", device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ChatRain.from_default(max_tokens=8, max_searches=3, temperature=0, stop=["\n"], principle="truthful"),
+        lambda: RainLLM.from_model_id("/models/m", device_map="auto", timeout=30, rain_options={"seed": 1}),
+        lambda: RainLlamaIndexLLM.from_default(
+            max_new_tokens=8, context_window=512, llm_kwargs={"system_prompt": "Hi"}
+        ),
+        lambda: RainLlamaIndexLLM.from_model_name("org/m", judge="org/judge", config=RainConfig.fast()),
+    ],
+)
+def test_good_options_reach_the_loader(build):
+    with pytest.raises(WeightsLoaded):
+        build()
+
+
+def test_the_model_id_passes_through_to_the_loader_with_its_options():
+    with pytest.raises(WeightsLoaded, match=r"load_model\('/models/m',\)"):
+        ChatRain.from_model_id("/models/m", device_map="auto")
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['device_map'\]"):
+        ChatRain.from_default(device_map="auto")  # loading options belong to from_model_id
