@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -243,9 +244,11 @@ class Text:
 
 @dataclass(frozen=True)
 class Done:
-    """The decode ended."""
+    """The decode ended. ``text``: the reply's last new text, when a stream holds it back to deliver
+    it with the result (``stream_events``); empty otherwise."""
 
     result: RainResult
+    text: str = ""
 
 
 Event = Union[Commit, Text, Done]  # noqa: UP007 (a runtime alias)
@@ -298,12 +301,100 @@ def run_events(events: Iterable[Event], on_text: Callable[[str], None] | None = 
         if isinstance(event, Text) and on_text is not None:
             on_text(event.text)
         elif isinstance(event, Done):
+            if event.text and on_text is not None:
+                on_text(event.text)
             return event.result
     raise RuntimeError("the decode ended without a result")
 
 
-# --- the one sync -> async bridge ------------------------------------------------------------------
+# --- streams that end with their last text ---------------------------------------------------------
+LAST_TEXT_WAIT = 0.2
+"""Seconds ``stream_events`` holds a text piece at most when the decode gives no sign yet whether
+more follows (its model busy with other decodes); then the piece goes out on its own."""
+
+_MORE = object()  # the decode started another search: the text held is not the last
 _END = object()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def stream_events(
+    start: Callable[[Callable[[], bool]], Iterator[Event]],
+    cancel: threading.Event | None = None,
+    *,
+    wait: float | None = None,
+) -> Iterator[Event]:
+    """A decode's events for a stream whose last chunk should carry the reply's last text together
+    with the result, instead of an empty chunk after it: the text that came after the last ``Text``
+    delivered arrives as ``Done.text``.
+
+    ``start(poll)`` builds the decode's events with ``poll`` as its ``cancel`` (for example
+    ``lambda poll: decode_events(decoder, prompt, cancel=poll)``); the decode runs in a thread of
+    its own (``rain-decode-stream``), in a copy of the caller's context. Each text piece is held
+    until the decode shows whether more follows: the search calls ``poll`` before each search, so a
+    held piece goes out the moment the next search starts; a commit or the end of the decode also
+    decide it, and ``wait`` seconds (default ``LAST_TEXT_WAIT``) without either (the model busy with
+    another decode) send it on its own. A piece is never held longer than that, and none is lost or reordered.
+
+    ``cancel`` set, or this iterator closed, stops the decode within one search; closing waits for
+    its thread, so the model is free when ``close()`` returns. The decode's errors are raised here."""
+    wait = LAST_TEXT_WAIT if wait is None else wait
+    items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    stop = threading.Event()
+    text_out = [False]  # a Text was queued and no search has started since (the decode thread's own)
+
+    def poll() -> bool:
+        if text_out[0]:
+            text_out[0] = False
+            items.put(_MORE)
+        return stop.is_set() or (cancel is not None and cancel.is_set())
+
+    def produce() -> None:
+        try:
+            for event in start(poll):
+                items.put(event)
+                text_out[0] = isinstance(event, Text)
+        except BaseException as exc:  # handed to the consumer, who raises it
+            items.put(_Failed(exc))
+        else:
+            items.put(_END)
+
+    worker = threading.Thread(
+        target=contextvars.copy_context().run, args=(produce,), name="rain-decode-stream", daemon=True
+    )
+    worker.start()
+    held = ""
+    try:
+        while True:
+            try:
+                item = items.get(timeout=wait) if held else items.get()
+            except queue.Empty:
+                item = _MORE
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            if isinstance(item, Text):
+                held += item.text
+                continue
+            if isinstance(item, Done):
+                yield Done(item.result, held + item.text)
+                held = ""
+                continue
+            if held:
+                yield Text(held)
+                held = ""
+            if item is not _MORE:
+                yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+# --- the one sync -> async bridge ------------------------------------------------------------------
 
 
 def _next(items: Iterator[Any]) -> Any:

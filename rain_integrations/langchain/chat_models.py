@@ -31,6 +31,7 @@ from .._common import (
     arun_in_thread,
     decode_events,
     run_events,
+    stream_events,
 )
 from .._tools import tool_call_start, tool_names
 from .messages import messages_from_langchain
@@ -78,6 +79,15 @@ class ChatRain(RainParams, BaseChatModel):
     the chunks as ``response_metadata["rain_commits"]``. Async calls stop their decode when the caller's
     task is cancelled or the stream is abandoned, and ``timeout`` ends a reply with what is committed
     (``finish_reason == "time"``).
+
+    Streams (``stream``, ``astream``, and chains such as ``prompt | chat | StrOutputParser()``) send
+    one chunk per committed token set; the last chunk carries the reply's last token set together
+    with what LangChain reads from the final chunk: ``usage_metadata``, ``response_metadata``
+    (``finish_reason``, ``rain``) and ``chunk_position="last"`` (which completes streamed tool calls).
+    So a stream does not end with an empty chunk, except when there is no text left to send with
+    the metadata: an empty reply, a deadline that passed before the search could commit again, or
+    a model so busy with other decodes that the end was not known within ``LAST_TEXT_WAIT``
+    (0.2 s) of the last token set.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -220,6 +230,7 @@ class ChatRain(RainParams, BaseChatModel):
                     yield ChatGenerationChunk(message=AIMessageChunk(content=text[sent:safe]))
                     sent = safe
             elif isinstance(event, Done):
+                text += event.text
                 final = self._message(event.result, request)
                 rest = text[sent:]
                 if final.tool_calls or final.invalid_tool_calls:
@@ -291,7 +302,7 @@ class ChatRain(RainParams, BaseChatModel):
         request = self._request(messages, stop, kwargs)
         dispatch = commit_dispatcher(run_manager)
         commits: list[dict[str, Any]] = []
-        for item in self._chunk_events(request, self._events(request)):
+        for item in self._chunk_events(request, stream_events(lambda poll: self._events(request, poll))):
             if isinstance(item, Commit):
                 if dispatch is not None:
                     dispatch(item.data)
@@ -311,7 +322,9 @@ class ChatRain(RainParams, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         commits: list[dict[str, Any]] = []
-        items = aiter_in_thread(lambda cancel: self._chunk_events(request, self._events(request, cancel)))
+        items = aiter_in_thread(
+            lambda cancel: self._chunk_events(request, stream_events(lambda poll: self._events(request, poll), cancel))
+        )
         try:
             async for item in items:
                 if isinstance(item, Commit):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from .._common import (
     Text,
     aiter_in_thread,
     decode_events,
+    stream_events,
     usage_of,
 )
 from .params import RainCall, RainParams, acommit_dispatch, commit_dispatcher
@@ -39,6 +41,11 @@ class RainLLM(RainParams, BaseLLM):
     events carry each commit's statistics). RAIN's search statistics are in each generation's
     ``generation_info["rain"]``. Constructors as ``ChatRain``'s: ``from_model_id``, ``from_engine``,
     ``from_default``.
+
+    ``stream``/``astream`` yield one piece per committed token set; the last piece is the reply's last
+    token set, sent with the generation's ``finish_reason``, statistics and usage (what LangChain
+    reports at the end of the run), so a stream does not end with an empty string (except as
+    ``ChatRain``'s docstring says: an empty reply, a deadline, a model too busy to tell in time).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -109,7 +116,8 @@ class RainLLM(RainParams, BaseLLM):
         if isinstance(event, Text):
             return GenerationChunk(text=event.text), None
         if isinstance(event, Done):
-            return GenerationChunk(text="", generation_info=self._generation_info(event.result, call)), event.result
+            info = self._generation_info(event.result, call)
+            return GenerationChunk(text=event.text, generation_info=info), event.result
         return None
 
     def _chunks(
@@ -136,8 +144,17 @@ class RainLLM(RainParams, BaseLLM):
         prompt: str,
         call: RainCall,
         run_manager: AsyncCallbackManagerForLLMRun | None,
+        *,
+        streamed: bool = False,
     ) -> AsyncIterator[tuple[GenerationChunk, RainResult | None]]:
-        async with contextlib.aclosing(aiter_in_thread(lambda cancel: self._events(prompt, call, cancel))) as events:
+        """``_chunks`` for async code; ``streamed``: the last chunk carries the last text (``stream_events``)."""
+
+        def start(cancel: threading.Event) -> Iterator[Event]:
+            if streamed:
+                return stream_events(lambda poll: self._events(prompt, call, poll), cancel)
+            return self._events(prompt, call, cancel)
+
+        async with contextlib.aclosing(aiter_in_thread(start)) as events:
             async for event in events:
                 if isinstance(event, Commit):
                     await acommit_dispatch(run_manager, event.data)
@@ -156,7 +173,8 @@ class RainLLM(RainParams, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         call = self._call(stop, kwargs)
-        for chunk, _ in self._chunks(self._events(prompt, call), call, run_manager):
+        events = stream_events(lambda poll: self._events(prompt, call, poll))
+        for chunk, _ in self._chunks(events, call, run_manager):
             yield chunk
 
     async def _astream(
@@ -166,6 +184,7 @@ class RainLLM(RainParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        async with contextlib.aclosing(self._achunks(prompt, self._call(stop, kwargs), run_manager)) as chunks:
+        call = self._call(stop, kwargs)
+        async with contextlib.aclosing(self._achunks(prompt, call, run_manager, streamed=True)) as chunks:
             async for chunk, _ in chunks:
                 yield chunk

@@ -41,6 +41,7 @@ from .._common import (
     run_events,
     split_fields,
     stats_of,
+    stream_events,
     usage_of,
 )
 from .._tools import parse_reply, render_tools, tool_call_start
@@ -86,6 +87,12 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     ``seed=1``, ...). Async calls stop their decode when the caller's task is cancelled or the stream
     is abandoned. Each decode dispatches ``RainSearchStartEvent``, ``RainCommitEvent`` and
     ``RainSearchEndEvent`` instrumentation events.
+
+    Streams (``stream_complete``, ``stream_chat`` and their async forms) yield one response per
+    committed token set; the last one carries the reply's last token set as its ``delta`` together
+    with the token counts and RAIN statistics (``raw``, ``additional_kwargs``), so a stream does not
+    end with an empty delta (except for an empty reply, a deadline that passed before the search
+    could commit again, or a model too busy with other decodes to tell within 0.2 s).
     """
 
     decoder: RainDecoder = Field(exclude=True, description="The RAIN decoder every call delegates to.")
@@ -346,6 +353,7 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
                     delta, sent = text[sent:safe], safe
                     yield ChatResponse(message=self._message(text[:sent], []), delta=delta)
             elif isinstance(event, Done):
+                text += event.text
                 content, calls = self._reply(event.result, request)
                 delta = text[sent:] if not calls else (content[sent:] if content.startswith(text[:sent]) else "")
                 yield ChatResponse(message=self._message(content, calls), delta=delta, **self._extras(event.result))
@@ -357,7 +365,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
                 text += event.text
                 yield CompletionResponse(text=text, delta=event.text)
             elif isinstance(event, Done):
-                yield CompletionResponse(text=text, delta="", **self._extras(event.result))
+                text += event.text
+                yield CompletionResponse(text=text, delta=event.text, **self._extras(event.result))
 
     def _chat_response(self, request: _Request, result: RainResult) -> ChatResponse:
         content, calls = self._reply(result, request)
@@ -372,8 +381,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        request = self._request(prompt, formatted, kwargs)
-        return self._completion_responses(request, self._events(request))
+        request, span = self._request(prompt, formatted, kwargs), current_span_id()
+        return self._completion_responses(request, stream_events(lambda poll: self._events(request, poll, span)))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -382,8 +391,8 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        request = self._request(messages, False, kwargs)
-        return self._chat_responses(request, self._events(request))
+        request, span = self._request(messages, False, kwargs), current_span_id()
+        return self._chat_responses(request, stream_events(lambda poll: self._events(request, poll, span)))
 
     # Async: the decode runs in a worker thread (the event loop stays free); cancelling the caller's
     # task or abandoning the stream stops it within one search.
@@ -396,7 +405,11 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         request, span = self._request(prompt, formatted, kwargs), current_span_id()
-        return aiter_in_thread(lambda cancel: self._completion_responses(request, self._events(request, cancel, span)))
+        return aiter_in_thread(
+            lambda cancel: self._completion_responses(
+                request, stream_events(lambda poll: self._events(request, poll, span), cancel)
+            )
+        )
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -407,7 +420,11 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         request, span = self._request(messages, False, kwargs), current_span_id()
-        return aiter_in_thread(lambda cancel: self._chat_responses(request, self._events(request, cancel, span)))
+        return aiter_in_thread(
+            lambda cancel: self._chat_responses(
+                request, stream_events(lambda poll: self._events(request, poll, span), cancel)
+            )
+        )
 
     # --- tools --------------------------------------------------------------------------------------
     def _prepare_chat_with_tools(
