@@ -33,7 +33,12 @@ class RainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
     # --- search budget (official) -------------------------------------------------------------
-    max_searches: int = Field(50, ge=1, description="T_max: search budget per commit (official 50).")
+    max_searches: int = Field(
+        50,
+        ge=1,
+        description="T_max: search budget per commit (official 50). Setting it below extra_searches lowers "
+        "both: a commit then runs max(T_max, reused visits + min(T_extra, T_max)) searches.",
+    )
     min_visits: int = Field(
         6,
         ge=0,
@@ -44,7 +49,7 @@ class RainConfig(BaseModel):
         15,
         ge=0,
         description="T_extra: at least this many new searches per commit, even when a reused "
-        "subtree already carries real visits (official 15).",
+        "subtree already carries real visits (official 15); never more than max_searches.",
     )
     value_threshold: float = Field(
         0.8, ge=-1.0, le=1.0, description="V: early stop once the best root child's value exceeds this (official 0.8)."
@@ -125,6 +130,23 @@ class RainConfig(BaseModel):
     scoring: Scoring = Field(
         Scoring.DISCRETE, description="'discrete' as in the paper, or 'continuous' (option-probability margin)."
     )
+    # --- searches side by side (rain) -----------------------------------------------------------
+    parallel_searches: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Searches run side by side per round (rain). 1: the official search, one leaf at a time. "
+        "B > 1: each round selects up to B leaves one after another (each selection sees the searches already in "
+        "flight), answers their expansions, simulations, evaluations and embeddings as batches, then backs them "
+        "up in the order they started. Budgets count completed searches; a round never runs past the budget.",
+    )
+    virtual_loss: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="With parallel_searches > 1: a search in flight counts as a visit in the exploration term "
+        "(WU-UCT's unobserved samples, 0.0); a value above 0 also counts it as a visit of value -virtual_loss.",
+    )
     # --- decoding limits -----------------------------------------------------------------------
     max_new_tokens: int = Field(
         128, ge=1, description="Hard cap on generated tokens; never exceeded (the official code has only max_length)."
@@ -190,6 +212,11 @@ class RainConfig(BaseModel):
         reset at a commit): 1 token at step 0, 2 at step 1, 4 at step 2, 10 from step 3 on (official)."""
         lengths = self.token_set_lengths
         return lengths[min(step, len(lengths) - 1)]
+
+    def search_target(self, reused_visits: int) -> int:
+        """Searches (counted from the root's real visits) a commit runs to:
+        ``max(T_max, reused + min(T_extra, T_max))``; with the official 50 and 15, the authors' rule."""
+        return max(self.max_searches, reused_visits + min(self.extra_searches, self.max_searches))
 
     def token_budget(self, prompt_tokens: int, context_length: int) -> int:
         """New tokens a decode may produce: ``max_new_tokens``, within ``max_length`` and the model's

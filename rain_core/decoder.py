@@ -330,7 +330,7 @@ class RainDecoder:
         Pass ``result=[]`` to receive the ``RainResult`` appended to it when the stream ends
         (with the per-commit log, and each commit's tree when ``keep_trees``). Closing the generator
         stops the decode; so does ``cancel`` (an ``Event`` set, or a function returning True),
-        between two searches, with ``DecodeCancelled``. ``on_commit`` is told each commit's log
+        before its next model call, with ``DecodeCancelled``. ``on_commit`` is told each commit's log
         entry as it happens (for callbacks and traces)."""
         search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, cancel)
         before = self._engine_stats()
@@ -381,14 +381,16 @@ class RainDecoder:
         """``stream`` for async code. On a remote engine with an async client (``AsyncLanguageModel``
         and ``concurrent``) the search runs on the event loop itself, so many decodes share it;
         otherwise each commit step runs in a worker thread. Cancelling the task, or abandoning or
-        closing the stream, stops the decode within one search step and frees the model."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, None)
+        closing the stream, stops the decode before its next model call and frees the model."""
+        on_loop = isinstance(self.lm, AsyncLanguageModel) and is_concurrent(self.lm)
+        left = threading.Event()  # set when this stream is left: a step in a worker thread stops
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, None if on_loop else left)
         before = self._engine_stats()
         emitted = 0
-        if isinstance(self.lm, AsyncLanguageModel) and is_concurrent(self.lm):
+        if on_loop:
             steps: AsyncIterator[list[int]] = search.arun()
         else:
-            steps = self._steps_in_threads(search, before, on_commit)
+            steps = self._steps_in_threads(search, before, on_commit, left)
             on_commit = None  # told by the thread-side steps
         try:
             async for _ in steps:
@@ -411,12 +413,10 @@ class RainDecoder:
             result.append(final)
 
     async def _steps_in_threads(
-        self, search: RainSearch, before: Mapping[str, float], on_commit: OnCommit | None
+        self, search: RainSearch, before: Mapping[str, float], on_commit: OnCommit | None, stop: threading.Event
     ) -> AsyncIterator[list[int]]:
         """The blocking commit steps, each in a worker thread; leaving (cancelled, closed, abandoned)
-        sets the search's stop flag, so a step still running ends after its current search."""
-        stop = threading.Event()
-        search.should_stop = stop.is_set
+        sets ``stop``, the search's stop flag, so a step still running ends before its next call."""
         steps = self._steps(search, before, on_commit)
         try:
             while True:

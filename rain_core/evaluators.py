@@ -6,7 +6,8 @@
 
 Model evaluators ask a multiple-choice question built from a ``Principle`` in both option orders,
 read which option letter is more probable after ``The answer is: (`` and score it ``discrete``
-(the paper: votes in {-1, 0, 1}) or ``continuous`` (the probability margin, averaged over orders).
+(the paper: votes in {-1, 0, 1}; a tie of the two letters is half a vote) or ``continuous`` (the
+probability margin, averaged over orders).
 
 The text being judged is data, not instructions: it is encoded with special-token strings as plain
 text (it cannot close the judge's turn or open another), and its lines are quoted with ``> ``, so a
@@ -190,19 +191,42 @@ class JudgeEvaluator:
     def score(self, prompt: str, response: str) -> float:
         return self._value(self.option_logprobs(prompt, response))
 
+    def _batch_prompts(self, prompt: str, responses: Sequence[str]) -> list[list[int]]:
+        if self._pins:
+            self._pin_conversation(prompt)
+        return [ids for r in responses for ids in self.prompt_ids(prompt, r)]
+
+    def _values(self, rows: Sequence[Sequence[float]], count: int) -> list[float]:
+        return [self._value(rows[2 * i : 2 * i + 2]) for i in range(count)]
+
+    def score_batch(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        """``score`` of each response, both option orders of all of them in one model call (the
+        principle and the conversation, the prefix they share, run once)."""
+        if not responses:
+            return []
+        rows = self.lm.next_token_logprobs(self._batch_prompts(prompt, responses), self.letters)
+        return self._values(rows, len(responses))
+
     async def ascore(self, prompt: str, response: str) -> float:
         """``score`` as a coroutine: a judge served remotely (``AsyncLanguageModel``) is awaited;
         a local one runs in a worker thread."""
+        return (await self.ascore_batch(prompt, [response]))[0]
+
+    async def ascore_batch(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        """``score_batch`` as a coroutine (see ``ascore``)."""
+        if not responses:
+            return []
         if isinstance(self.lm, AsyncLanguageModel):
-            rows = await self.lm.anext_token_logprobs(self.prompt_ids(prompt, response), self.letters)
-            return self._value(rows)
-        return await asyncio.to_thread(self.score, prompt, response)
+            rows = await self.lm.anext_token_logprobs(self._batch_prompts(prompt, responses), self.letters)
+            return self._values(rows, len(responses))
+        return await asyncio.to_thread(self.score_batch, prompt, responses)
 
     def _value(self, rows: Sequence[Sequence[float]]) -> float:
         """The score from log p(A), log p(B) of both option orders."""
         good_bad = [(rows[0][0], rows[0][1]), (rows[1][1], rows[1][0])]  # order 0: A good; order 1: B good
         if self.scoring is Scoring.DISCRETE:
-            votes = [1.0 if g > b else 0.0 for g, b in good_bad]
+            # a tie (equal logits, common in bf16) is half a vote, not a vote for the undesirable option
+            votes = [1.0 if g > b else 0.5 if g == b else 0.0 for g, b in good_bad]
             return 2.0 * sum(votes) / len(votes) - 1.0
         margins = []
         for g, b in good_bad:

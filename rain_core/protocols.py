@@ -22,6 +22,10 @@ them with ``isinstance`` and work without them:
   decoder's ``agenerate``/``astream`` use them, so many decodes share one event loop.
 - ``ProvidesEncoder``: the engine's default sentence encoder (all-MiniLM-L6-v2), which
   ``RainDecoder(encoder="default")`` uses; without it, pass an ``Encoder`` or ``encoder=None``.
+- ``BatchedLanguageModel`` / ``AsyncBatchedLanguageModel``: many model requests of one kind
+  (``TopTokensRequest``, ``SampleRequest``, ``GenerateRequest``) answered in one call, as the
+  searches that run side by side need them; ``rain_core.drivers`` loops over the single methods
+  for an engine without them.
 - ``BatchEvaluator`` / ``AsyncBatchEvaluator``: an evaluator that scores many replies to one
   conversation in one call (``score_batch``), for the searches that run side by side
   (``RainConfig.parallel_searches``); evaluators without it are called once per reply.
@@ -40,9 +44,11 @@ import numpy as np
 
 __all__ = [
     "AsyncBatchEvaluator",
+    "AsyncBatchedLanguageModel",
     "AsyncEvaluator",
     "AsyncLanguageModel",
     "BatchEvaluator",
+    "BatchedLanguageModel",
     "ConcurrentModel",
     "ContextTooLongError",
     "Continuation",
@@ -51,11 +57,14 @@ __all__ = [
     "EngineError",
     "Evaluator",
     "EvaluatorError",
+    "GenerateRequest",
     "LanguageModel",
     "ParsesResponses",
     "PrefixPinning",
     "ProvidesEncoder",
     "ReportsStats",
+    "SampleRequest",
+    "TopTokensRequest",
     "check_score",
     "is_concurrent",
 ]
@@ -201,6 +210,67 @@ class LanguageModel(Protocol):
         next token: a ``len(prompts) x len(candidates)`` table. The evaluators read option letters
         with it."""
         ...
+
+
+@dataclass(frozen=True)
+class TopTokensRequest:
+    """``top_tokens(prefix, k, temperature, exclude)`` as data (one request of a batch)."""
+
+    prefix: tuple[int, ...]
+    k: int
+    temperature: float = 1.0
+    exclude: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """``sample(prefix, n, length, top_k=, temperature=, seed=, greedy_first=)`` as data."""
+
+    prefix: tuple[int, ...]
+    n: int
+    length: int
+    top_k: int
+    temperature: float
+    seed: int
+    greedy_first: bool = True
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """``generate(prefix, max_tokens, top_k=, temperature=, seed=, stop=, stop_token_ids=)`` as data."""
+
+    prefix: tuple[int, ...]
+    max_tokens: int
+    top_k: int | None
+    temperature: float
+    seed: int
+    stop: tuple[str, ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()
+
+
+@runtime_checkable
+class BatchedLanguageModel(Protocol):
+    """Optional: answer many requests of one kind in one call. Each answer is the one the single
+    method gives for that request (the same seeds draw the same tokens, up to float rounding of a
+    batched forward pass); an engine batches them for real (rows of one forward pass, requests a
+    server runs together)."""
+
+    def top_tokens_batch(self, requests: Sequence[TopTokensRequest]) -> list[list[Continuation]]: ...
+
+    def sample_batch(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]: ...
+
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[int]]: ...
+
+
+@runtime_checkable
+class AsyncBatchedLanguageModel(Protocol):
+    """Optional: ``BatchedLanguageModel``'s methods as coroutines."""
+
+    async def atop_tokens_batch(self, requests: Sequence[TopTokensRequest]) -> list[list[Continuation]]: ...
+
+    async def asample_batch(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]: ...
+
+    async def agenerate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[int]]: ...
 
 
 @runtime_checkable

@@ -49,6 +49,8 @@ class Tree:
     ``proposals[i]`` is node i's list of proposed (token set, raw prior), newest first: dynamic node
     addition normalises a new child's prior over its head (official).
     ``pending[i]``: node i was expanded lazily (greedy child only; fast preset) and may be completed.
+    ``in_flight[i]``: searches of the current round whose path runs through node i and that have not
+    backed up yet (``parallel_searches``); always 0 between rounds.
     """
 
     parent: list[int] = field(default_factory=lambda: [NO_PARENT])
@@ -64,7 +66,7 @@ class Tree:
     emb_count: list[int] = field(default_factory=lambda: [0])
     proposals: list[list[Proposal]] = field(default_factory=lambda: [[]])
     pending: list[bool] = field(default_factory=lambda: [False])
-    virtual: list[int] = field(default_factory=lambda: [0])
+    in_flight: list[int] = field(default_factory=lambda: [0])
     minmax: MinMax = field(default_factory=MinMax)
 
     # --- structure ------------------------------------------------------------------------
@@ -86,7 +88,7 @@ class Tree:
         self.emb_count.append(0)
         self.proposals.append([])
         self.pending.append(False)
-        self.virtual.append(0)
+        self.in_flight.append(0)
         self.children[parent].append(node)
         return node
 
@@ -192,26 +194,36 @@ def added_prior(raw: float, window: Sequence[float], is_root: bool, uniform_mix:
 # --- selection ---------------------------------------------------------------------------------
 def puct_scores(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> list[float]:
     """``Q_norm + c * P * sqrt(N_parent) / (1 + N_child)`` for each child of ``node``; a child with
-    no visits contributes 0 for ``Q_norm``. ``virtual_loss`` (batched rounds only) counts each
-    pending selection of a child as a visit of value -1."""
-    pending_parent = tree.virtual[node] if virtual_loss else 0
-    sqrt_n = math.sqrt(tree.visits[node] + pending_parent)
+    no visits contributes 0 for ``Q_norm``.
+
+    Searches in flight (``tree.in_flight``, only while a round of parallel searches selects) count
+    as visits in the exploration term, as WU-UCT's unobserved samples do, so the next selection of
+    the round bets elsewhere; with ``virtual_loss`` > 0 each also counts as a visit of value
+    ``-virtual_loss`` in ``Q``. With nothing in flight this is the official rule."""
+    sqrt_n = math.sqrt(tree.visits[node] + tree.in_flight[node])
     out = []
     for k in tree.children[node]:
-        n, q = tree.visits[k], tree.value[k]
-        pending = tree.virtual[k] if virtual_loss else 0
-        if pending:
-            q = (q * n - virtual_loss * pending) / (n + pending)
-            n = n + pending
-        qn = tree.minmax.normalize(q) if n > 0 else 0.0
+        n, q, flying = tree.visits[k], tree.value[k], tree.in_flight[k]
+        visited = n > 0
+        if flying:
+            if virtual_loss:
+                q = (q * n - virtual_loss * flying) / (n + flying)
+                visited = True
+            n = n + flying
+        qn = tree.minmax.normalize(q) if visited else 0.0
         out.append(qn + c_puct * tree.prior[k] * sqrt_n / (1.0 + n))
     return out
 
 
-def select_child(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> int:
-    """The child maximising the PUCT score (ties: the earliest child)."""
+def select_child(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> int | None:
+    """The child maximising the PUCT score (ties: the earliest child). A leaf that a search of the
+    round in flight has selected is taken: None when every child is taken."""
+    kids = tree.children[node]
     scores = puct_scores(tree, node, c_puct, virtual_loss)
-    return tree.children[node][int(np.argmax(scores))]
+    free = [j for j, k in enumerate(kids) if not (tree.in_flight[k] and not tree.children[k])]
+    if not free:
+        return None
+    return kids[max(free, key=lambda j: (scores[j], -j))]
 
 
 # --- backup ------------------------------------------------------------------------------------
@@ -294,7 +306,23 @@ def should_add_nodes(tree: Tree, node: int, max_children: int, variance_factor: 
     return max(tree.value[k] for k in kids) < 0.0
 
 
+def mark_in_flight(tree: Tree, leaf: int, count: int) -> None:
+    """Add ``count`` (+1 when a search of a round has selected ``leaf``, -1 when it is done) to the
+    in-flight count of every node from the root to ``leaf``."""
+    for n in tree.path(leaf):
+        tree.in_flight[n] += count
+
+
 # --- the outer loop's choices ------------------------------------------------------------------
+def early_stop(tree: Tree, min_visits: int, value_threshold: float) -> bool:
+    """The most-visited root child (ties: higher value) has more than ``min_visits`` (T_min) real
+    visits and a value above ``value_threshold`` (V)."""
+    if not tree.children[ROOT_INDEX]:
+        return False
+    best = best_child(tree)
+    return tree.real_visits[best] > min_visits and tree.value[best] > value_threshold
+
+
 def best_child(tree: Tree, node: int = ROOT_INDEX) -> int:
     """The child to commit: most visits, ties broken by the higher value, then the earlier child."""
     kids = tree.children[node]

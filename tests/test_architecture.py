@@ -1,6 +1,6 @@
 """The seam holds: the core never imports torch, transformers or an engine, and runs without them.
 
-Import graph: tree <- search <- decoder <- adapters, with the engines as one plug-in below the
+Import graph: tree <- phases <- drivers <- search <- decoder <- adapters, with the engines as one plug-in below the
 protocols. These tests read every import statement of the core modules (also those inside
 functions) and run a decode in a fresh interpreter where torch, transformers and the engines cannot
 be imported."""
@@ -14,7 +14,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["tree", "search", "decoder", "config", "evaluators", "protocols", "chat", "principles/__init__"]
+CORE = [
+    "tree",
+    "phases",
+    "drivers",
+    "search",
+    "decoder",
+    "config",
+    "evaluators",
+    "protocols",
+    "chat",
+    "principles/__init__",
+]
 FORBIDDEN = ("torch", "transformers", "rain_core.engines", "rain_integrations", "rain_bench")
 # What each core module may import from rain_core: the one-way graph.
 ALLOWED = {
@@ -24,7 +35,9 @@ ALLOWED = {
     "principles/__init__": set(),
     "chat": {"protocols"},
     "evaluators": {"config", "principles", "protocols"},
-    "search": {"chat", "config", "protocols", "tree"},
+    "phases": {"chat", "config", "protocols", "tree"},
+    "drivers": {"phases", "protocols"},
+    "search": {"config", "drivers", "phases", "protocols", "tree"},
     "decoder": {"chat", "config", "evaluators", "protocols", "search"},
 }
 

@@ -9,6 +9,7 @@ import pytest
 from fakes import CharLM, ScriptedLM, TableLM, two_way, words_penalty
 
 from rain_core import CallableEvaluator, RainConfig, RainDecoder
+from rain_core.phases import back_up, leaf_value, select, simulate
 from rain_core.search import RainSearch
 from rain_core.tree import ROOT_INDEX, added_prior
 
@@ -186,23 +187,27 @@ def _sim_search(script, **cfg):
     )
 
 
+def _simulate(search, node):
+    return search.run_phase(simulate(search.decode, node, search.rng))
+
+
 def test_official_leaf_ending_a_clause_is_judged_without_simulation():
     s = _sim_search("one, two, three.")
     # the prompt ends with ":" so the root is judged as it is (rain 0.1 always sampled a token)
-    assert s.simulate(ROOT_INDEX) == []
+    assert _simulate(s, ROOT_INDEX) == []
     ends = s.tree.add_child(ROOT_INDEX, s.lm.encode("one,"))
-    assert s.simulate(ends) == []
+    assert _simulate(s, ends) == []
     open_ = s.tree.add_child(ROOT_INDEX, s.lm.encode("one"))
-    assert s.lm.decode(s.simulate(open_)) == ","  # stops once the text ends a clause
+    assert s.lm.decode(_simulate(s, open_)) == ","  # stops once the text ends a clause
 
 
 def test_official_simulation_has_no_length_cap_by_default():
     s = _sim_search("a" * 40 + " b.")
     leaf = s.tree.add_child(ROOT_INDEX, s.lm.encode("a"))
-    sim = s.simulate(leaf)
+    sim = _simulate(s, leaf)
     assert s.lm.decode(sim) == "a" * 39 + " b."  # 42 tokens: rain 0.1 stopped at 32
     capped = _sim_search("a" * 40 + " b.", max_simulation_tokens=32)
-    assert len(capped.simulate(capped.tree.add_child(ROOT_INDEX, capped.lm.encode("a")))) == 32
+    assert len(_simulate(capped, capped.tree.add_child(ROOT_INDEX, capped.lm.encode("a")))) == 32
 
 
 def test_official_reused_visits_are_real_visits():
@@ -309,20 +314,15 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
     lm.sample = lambda *a, **k: sampled.append(real_sample(*a, **k)) or sampled[-1]
     lm.generate = lambda prefix, *a, **k: generated.append(list(prefix)) or real_generate(prefix, *a, **k)
     cases = []
+    d = s.decode
     for _ in range(12):
-        sims, n_sampled, n_generated = [], len(sampled), len(generated)
-        real_back_up = s._back_up
-
-        def recording(leaf, value, sim, sims=sims, real_back_up=real_back_up):
-            sims.append((leaf, list(sim)))
-            return real_back_up(leaf, value, sim)
-
-        s._back_up = recording
-        s.search_once()
-        s._back_up = real_back_up
+        n_sampled, n_generated = len(sampled), len(generated)
+        # one search, phase by phase (what search_once runs with parallel_searches=1)
+        leaf = s.run_phase(select(d, s.rng))
+        value, sim = s.run_phase(leaf_value(d, leaf, s.rng))
+        back_up(d, leaf, value, [])
         if len(sampled) > n_sampled:  # this search expanded its leaf
-            leaf, sim = sims[0]
-            ended = s._ends_clause(s.tree.path_tokens(leaf))
+            ended = d.ends_clause(d.tree.path_tokens(leaf))
             cases.append((sampled[-1], sim, generated[n_generated:], ended))
     assert len(cases) >= 8
     reused = 0

@@ -17,6 +17,7 @@ from rain_core.tree import (
     backup,
     best_child,
     clamp_greedy,
+    early_stop,
     embedding_variance_norm,
     mix_uniform,
     normalize,
@@ -252,25 +253,17 @@ def test_commit_choice_most_visits_then_higher_value():
     assert best_child(t) == 1
 
 
-class _Stop:
-    """Just enough of a RainSearch to call its early-stop rule on a hand-made tree."""
-
-    def __init__(self, tree, cfg):
-        self.tree, self.cfg = tree, cfg
-
-    def early_stop(self):
-        from rain_core.search import RainSearch
-
-        return RainSearch.early_stop(self)  # type: ignore[arg-type]
+def _stops(tree, cfg):
+    return early_stop(tree, cfg.min_visits, cfg.value_threshold)
 
 
 def test_early_stop_rule():
     cfg = RainConfig(min_visits=6, value_threshold=0.8)
-    assert _Stop(_root_with_children([0.9, 0.0], [7, 1], [0.5, 0.5]), cfg).early_stop()
-    assert not _Stop(_root_with_children([0.9, 0.0], [6, 1], [0.5, 0.5]), cfg).early_stop()  # N must exceed T_min
-    assert not _Stop(_root_with_children([0.8, 0.0], [9, 1], [0.5, 0.5]), cfg).early_stop()  # Q must exceed V
+    assert _stops(_root_with_children([0.9, 0.0], [7, 1], [0.5, 0.5]), cfg)
+    assert not _stops(_root_with_children([0.9, 0.0], [6, 1], [0.5, 0.5]), cfg)  # N must exceed T_min
+    assert not _stops(_root_with_children([0.8, 0.0], [9, 1], [0.5, 0.5]), cfg)  # Q must exceed V
     # the most-visited child decides, not the best-valued one
-    assert not _Stop(_root_with_children([0.95, 0.5], [7, 8], [0.5, 0.5]), cfg).early_stop()
+    assert not _stops(_root_with_children([0.95, 0.5], [7, 8], [0.5, 0.5]), cfg)
 
 
 def test_official_early_stop_counts_real_visits():
@@ -278,9 +271,9 @@ def test_official_early_stop_counts_real_visits():
     # visits (fn), 6 is not more than T_min = 6 (rain 0.1 read 7.2 and stopped).
     cfg = RainConfig(min_visits=6, value_threshold=0.8)
     t = _root_with_children([0.9, 0.0], [7.2, 1], [0.5, 0.5], real=[6, 1])
-    assert not _Stop(t, cfg).early_stop()
+    assert not _stops(t, cfg)
     t.real_visits[1] = 7
-    assert _Stop(t, cfg).early_stop()
+    assert _stops(t, cfg)
 
 
 def test_reroot_keeps_subtree_frees_rest_and_remixes_priors():

@@ -1,0 +1,376 @@
+"""RAIN's inner loop as small functions over the tree, in the paper's order: select, expand (with
+the fast preset's lazy completion), add a node, simulate, evaluate, back up.
+
+Each phase is a generator: it yields the requests it needs (a model call, an evaluation, an
+embedding) and receives their answers, so it never does I/O itself; ``search.py`` schedules the
+phases of one or many searches and hands their requests to a driver (``drivers.py``). Each rule
+follows the authors' code; the ``RainConfig`` fields that deviate from it are named where they act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+import numpy as np
+
+from .chat import cut_at_stop
+from .config import RainConfig
+from .protocols import (
+    Continuation,
+    DecodeCancelled,
+    EvaluatorError,
+    GenerateRequest,
+    LanguageModel,
+    SampleRequest,
+    TopTokensRequest,
+    check_score,
+)
+from .tree import (
+    ROOT_INDEX,
+    Proposal,
+    Tree,
+    added_prior,
+    backup,
+    clamp_greedy,
+    select_child,
+    set_child_priors,
+    should_add_nodes,
+    similarity_update,
+)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """The evaluator's value of the response ``text`` (the conversation is the decode's)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class EncodeRequest:
+    """Sentence embeddings of ``texts`` (the similarity update)."""
+
+    texts: tuple[str, ...]
+
+
+Request = Union[TopTokensRequest, SampleRequest, GenerateRequest, ScoreRequest, EncodeRequest]  # noqa: UP007
+T = TypeVar("T")
+Phase = Generator[Request, Any, T]
+"""A phase of the search: yields requests, receives their answers, returns ``T``."""
+
+
+@dataclass
+class SearchStats:
+    """What one decode cost: searches run, rounds (batches of searches side by side), evaluator
+    calls and cache hits, commits, rewinds, node additions, simulated tokens, model calls (batched
+    requests count once) and a log entry per commit."""
+
+    searches: int = 0
+    rounds: int = 0
+    evaluations: int = 0
+    evaluation_cache_hits: int = 0
+    commits: int = 0
+    rewinds: int = 0
+    node_additions: int = 0
+    completions: int = 0
+    early_stops: int = 0
+    new_tokens: int = 0
+    simulated_tokens: int = 0
+    model_calls: int = 0
+    seconds: float = 0.0
+    commit_log: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["commit_log"] = list(self.commit_log)
+        return out
+
+
+@dataclass
+class Decode:
+    """What the phases read and write besides the tree: the decode's fixed parts (model text side,
+    config, prompt, token budget) and its progress (committed tokens, score cache, counters)."""
+
+    lm: LanguageModel
+    cfg: RainConfig
+    prompt_ids: list[int]
+    evaluator_name: str
+    uses_embeddings: bool
+    committed: list[int] = field(default_factory=list)
+    tree: Tree = field(default_factory=Tree)
+    scores: dict[str, float] = field(default_factory=dict)
+    stats: SearchStats = field(default_factory=SearchStats)
+
+    def __post_init__(self) -> None:
+        self.budget = self.cfg.token_budget(len(self.prompt_ids), self.lm.context_length)
+        self.boundary_ids = self.lm.token_ids_ending_with(self.cfg.clause_boundaries)
+        self.prompt_tail = self.lm.decode(self.prompt_ids[-8:])
+
+    def room(self, node: int) -> int:
+        """Tokens that may still be generated below ``node``."""
+        return self.budget - len(self.committed) - len(self.tree.path_tokens(node))
+
+    def context(self, node: int) -> tuple[int, ...]:
+        """Token ids of ``node``'s state: prompt, committed answer, then the path to ``node``."""
+        return tuple(self.prompt_ids + self.committed + self.tree.path_tokens(node))
+
+    def response_text(self, extra: Sequence[int] = ()) -> str:
+        return self.lm.decode(self.committed + list(extra))
+
+    def ends_clause(self, path: Sequence[int]) -> bool:
+        """Whether the text so far (prompt, then the response along ``path``) ends a clause, or the
+        response reached a stop string: a simulation stops here."""
+        text = self.response_text(path)
+        if self.cfg.stop and any(s in text for s in self.cfg.stop):
+            return True
+        return (text or self.prompt_tail).endswith(self.cfg.clause_boundaries)
+
+    def is_terminal(self, tokens: Sequence[int], path: Sequence[int]) -> bool:
+        if tokens and tokens[-1] in self.lm.eos_token_ids:
+            return True
+        if self.cfg.stop and any(s in self.response_text(path) for s in self.cfg.stop):
+            return True
+        return self.budget - len(self.committed) - len(path) <= 0
+
+    def set_length(self, node: int) -> int:
+        """Token-set length of ``node``'s children: by the node's step from the original prompt."""
+        return min(self.cfg.token_set_length(self.tree.step[node]), self.room(node))
+
+    def add_child(self, node: int, tokens: tuple[int, ...], prior: float = 0.0) -> int:
+        path = self.tree.path_tokens(node) + list(tokens)
+        return self.tree.add_child(node, tokens, prior, terminal=self.is_terminal(tokens, path))
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**31 - 1))
+
+
+def _sample(d: Decode, node: int, n: int, rng: np.random.Generator, greedy_first: bool = True) -> SampleRequest:
+    cfg = d.cfg
+    return SampleRequest(d.context(node), n, d.set_length(node), cfg.top_k, cfg.temperature, _seed(rng), greedy_first)
+
+
+# --- select -------------------------------------------------------------------------------------
+def select(d: Decode, rng: np.random.Generator) -> Phase[int | None]:
+    """From the root, while the node has children: complete a lazy expansion whose greedy child is
+    not good enough, try dynamic node addition, then step to the PUCT-best child. None when the
+    searches in flight have taken every leaf this selection could reach (the root included)."""
+    cfg, node = d.cfg, ROOT_INDEX
+    if d.tree.in_flight[node] and not d.tree.children[node]:
+        return None
+    while d.tree.children[node]:
+        if d.tree.pending[node] and greedy_not_good_enough(d, node):
+            yield from complete_lazy_node(d, node, rng)
+        if cfg.dynamic_node_addition and should_add_nodes(d.tree, node, cfg.max_children, cfg.variance_factor):
+            yield from add_node(d, node, rng)
+        child = select_child(d.tree, node, cfg.c_puct, cfg.virtual_loss)
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+# --- expand -------------------------------------------------------------------------------------
+def propose(
+    d: Decode, node: int, n: int, rng: np.random.Generator, greedy: Proposal | None = None
+) -> Phase[tuple[list[Proposal], tuple[int, ...] | None]]:
+    """``n`` candidate token sets below ``node`` with raw priors, greedy first, duplicates dropped;
+    and the first sampled row (the fast preset's simulation start). One-token sets are the top-n
+    next tokens with their probabilities; longer ones one greedy row and top-k samples, with the
+    greedy raw prior clamped (``clamp_greedy``). ``greedy``: the greedy row already drawn (its
+    unclamped raw prior), so only the samples are drawn."""
+    cfg = d.cfg
+    if d.set_length(node) == 1:
+        tops: list[Continuation] = yield TopTokensRequest(d.context(node), n, cfg.temperature)
+        return [(c.token_ids, math.exp(c.logprob)) for c in tops], None
+    rows: list[Continuation] = yield _sample(d, node, n - (greedy is not None), rng, greedy_first=greedy is None)
+    if greedy is None:
+        greedy = (rows[0].token_ids, math.exp(rows[0].logprob))
+        rows = rows[1:]
+    seen = {greedy[0]}
+    sampled: list[Proposal] = []
+    for c in rows:
+        if c.token_ids and c.token_ids not in seen:
+            seen.add(c.token_ids)
+            sampled.append((c.token_ids, math.exp(c.logprob)))
+    raw_greedy = clamp_greedy(greedy[1], [r for _, r in sampled])
+    first = rows[0].token_ids if rows and rows[0].token_ids else None
+    return [(greedy[0], raw_greedy)] + sampled, first
+
+
+def expand(d: Decode, node: int, rng: np.random.Generator) -> Phase[tuple[int, ...] | None]:
+    """Add ``node``'s candidate children; returns the first sampled candidate (with
+    ``lazy_expansion``, the greedy one, the only one drawn)."""
+    cfg, tree = d.cfg, d.tree
+    if cfg.lazy_expansion and cfg.num_candidates > 1:
+        if d.set_length(node) == 1:
+            rows: list[Continuation] = yield TopTokensRequest(d.context(node), 1, cfg.temperature)
+        else:
+            rows = yield _sample(d, node, 1, rng)
+        row = rows[0]
+        if row.token_ids:
+            d.add_child(node, row.token_ids, 1.0)
+            tree.proposals[node] = [(row.token_ids, math.exp(row.logprob))]
+            tree.pending[node] = True
+            return row.token_ids
+    proposals, first = yield from propose(d, node, cfg.num_candidates, rng)
+    for tokens, _ in proposals:
+        d.add_child(node, tokens)
+    set_child_priors(tree, node, [raw for _, raw in proposals], cfg.root_uniform_mix)
+    tree.proposals[node] = proposals
+    return first
+
+
+def greedy_not_good_enough(d: Decode, node: int) -> bool:
+    """A lazily expanded node's greedy child has been judged, and not above ``value_threshold``."""
+    greedy = d.tree.children[node][0]
+    return d.tree.real_visits[greedy] > 0 and d.tree.value[greedy] <= d.cfg.value_threshold
+
+
+def complete_lazy_node(d: Decode, node: int, rng: np.random.Generator) -> Phase[None]:
+    """Finish a lazy expansion: draw the other candidates and give every child its official prior."""
+    tree = d.tree
+    tree.pending[node] = False
+    greedy = tree.proposals[node][0]
+    proposals, _ = yield from propose(d, node, d.cfg.num_candidates, rng, greedy=greedy)
+    for tokens, _ in proposals[1:]:
+        d.add_child(node, tokens)
+    set_child_priors(tree, node, [raw for _, raw in proposals], d.cfg.root_uniform_mix)
+    tree.proposals[node] = proposals
+    d.stats.completions += 1
+
+
+def add_node(d: Decode, node: int, rng: np.random.Generator) -> Phase[None]:
+    """Dynamic node addition: the children are all alike and all bad, so propose one more (the
+    next most probable token for one-token sets; else a greedy-plus-one-sample draw, of which
+    only a new sample is added). Only the new child gets a prior."""
+    tree, cfg = d.tree, d.cfg
+    kids = tree.children[node]
+    n = len(kids)
+    if len(tree.tokens[kids[0]]) == 1:
+        tops: list[Continuation] = yield TopTokensRequest(d.context(node), n + 1, cfg.temperature)
+        head: list[Proposal] = [(c.token_ids, math.exp(c.logprob)) for c in tops]
+    else:
+        rows: list[Continuation] = yield _sample(d, node, 2, rng)
+        greedy, sample = rows[0], rows[1]
+        g = math.exp(greedy.logprob)
+        entries: list[Proposal] = [(greedy.token_ids, g)]
+        if sample.token_ids and sample.token_ids != greedy.token_ids:
+            s = math.exp(sample.logprob)
+            entries = [(greedy.token_ids, clamp_greedy(g, [s])), (sample.token_ids, s)]
+        tree.proposals[node] = entries + tree.proposals[node]
+        head = tree.proposals[node][: n + 1]
+    window = [raw for _, raw in head]
+    added: set[tuple[int, ...]] = set()
+    for tokens, raw in head:
+        if not tokens or tokens in added or tree.child_with_tokens(node, tokens) is not None:
+            continue
+        added.add(tokens)
+        d.add_child(node, tokens, added_prior(raw, window, node == ROOT_INDEX, cfg.root_uniform_mix))
+        d.stats.node_additions += 1
+
+
+# --- simulate and evaluate ----------------------------------------------------------------------
+def simulate(d: Decode, node: int, rng: np.random.Generator, start: Sequence[int] = ()) -> Phase[list[int]]:
+    """Sample on from ``node`` until the text ends a clause (checked before each token), EOS, a
+    stop string, ``max_simulation_tokens`` or ``max_length``. ``start``: tokens already sampled
+    from ``node`` (the fast preset's first candidate), used first."""
+    if d.tree.terminal[node]:
+        return []
+    cfg = d.cfg
+    path = d.tree.path_tokens(node)
+    state = d.context(node)
+    room = min(cfg.max_length, d.lm.context_length) - len(state)
+    if cfg.max_simulation_tokens is not None:
+        room = min(room, cfg.max_simulation_tokens)
+    head: list[int] = []
+    for tok in start:
+        if len(head) >= room or d.ends_clause(path + head):
+            return head
+        head.append(tok)
+        if tok in d.lm.eos_token_ids:
+            return head
+    if len(head) >= room or d.ends_clause(path + head):
+        return head
+    rest: list[int] = yield GenerateRequest(
+        state + tuple(head),
+        room - len(head),
+        cfg.simulation_top_k,
+        cfg.temperature,
+        _seed(rng),
+        cfg.stop,
+        d.boundary_ids,
+    )
+    return head + list(rest)
+
+
+def evaluate(d: Decode, node: int, simulation: Sequence[int]) -> Phase[float]:
+    """The evaluator's value of (prompt, response up to ``node`` + ``simulation``), cached by text."""
+    text, _ = cut_at_stop(d.response_text(d.tree.path_tokens(node) + list(simulation)), d.cfg.stop)
+    if text in d.scores:
+        d.stats.evaluation_cache_hits += 1
+        return d.scores[text]
+    try:
+        raw = yield ScoreRequest(text)
+        value = check_score(raw, f"evaluator {d.evaluator_name!r}")
+    except (DecodeCancelled, KeyboardInterrupt, asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:
+        raise EvaluatorError(
+            f"evaluator {d.evaluator_name!r} failed on a reply of {len(text)} characters: {type(exc).__name__}: {exc}"
+        ) from exc
+    if text in d.scores:  # a search beside this one asked about the same text in the same batch
+        d.stats.evaluation_cache_hits += 1
+    else:
+        d.scores[text] = value
+        d.stats.evaluations += 1
+    return value
+
+
+def leaf_value(d: Decode, leaf: int, rng: np.random.Generator) -> Phase[tuple[float, list[int]]]:
+    """The part of one search between its selection and its back-up: the leaf's value and the
+    simulation it was judged with. Official order: simulate, evaluate, then expand the leaf; with
+    ``simulate_from_candidate`` the expansion comes first and the simulation starts with its first
+    sampled candidate."""
+    tree = d.tree
+    if tree.terminal[leaf]:
+        simulation: list[int] = []
+    elif d.cfg.simulate_from_candidate:
+        first = yield from expand(d, leaf, rng)
+        simulation = yield from simulate(d, leaf, rng, first or ())
+    else:
+        simulation = yield from simulate(d, leaf, rng)
+    value = yield from evaluate(d, leaf, simulation)
+    if not tree.terminal[leaf] and not tree.children[leaf]:
+        yield from expand(d, leaf, rng)
+    return value, simulation
+
+
+# --- back up ------------------------------------------------------------------------------------
+def backup_texts(d: Decode, leaf: int, simulation: Sequence[int]) -> list[str]:
+    """For each node from the root's child down to ``leaf``: the text from that node's token set to
+    the end of the simulation (what the similarity update embeds). Empty without embeddings."""
+    if not d.uses_embeddings:
+        return []
+    nodes = d.tree.path(leaf)[1:]
+    texts = []
+    for i in range(len(nodes)):
+        tokens: list[int] = []
+        for n in nodes[i:]:
+            tokens.extend(d.tree.tokens[n])
+        texts.append(d.lm.decode(tokens + list(simulation)))
+    return texts
+
+
+def back_up(d: Decode, leaf: int, value: float, embeddings: Sequence[np.ndarray]) -> None:
+    """Visits and values from the leaf to the root; then each node's embedding (``backup_texts``)
+    is folded into its mean embedding, and similar siblings share the value."""
+    path = backup(d.tree, leaf, value)
+    cfg = d.cfg
+    weight = cfg.similarity_weight if cfg.similarity_update else 0.0
+    for n, emb in zip(path[1:], embeddings):  # the root has no token set and no siblings
+        similarity_update(d.tree, n, emb, value, cfg.similarity_threshold, weight)
