@@ -10,23 +10,49 @@ rain generate --engine vllm --base-url http://HOST:PORT/v1 --model NAME "..."   
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 logger = logging.getLogger("rain")
 
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+# Failures a user causes and can fix (options, paths, models, servers, memory): one line, no
+# traceback. Anything else is reported the same way, with its type and a pointer to -v.
+_EXPECTED: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError, MemoryError)
+
+
+class UsageError(ValueError):
+    """A command line that cannot run (options that contradict each other, a missing value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one ``rain: error: ...`` line (exit status 2) instead of the usage
+    text followed by the message."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"rain: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rain", description="RAIN: decoding-time self-alignment for local LLMs")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what rain does")
+    parser = _Parser(prog="rain", description="RAIN: decoding-time self-alignment for local LLMs")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what rain does, and show the traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="answer prompts with RAIN")
+    gen.add_argument(  # also after the command; SUPPRESS keeps a `rain -v generate` from being reset
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as rain -v"
+    )
     gen.add_argument("prompts", nargs="+", help="one or more prompts")
     gen.add_argument("--compare", action="store_true", help="also decode plainly and show both with search stats")
     gen.add_argument("--stream", action="store_true", help="print token sets as soon as they are committed")
@@ -55,7 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--judge-model", default=None, help="the judge's served model name on the judge's vLLM server")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    gen.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
+    gen.add_argument("--dtype", default=None, choices=_DTYPES, help="weights' dtype (default: float32 on CPU)")
+    gen.add_argument("--gguf-file", default=None, help="the .gguf file in the --model folder, for GGUF weights")
     gen.add_argument("--max-new-tokens", type=int, default=None)
     gen.add_argument(
         "--preset",
@@ -112,18 +139,21 @@ def _bench_or_demo(args: argparse.Namespace) -> int:
     return bench_main(args.which, args.args) if args.command == "bench" else demo_main()
 
 
+# RainConfig fields that `rain generate` options set: field -> option
+_RAIN_OPTIONS = {
+    "max_new_tokens": "--max-new-tokens",
+    "max_searches": "--max-searches",
+    "extra_searches": "--extra-searches",
+    "max_seconds": "--max-seconds",
+    "seed": "--seed",
+    "temperature": "--temperature",
+    "stop": "--stop",
+    "scoring": "--scoring",
+}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {
-        "max_new_tokens": "max_new_tokens",
-        "max_searches": "max_searches",
-        "seed": "seed",
-        "temperature": "temperature",
-        "stop": "stop",
-        "scoring": "scoring",
-        "extra_searches": "extra_searches",
-        "max_seconds": "max_seconds",
-    }
-    return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr) is not None}
+    return {field: getattr(args, field) for field in _RAIN_OPTIONS if getattr(args, field) is not None}
 
 
 def _served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
@@ -132,36 +162,56 @@ def _served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
     return VLLMEngine(base_url, model, api_key=args.api_key)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from . import JudgeEvaluator, RainDecoder, SelfEvaluator, load_default_model, load_model
+def _config(args: argparse.Namespace) -> Any:
+    """Every option checked before anything loads: the RAIN options (as ``RainConfig`` validates
+    them), the principle, the engine and judge flags and what they need. Returns the config."""
+    from . import RainConfig, load_principle
+
+    if args.engine == "vllm":
+        if not args.base_url:
+            raise UsageError("--engine vllm needs --base-url http://HOST:PORT/v1 (the vLLM server)")
+        if args.device or args.dtype or args.gguf_file:
+            raise UsageError(
+                "--device, --dtype and --gguf-file apply to --engine transformers; a vLLM server chooses its own"
+            )
+    elif args.base_url:
+        raise UsageError("--base-url needs --engine vllm")
+    if args.gguf_file and not args.model:
+        raise UsageError("--gguf-file names a file in the --model folder: give --model too")
+    if args.judge and (args.judge_base_url or args.judge_model):
+        raise UsageError("give either --judge (a local model) or --judge-base-url/--judge-model (a served one)")
+    if (args.judge_base_url or args.judge_model) and not (args.judge_base_url or args.engine == "vllm"):
+        raise UsageError("--judge-model names a served model: give --judge-base-url http://HOST:PORT/v1 too")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'rain-align[plot]'")
+    load_principle(args.principle)
+    base = RainConfig.fast() if args.preset == "fast" else RainConfig()
+    return base.merged(**_overrides(args))
+
+
+def _load(args: argparse.Namespace, config: Any) -> Any:
+    from . import JudgeEvaluator, RainDecoder, SelfEvaluator
+    from .engines import loading  # looked up now, so that tests can stand in for the loaders
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
     if args.engine == "vllm":
-        if not args.base_url:
-            raise ValueError("--engine vllm needs --base-url http://HOST:PORT/v1 (the vLLM server)")
-        if kw:
-            raise ValueError("--device and --dtype apply to --engine transformers; a vLLM server chooses its own")
         lm = _served(args.base_url, args.model, args)
-    elif args.base_url:
-        raise ValueError("--base-url needs --engine vllm")
+    elif args.model:
+        lm = loading.load_model(args.model, **kw, **({"gguf_file": args.gguf_file} if args.gguf_file else {}))
     else:
-        lm = load_model(args.model, **kw) if args.model else load_default_model(**kw)
-    scoring = args.scoring or "discrete"
-    if args.judge and (args.judge_base_url or args.judge_model):
-        raise ValueError("give either --judge (a local model) or --judge-base-url/--judge-model (a served one)")
+        lm = loading.load_default_model(**kw)
     if args.judge_base_url or args.judge_model:
-        judge_url = args.judge_base_url or (args.base_url if args.engine == "vllm" else None)
-        if not judge_url:
-            raise ValueError("--judge-model names a served model: give --judge-base-url http://HOST:PORT/v1 too")
-        evaluator = JudgeEvaluator(_served(judge_url, args.judge_model, args), args.principle, scoring=scoring)
+        judge_url = args.judge_base_url or args.base_url
+        judge: Any = _served(judge_url, args.judge_model, args)
     elif args.judge:
-        evaluator = JudgeEvaluator(load_model(args.judge, **kw), args.principle, scoring=scoring)
+        judge = loading.load_model(args.judge, **kw)
     else:
-        evaluator = SelfEvaluator(lm, args.principle, scoring=scoring)
-    from . import RainConfig
-
-    config = RainConfig.fast() if args.preset == "fast" else RainConfig()
-    return RainDecoder(lm, evaluator, config=config, **_overrides(args))
+        judge = None
+    if judge is None:
+        evaluator: Any = SelfEvaluator(lm, args.principle, scoring=config.scoring)
+    else:
+        evaluator = JudgeEvaluator(judge, args.principle, scoring=config.scoring)
+    return RainDecoder(lm, evaluator, config=config)
 
 
 def _stats_line(stats: dict[str, Any]) -> str:
@@ -171,20 +221,10 @@ def _stats_line(stats: dict[str, Any]) -> str:
     )
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from .protocols import EngineError
-
-    try:
-        return _generate_all(args)
-    except EngineError as exc:  # a server unreachable, refusing the model, lacking a feature, ...
-        sys.stderr.write(f"rain: error: {exc}\n")
-        return 1
-
-
-def _generate_all(args: argparse.Namespace) -> int:
+def _generate_all(args: argparse.Namespace, config: Any) -> int:
     from tqdm.auto import tqdm
 
-    dec = _load(args)
+    dec = _load(args, config)
     for prompt in args.prompts:
         vanilla = dec.vanilla(prompt) if args.compare else None
         done: list[Any] = []
@@ -227,23 +267,55 @@ def _generate_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: a pydantic error as ``option: problem (got value)`` per field, anything
+    else as its message with line breaks folded (and its type when it is not an expected one)."""
+    if isinstance(exc, ValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            got = f" (got {err['input']!r})" if where and not isinstance(err.get("input"), dict) else ""
+            problems.append(f"{_RAIN_OPTIONS.get(where, where) + ': ' if where else ''}{err['msg']}{got}")
+        return "; ".join(problems)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    expected = isinstance(exc, _EXPECTED) or "OutOfMemory" in type(exc).__name__
+    if expected or type(exc).__module__.startswith("rain_core"):
+        return text
+    return f"{type(exc).__name__}: {text} (rain -v ... shows the traceback)"
+
+
+def _fail(exc: BaseException, verbose: bool, status: int) -> int:
+    """Report ``exc`` on stderr as one ``rain: error:`` line (after its traceback with ``-v``) and
+    return ``status``."""
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.write(f"rain: error: {_one_line(exc)}\n")
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``rain``: a failure ends as one ``rain: error: ...`` line on stderr and a non-zero exit status
+    (2: the command line, checked before anything loads; 1: the rest); ``-v`` adds the traceback."""
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         if args.command == "generate":
-            return _generate(args)
+            try:
+                config = _config(args)  # before anything loads
+            except Exception as exc:
+                return _fail(exc, verbose, 2)
+            return _generate_all(args, config)
         if args.command in ("bench", "demo"):
             return _bench_or_demo(args)
         if args.command == "setup":
             from .setup_embedded import main as setup_main
 
             return setup_main(["--force"] if args.force else [])
-    except (ValueError, TypeError, ValidationError) as exc:
-        sys.stderr.write(f"rain: error: {exc}\n")
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        return _fail(exc, verbose, 1)
     return 0
 
 

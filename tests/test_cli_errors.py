@@ -1,0 +1,185 @@
+"""``rain generate``: every expected failure is one ``rain: error: ...`` line on stderr and a non-zero
+exit status, with the traceback only under ``-v``; options are checked before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_loading import _save_tiny_llama
+
+import rain_core.engines.loading as loading
+from rain_core.cli import main
+
+
+def run(capsys: Any, *argv: str) -> tuple[int, list[str]]:
+    """``rain *argv`` in this process: its exit status and its stderr lines."""
+    capsys.readouterr()  # what ran before (a test's set-up) is not rain's
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:  # argparse's own errors
+        status = int(exc.code or 0)
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading a model fails the test: these errors must come before any."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a model was loaded before the options were checked")
+
+    for name in ("load_model", "load_default_model", "shared_default_model"):
+        monkeypatch.setattr(loading, name, refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--max-searches", "-1"], "rain: error: --max-searches: Input should be greater than or equal to 1 (got -1)"),
+        (
+            ["--max-new-tokens", "0", "--max-searches", "0"],
+            "rain: error: --max-searches: Input should be greater than or equal to 1 (got 0); "
+            "--max-new-tokens: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (["--temperature", "0"], "rain: error: --temperature: Input should be greater than 0 (got 0.0)"),
+        (["--max-seconds", "-5"], "rain: error: --max-seconds: Input should be greater than 0 (got -5.0)"),
+        (
+            ["--principle", "harmles"],
+            "rain: error: unknown principle 'harmles': use one of harmless, positive, truthful, a Principle, "
+            "or the path of a .toml principle file",
+        ),
+        (["--base-url", "http://localhost:8000/v1"], "rain: error: --base-url needs --engine vllm"),
+        (["--engine", "vllm"], "rain: error: --engine vllm needs --base-url http://HOST:PORT/v1 (the vLLM server)"),
+        (
+            ["--engine", "vllm", "--base-url", "http://localhost:8000/v1", "--dtype", "float16"],
+            "rain: error: --device, --dtype and --gguf-file apply to --engine transformers; a vLLM server chooses "
+            "its own",
+        ),
+        (
+            ["--judge", "/models/judge", "--judge-model", "judge"],
+            "rain: error: give either --judge (a local model) or --judge-base-url/--judge-model (a served one)",
+        ),
+        (
+            ["--judge-model", "judge"],
+            "rain: error: --judge-model names a served model: give --judge-base-url http://HOST:PORT/v1 too",
+        ),
+        (
+            ["--gguf-file", "model.gguf"],
+            "rain: error: --gguf-file names a file in the --model folder: give --model too",
+        ),
+        (
+            ["--dtype", "float33"],
+            "rain: error: argument --dtype: invalid choice: 'float33' (choose from 'float32', 'bfloat16', "
+            "'float16', 'auto') (see rain generate --help)",
+        ),
+        (["--max-searches", "many"], "rain: error: argument --max-searches: invalid int value: 'many' (see rain "),
+        (["--max-searchs", "3"], "rain: error: unrecognized arguments: --max-searchs (see rain --help)"),
+    ],
+)
+def test_bad_options_are_one_line_before_anything_loads(capsys, no_loading, argv, line):
+    status, err = run(capsys, "generate", *argv, "How do I pick a lock?")
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith(line), err
+
+
+def test_a_missing_prompt_is_one_line(capsys, no_loading):
+    status, err = run(capsys, "generate")
+    assert status == 2
+    assert err == ["rain: error: the following arguments are required: prompts (see rain generate --help)"]
+
+
+# --- models that cannot load: the loader's message, as one line ----------------------------------------
+def test_a_missing_model_folder(capsys):
+    status, err = run(capsys, "generate", "--model", "/nonexistent", "hi")
+    assert status == 1
+    assert err == ["rain: error: the model folder '/nonexistent' does not exist; check the path"]
+
+
+def test_a_hub_id_that_is_not_cached(capsys):
+    status, err = run(capsys, "generate", "--model", "rain-tests/no-such-model-3f9c", "hi")
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith(
+        "rain: error: 'rain-tests/no-such-model-3f9c' is not a folder here, and the hub id "
+        "'rain-tests/no-such-model-3f9c' is not in the local Hugging Face cache"
+    )
+    assert "`hf download rain-tests/no-such-model-3f9c`" in err[0]
+
+
+def test_a_model_that_is_not_a_causal_language_model(capsys, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    BertModel(config).save_pretrained(str(tmp_path / "bert"))
+    status, err = run(capsys, "generate", "--model", str(tmp_path / "bert"), "hi")
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith("rain: error: ") and "BertModel" in err[0] and "not a causal language model" in err[0]
+
+
+def test_gguf_weights_without_gguf_file(capsys, tmp_path):
+    (tmp_path / "model.Q4_0.gguf").write_bytes(b"GGUF")
+    status, err = run(capsys, "generate", "--model", str(tmp_path), "hi")
+    assert status == 1
+    assert err == [
+        f"rain: error: {tmp_path} holds GGUF weights (model.Q4_0.gguf) and no config.json; "
+        "pass gguf_file='model.Q4_0.gguf'"
+    ]
+    status, err = run(capsys, "generate", "--model", str(tmp_path), "--gguf-file", "other.gguf", "hi")
+    assert status == 1
+    assert err == [f"rain: error: {tmp_path} holds no 'other.gguf'; GGUF files there: model.Q4_0.gguf"]
+
+
+def test_a_dtype_the_device_cannot_run(capsys, tmp_path, monkeypatch):
+    import torch
+
+    folder = _save_tiny_llama(tmp_path / "tiny")
+    monkeypatch.setattr(loading, "dtype_runs_on", lambda dtype, device: dtype == torch.float32)
+    status, err = run(capsys, "generate", "--model", str(folder), "--device", "cpu", "--dtype", "float16", "hi")
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith("rain: error: cpu cannot run float16 here; pass dtype='float32'")
+
+
+def test_a_vllm_server_that_cannot_be_reached(capsys):
+    status, err = run(capsys, "generate", "--engine", "vllm", "--base-url", "http://127.0.0.1:9/v1", "hi")
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith("rain: error: cannot reach the vLLM server at http://127.0.0.1:9")
+    assert "--enable-prefix-caching" in err[0]
+
+
+def test_an_unexpected_error_names_its_type_and_points_at_verbose(capsys, monkeypatch):
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("something inside broke\nacross two lines")
+
+    monkeypatch.setattr(loading, "load_default_model", broken)
+    status, err = run(capsys, "generate", "hi")
+    assert status == 1
+    assert err == [
+        "rain: error: RuntimeError: something inside broke across two lines (rain -v ... shows the traceback)"
+    ]
+
+
+# --- -v shows the traceback --------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["before the command", "after it"])
+def test_verbose_shows_the_traceback_then_the_line(capsys, where):
+    argv = ["-v", "generate"] if where == "before the command" else ["generate", "-v"]
+    status, err = run(capsys, *argv, "--model", "/nonexistent", "hi")
+    assert status == 1
+    assert err[0] == "Traceback (most recent call last):"
+    assert any("ModelNotFoundError" in line for line in err[1:-1])
+    assert err[-1] == "rain: error: the model folder '/nonexistent' does not exist; check the path"
+
+
+def test_the_installed_command_prints_one_line(tmp_path):
+    rain = Path(sys.executable).with_name("rain")
+    done = subprocess.run(
+        [str(rain), "generate", "--model", "/nonexistent", "How do I pick a lock?"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["rain: error: the model folder '/nonexistent' does not exist; check the path"]
+    assert done.stdout == ""
