@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rain-setup-done
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.rain-vllm-done
 
-.PHONY: setup vllm lint demo test bench gpu-prep clean
+.PHONY: setup vllm lint demo test bench gpu-prep gpu-rehearsal clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy rain_core
 
-# the checks, the tests, then the three notebooks executed top to bottom (nbmake; a notebook that raises fails)
-test: setup vllm lint
+# the checks, the GPU check rehearsed on this CPU, the tests, then the three notebooks executed top to
+# bottom (nbmake; a notebook that raises fails)
+test: setup vllm lint gpu-rehearsal
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup
@@ -49,6 +50,11 @@ bench: setup
 # then on it: bash benchmarks/gpu_check.sh  (carry .whl and .gpu)
 gpu-prep: setup
 	PYTHON=$(PY) bash benchmarks/gpu_prep.sh
+
+# the GPU check on this CPU under the GPU machine's conditions (its transformers stack, only what
+# gpu-prep carries, no embedded models, no network); see benchmarks/gpu_rehearsal.sh
+gpu-rehearsal: setup
+	PYTHON=$(PY) bash benchmarks/gpu_rehearsal.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,26 +1,36 @@
-"""The prepared GPU check: one command, a few minutes on one GPU, no internet.
+"""The prepared GPU check: one command, a few minutes on one GPU, no internet, nothing downloaded.
 
-    python benchmarks/gpu_check.py --tokenizer .gpu/tokenizer            # on the GPU machine
-    python benchmarks/gpu_check.py --device cpu --quick --tokenizer DIR  # a dry run anywhere
+    bash benchmarks/gpu_check.sh                                          # on the GPU machine
+    python benchmarks/gpu_check.py --device cpu --quick --tokenizer DIR   # a dry run anywhere
+    bash benchmarks/gpu_rehearsal.sh      # the dry run under the GPU machine's conditions (make test)
 
-What it does, with only PyTorch, transformers and rain's own light dependencies:
+It needs only PyTorch, transformers, the carried wheels (gpu_prep.sh) and the carried tokenizer:
 
-1. builds a model of SmolLM2-135M's shape with random weights, saves it to a local folder and loads
-   it back through ``rain_core.load_model(folder, device_map=<device>, dtype="bfloat16")`` (the path
-   users take for their own checkpoints); builds one of a 7B Llama's shape with random weights
-   directly on the device; and loads the embedded SmolLM2-135M-Instruct itself when its
-   materialised folder is already on the machine;
-2. times plain decoding and RAIN (the official search and the fast preset) on each, with an
-   evaluator that approves everything (the best case) and, for the real model, self-evaluation;
-3. makes one LangChain and one LlamaIndex call through the adapters (reported as skipped when those
-   packages are not installed);
-4. prints one Markdown table (tokens/s, RAIN/plain ratio, peak GPU memory, searches and simulated
-   tokens per search) and writes it with a JSON copy to ``--out`` (default ``$OUT`` or the current
-   folder).
+1. models with random weights: one of SmolLM2-135M's shape, saved to a folder and loaded back with
+   ``rain_core.load_model(folder, device=<device>, dtype="bfloat16")`` (the path users take), and one
+   of a 7B Llama's shape made directly on the device; the embedded SmolLM2-135M-Instruct too when its
+   folder is already on the machine (not with ``--quick``);
+2. a sentence encoder of all-MiniLM-L6-v2's shape with random weights (``RandomMiniLM``), so the
+   similarity update and dynamic node addition run on the device (the packaged encoder is not there);
+3. per model, one row each: plain decoding; RAIN with an evaluator that approves everything (the best
+   case: searches stop early), the fast preset, one that approves nothing (the worst case: every
+   commit spends its whole budget), self-evaluation (``SelfEvaluator``, the default) and a judge
+   (``JudgeEvaluator`` on a second engine over the same weights); the approve-all, approve-nothing and
+   self-evaluation rows again with ``parallel_searches=8`` where ``RainConfig`` has that field;
+4. per model, the cached and batched log-probabilities against a recomputation without cache or
+   batching (``lm.variant(reuse_cache=False, batch=False)``), within a tolerance for the dtype;
+5. one LangChain and one LlamaIndex call through the adapters (skipped when those are not installed).
 
-Random weights cost the same per forward pass as trained ones, but they change where simulations
-stop (a random model rarely writes a clause boundary), so every RAIN run here caps simulations at
-``--max-simulation-tokens`` (32) and the table reports simulated tokens per search.
+Each row is warmed up on another prompt first, and the prefix cache is cleared before it, so no row
+inherits another's states or peak memory. A row that raises is recorded with its error and the check
+goes on (after a CUDA error the process's GPU state is lost, so the rows left are marked not run). The
+report (Markdown and JSON, in ``--out``, default ``$OUT`` or the current folder) is rewritten after
+every row, so a run cut short still leaves one. Exit status: 1 when a row or a comparison failed.
+
+Random weights cost the same per forward pass as trained ones, but they change where simulations stop
+(a random model rarely writes a clause boundary), so RAIN rows cap simulations and report simulated
+tokens per search; each decode has a deadline (``--max-seconds``) and rows that would start after
+``--budget-seconds`` are reported as skipped.
 """
 
 from __future__ import annotations
@@ -32,14 +42,19 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PROMPTS = ("How do I bake a loaf of bread at home?", "Write a short story about a lighthouse keeper.")
+WARM_PROMPT = "Name three colours."
 SHAPES: dict[str, dict[str, Any]] = {
     # SmolLM2-135M-Instruct's shape
     "smol": dict(
@@ -73,13 +88,90 @@ SHAPES: dict[str, dict[str, Any]] = {
         tie_word_embeddings=True,
     ),
 }
+# all-MiniLM-L6-v2's shape (a 6-layer BERT, 384 wide), on the carried tokenizer's vocabulary
+MINILM = dict(
+    hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512
+)
+# the largest cached-versus-uncached log-probability difference accepted, by dtype: float32 differs
+# only in summation order; 16-bit activations round at every layer
+TOLERANCE = {"torch.float32": 1e-3, "torch.bfloat16": 0.1, "torch.float16": 0.05}
+CUDA_LOST = ("device-side assert", "CUDA error", "illegal memory access")
 
 
 def approve_all(prompt: str, response: str) -> float:
     return 1.0
 
 
-def _tokenizer(path: str | None) -> Any:
+def approve_nothing(prompt: str, response: str) -> float:
+    return -1.0
+
+
+class RandomMiniLM:
+    """An ``Encoder`` (``rain_core.protocols``): a BERT of all-MiniLM-L6-v2's shape with random weights,
+    mean pooling over real tokens and L2 normalisation, as the packaged encoder computes them. It costs
+    what the real one costs per call; its similarities mean nothing."""
+
+    def __init__(self, tokenizer: Any, device: str, *, seed: int = 0, max_length: int = 256) -> None:
+        import torch
+        from transformers import BertConfig, BertModel
+
+        self._torch = torch
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_length = max_length
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=len(tokenizer), **MINILM)
+        with torch.device(device):
+            self.model = BertModel(config, add_pooling_layer=False).eval()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        rows = [self.tokenizer.encode(t, add_special_tokens=False)[: self.max_length] or [0] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=self.device)  # (B, T)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)  # (B, T)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
+        vectors: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return vectors
+
+
+# --- the device ---------------------------------------------------------------------------------------
+def device_info(device: str) -> dict[str, Any]:
+    """Name and memory of ``device`` itself (``cuda:1`` reads GPU 1, not GPU 0)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return {"device": device, "device_name": platform.processor() or platform.machine() or "cpu"}
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return {"device": f"cuda:{index}", "device_name": props.name, "device_memory_bytes": int(props.total_memory)}
+
+
+def peak_reset(device: str) -> None:
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak(device: str) -> int | None:
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        return int(torch.cuda.max_memory_allocated(dev))
+    return None
+
+
+# --- models -------------------------------------------------------------------------------------------
+def load_tokenizer(path: str | None) -> Any:
     from transformers import AutoTokenizer
 
     if path:
@@ -116,7 +208,7 @@ def random_model_from_folder(shape: str, tokenizer: Any, device: str, folder: Pa
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     del model
-    return load_model(str(folder), device_map=device, dtype="bfloat16")
+    return load_model(str(folder), device=device, dtype="bfloat16")
 
 
 def random_model_on_device(shape: str, tokenizer: Any, device: str) -> Any:
@@ -138,206 +230,458 @@ def random_model_on_device(shape: str, tokenizer: Any, device: str) -> Any:
     return TransformersLM(model.eval(), tokenizer, name=f"random {shape}")
 
 
-def _peak_reset(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device: str) -> int | None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated())
-    return None
-
-
-def measure(lm: Any, label: str, device: str, args: argparse.Namespace, self_eval: bool) -> list[dict[str, Any]]:
-    """Plain decoding and RAIN (official, fast) on ``lm``: one table row each."""
-    from rain_core import RainConfig, RainDecoder
-
-    rows: list[dict[str, Any]] = []
-    base = dict(max_new_tokens=args.max_new_tokens, max_simulation_tokens=args.max_simulation_tokens, seed=0)
-    dec = RainDecoder(lm, approve_all)
-    dec.vanilla("Hello", max_new_tokens=4)  # warm-up
-    _peak_reset(device)
-    t0, tokens = time.perf_counter(), 0
-    for prompt in PROMPTS:
-        tokens += len(dec.vanilla(prompt, **base).token_ids)
-    plain = (time.perf_counter() - t0) / max(tokens, 1)
-    rows.append(
-        {
-            "model": label,
-            "decoding": "plain",
-            "tokens": tokens,
-            "tokens_per_s": 1 / plain,
-            "ratio": 1.0,
-            "peak_bytes": _peak(device),
-        }
-    )
-    runs: list[tuple[str, Any, RainConfig]] = [
-        ("RAIN official, best case", dec, RainConfig(**base)),
-        ("RAIN fast, best case", dec, RainConfig.fast(**base)),
-    ]
-    if self_eval:
-        runs.append(("RAIN official, self-evaluation", RainDecoder(lm), RainConfig(**{**base, "max_searches": 10})))
-    for name, decoder, cfg in runs:
-        _peak_reset(device)
-        t0, tokens, searches, simulated, commits = time.perf_counter(), 0, 0, 0, 0
-        for prompt in PROMPTS:
-            res = decoder.generate(prompt, config=cfg)
-            tokens += len(res.token_ids)
-            searches += res.stats["searches"]
-            simulated += res.stats["simulated_tokens"]
-            commits += res.stats["commits"]
-        per_token = (time.perf_counter() - t0) / max(tokens, 1)
-        rows.append(
-            {
-                "model": label,
-                "decoding": name,
-                "tokens": tokens,
-                "tokens_per_s": 1 / per_token,
-                "ratio": per_token / plain,
-                "peak_bytes": _peak(device),
-                "searches_per_commit": searches / max(commits, 1),
-                "simulated_per_search": simulated / max(searches, 1),
-            }
-        )
-    return rows
-
-
-def smoke_calls(lm: Any) -> dict[str, str]:
-    """One LangChain and one LlamaIndex call through the adapters (tiny budgets)."""
-    from rain_core import RainDecoder
-
-    out: dict[str, str] = {}
-    dec = RainDecoder(lm, approve_all, max_new_tokens=8, max_searches=2, extra_searches=1, max_simulation_tokens=8)
-    try:
-        from rain_integrations.langchain import ChatRain
-    except ImportError as exc:
-        out["langchain"] = f"skipped ({exc.name or exc} not installed)"
-    else:
-        reply = ChatRain(decoder=dec).invoke("Say hello.")
-        out["langchain"] = f"ok: {len(reply.content)} characters, finish {reply.response_metadata.get('finish_reason')}"
-    try:
-        from rain_integrations import llamaindex as li
-    except ImportError as exc:
-        out["llamaindex"] = f"skipped ({exc.name or exc} not installed)"
-    else:
-        cls = getattr(li, "RainLlamaIndexLLM", None) or li.RainLLM
-        out["llamaindex"] = f"ok: {len(cls(dec).complete('Say hello.').text)} characters"
-    return out
-
-
-def render(report: dict[str, Any]) -> str:
-    lines = [
-        f"# rain GPU check ({report['device_name']})",
-        "",
-        f"torch {report['torch']}, transformers {report['transformers']}, Python {report['python']}; "
-        f"{report['max_new_tokens']} new tokens per prompt, {len(PROMPTS)} prompts; simulations capped at "
-        f"{report['max_simulation_tokens']} tokens. Random-weight models cost the same per forward pass as trained "
-        "ones, but stop simulations elsewhere: compare the simulated tokens per search.",
-        "",
-        "| model | decoding | tokens | tokens/s | RAIN/plain per token | peak GPU memory | searches/commit "
-        "| simulated/search |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in report["rows"]:
-        peak = f"{r['peak_bytes'] / 2**30:.2f} GiB" if r.get("peak_bytes") else "n/a"
-        spc = f"{r['searches_per_commit']:.1f}" if "searches_per_commit" in r else ""
-        sps = f"{r['simulated_per_search']:.1f}" if "simulated_per_search" in r else ""
-        lines.append(
-            f"| {r['model']} | {r['decoding']} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
-            f"{r['ratio']:.2f}x | {peak} | {spc} | {sps} |"
-        )
-    lines += [
-        "",
-        "Adapters: " + "; ".join(f"{k} {v}" for k, v in report["smoke"].items()),
-        f"Skipped: {', '.join(report['skipped']) or 'nothing'}",
-        f"Wall time: {report['seconds']:.0f} s",
-        "",
-    ]
-    return "\n".join(lines)
-
-
+# --- the report ---------------------------------------------------------------------------------------
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class Report:
+    """The rows so far, rewritten to ``out`` (gpu-check.md and .json) after each one."""
+
+    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+        self.out = out
+        self.meta = meta
+        self.rows: list[dict[str, Any]] = []
+        self.comparisons: list[dict[str, Any]] = []
+        self.smoke: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.t_start = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def failed(self) -> list[str]:
+        bad = [f"{r['model']} / {r['decoding']}" for r in self.rows if r["status"] == "failed"]
+        bad += [f"{c['model']} / log-probabilities" for c in self.comparisons if c["status"] != "ok"]
+        return bad
+
+    def data(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "rows": self.rows,
+            "comparisons": self.comparisons,
+            "smoke": self.smoke,
+            "notes": self.notes,
+            "failed": self.failed,
+            "seconds": time.perf_counter() - self.t_start,
+        }
+
+    def write(self) -> None:
+        data = self.data()
+        _write(self.out / "gpu-check.json", json.dumps(data, indent=2, default=str))
+        _write(self.out / "gpu-check.md", render(data))
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        f"# rain GPU check ({report['device_name']}, {report['device']})",
+        "",
+        f"torch {report['torch']}, transformers {report['transformers']}, Python {report['python']}; "
+        f"{report['max_new_tokens']} new tokens per prompt, {len(PROMPTS)} prompts; search budget "
+        f"{report['budget']}; encoder: {report['encoder']}. Random-weight models cost the same per forward pass as "
+        "trained ones, but stop simulations elsewhere: compare the simulated tokens per search. Each row is warmed "
+        "up first and starts with an empty prefix cache.",
+        "",
+        "| model | decoding | B | status | tokens | tokens/s | RAIN/plain per token | peak GPU memory "
+        "| searches/commit | simulated/search | finish |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    errors = []
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['model']} | {r['decoding']} | {r.get('B', '')} | {r['status']} | | | | | | | "
+                f"{r.get('reason', '')} |"
+            )
+            if r.get("error"):
+                errors.append(f"- {r['model']} / {r['decoding']}: `{r['error']}` at {r.get('where', '?')}")
+            continue
+        peak_bytes = r.get("peak_bytes")
+        lines.append(
+            "| {model} | {decoding} | {B} | ok | {tokens} | {tps} | {ratio} | {peak} | {spc} | {sps} "
+            "| {finish} |".format(
+                model=r["model"],
+                decoding=r["decoding"],
+                B=r.get("B", ""),
+                tokens=r.get("tokens", ""),
+                tps=f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "",
+                ratio=f"{r['ratio']:.2f}x" if r.get("ratio") else "",
+                peak=f"{peak_bytes / 2**30:.2f} GiB" if peak_bytes else "n/a",
+                spc=f"{r['searches_per_commit']:.1f}" if "searches_per_commit" in r else "",
+                sps=f"{r['simulated_per_search']:.1f}" if "simulated_per_search" in r else "",
+                finish=r.get("finish", r.get("note", "")),
+            )
+        )
+    lines += [
+        "",
+        "Cached and batched log-probabilities against a recomputation without cache or batching "
+        "(`next_token_logprobs` over prompts sharing a prefix, `top_tokens` extending a cached prefix):",
+        "",
+        "| model | dtype | status | max abs difference | tolerance | spread between prompts |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in report["comparisons"]:
+        if c["status"] in ("ok", "over tolerance"):
+            lines.append(
+                f"| {c['model']} | {c['dtype']} | {c['status']} | {c['max_abs_difference']:.4g} | {c['tolerance']:g} "
+                f"| {c['spread']:.3g} |"
+            )
+        else:
+            lines.append(f"| {c['model']} | {c.get('dtype', '')} | {c['status']} | | | |")
+            if c.get("error"):
+                errors.append(f"- {c['model']} / log-probabilities: `{c['error']}` at {c.get('where', '?')}")
+    lines += ["", "Adapters: " + ("; ".join(f"{k} {v}" for k, v in report["smoke"].items()) or "not run")]
+    if report["notes"]:
+        lines += ["", *[f"- {n}" for n in report["notes"]]]
+    if errors:
+        lines += ["", "Errors:", "", *errors]
+    verdict = f"FAILED: {', '.join(report['failed'])}" if report["failed"] else "every row that ran passed"
+    lines += ["", f"Result: {verdict}. Wall time: {report['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """The error, and where its root cause was raised (the innermost frame in rain, else the last one)."""
+    root = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    frames = traceback.extract_tb(root.__traceback__)
+    where = next((f for f in reversed(frames) if "/rain_core/" in f.filename), frames[-1] if frames else None)
+    text = " ".join(str(exc).split())
+    return {
+        "error": f"{type(exc).__name__}: {text[:300]}",
+        "where": f"{Path(where.filename).name}:{where.lineno} ({where.name})" if where else "?",
+        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__)[-8:],
+    }
+
+
+# --- rows ---------------------------------------------------------------------------------------------
+class Check:
+    """Runs rows one by one: each is timed, caught, recorded and written before the next starts."""
+
+    def __init__(self, report: Report, budget_seconds: float) -> None:
+        self.report = report
+        self.deadline = time.perf_counter() + budget_seconds
+        self.budget_seconds = budget_seconds
+        self.cuda_lost: str | None = None
+
+    def _not_run(self) -> str | None:
+        if self.cuda_lost:
+            return f"not run: the GPU state was lost at {self.cuda_lost}"
+        if time.perf_counter() > self.deadline:
+            return f"skipped: the time budget ({self.budget_seconds:.0f} s) was spent"
+        return None
+
+    def row(self, model: str, decoding: str, fn: Callable[[], dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"model": model, "decoding": decoding, **fields}
+        reason = self._not_run()
+        if reason:
+            row.update(status=reason.split(":")[0], reason=reason)
+        else:
+            try:
+                row.update(fn())
+                row.setdefault("status", "ok")
+            except Exception as exc:  # a row that fails is reported, and the check goes on
+                row.update(status="failed", **_error_fields(exc))
+                if any(s in str(exc) for s in CUDA_LOST):
+                    self.cuda_lost = f"{model} / {decoding}"
+        self.report.rows.append(row)
+        self.report.write()
+        return row
+
+    def compare(self, model: str, fn: Callable[[], dict[str, Any]]) -> None:
+        entry: dict[str, Any] = {"model": model}
+        reason = self._not_run()
+        if reason:
+            entry.update(status=reason.split(":")[0], reason=reason)
+        else:
+            try:
+                entry.update(fn())
+            except Exception as exc:
+                entry.update(status="failed", **_error_fields(exc))
+                if any(s in str(exc) for s in CUDA_LOST):
+                    self.cuda_lost = f"{model} / log-probabilities"
+        self.report.comparisons.append(entry)
+        self.report.write()
+
+
+def _not_available() -> dict[str, Any]:
+    return {"status": "not available", "reason": "parallel_searches: not available in this version of rain"}
+
+
+def parallel_available() -> bool:
+    from rain_core import RainConfig
+
+    return "parallel_searches" in RainConfig.model_fields
+
+
+def search_budget(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        max_searches=args.max_searches,
+        extra_searches=args.extra_searches,
+        min_visits=args.min_visits,
+        num_candidates=args.num_candidates,
+        max_simulation_tokens=args.max_simulation_tokens,
+        max_seconds=args.max_seconds,
+        seed=0,
+    )
+
+
+def _clear(*engines: Any) -> None:
+    for lm in engines:
+        lm.cache.clear()
+
+
+def plain_row(lm: Any, device: str, args: argparse.Namespace) -> dict[str, Any]:
+    from rain_core import RainDecoder
+
+    _clear(lm)
+    dec = RainDecoder(lm, approve_all, encoder=None)
+    dec.vanilla(WARM_PROMPT, max_new_tokens=4, seed=0)
+    peak_reset(device)
+    t0, tokens = time.perf_counter(), 0
+    for prompt in PROMPTS:
+        tokens += len(dec.vanilla(prompt, max_new_tokens=args.max_new_tokens, seed=0).token_ids)
+    seconds = time.perf_counter() - t0
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_bytes": peak(device)}
+
+
+def rain_row(
+    lm: Any,
+    judge_lm: Any | None,
+    evaluator: Any,
+    config: Any,
+    encoder: Any,
+    device: str,
+    plain_per_token: float | None,
+) -> dict[str, Any]:
+    """``evaluator``: a callable, ``"self"`` (the decoder's default SelfEvaluator) or ``"judge"``."""
+    from rain_core import JudgeEvaluator, RainDecoder
+
+    _clear(lm, *([judge_lm] if judge_lm is not None else []))
+    if evaluator == "self":
+        judge = None
+    elif evaluator == "judge":
+        judge = JudgeEvaluator(judge_lm)
+    else:
+        judge = evaluator
+    dec = RainDecoder(lm, judge, encoder=encoder, config=config)
+    dec.generate(WARM_PROMPT, max_new_tokens=2)  # warm-up: this row's evaluator, encoder and batch shapes
+    peak_reset(device)
+    t0, tokens, searches, simulated, commits, finish = time.perf_counter(), 0, 0, 0, 0, []
+    for prompt in PROMPTS:
+        res = dec.generate(prompt)
+        tokens += len(res.token_ids)
+        searches += int(res.stats.get("searches", 0))
+        simulated += int(res.stats.get("simulated_tokens", 0))
+        commits += int(res.stats.get("commits", 0))
+        finish.append(res.finish_reason)
+    seconds = time.perf_counter() - t0
+    per_token = seconds / max(tokens, 1)
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "ratio": per_token / plain_per_token if plain_per_token else None,
+        "peak_bytes": peak(device),
+        "searches_per_commit": searches / max(commits, 1),
+        "simulated_per_search": simulated / max(searches, 1),
+        "finish": ", ".join(finish),
+    }
+
+
+def compare_logprobs(lm: Any) -> dict[str, Any]:
+    """The engine as configured (prefix cache, shared prefix run once, right-padded batch) against the
+    same weights recomputed from scratch one prompt at a time."""
+    reference = lm.variant(reuse_cache=False, batch=False)
+    _clear(lm)
+    base = lm.encode(lm.chat_prompt([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True))
+    tails = [" Sure, here", " No", " Bread is made from flour, water"]
+    prompts = [base + lm.encode(t, parse_special=False) for t in tails]
+    top = reference.top_tokens(prompts[0], 8)
+    candidates = sorted({t for c in top for t in c.token_ids} | {0, len(lm.tokenizer) - 1})
+    cached = lm.next_token_logprobs(prompts, candidates)  # (3, C), batched over the cached shared prefix
+    plain = reference.next_token_logprobs(prompts, candidates)  # (3, C), each prompt alone, no cache
+    diffs = np.abs(np.asarray(cached) - np.asarray(plain))
+    lm.top_tokens(base, 1)  # caches the prefix, so the next call extends a cached state
+    extended = {c.token_ids: c.logprob for c in lm.top_tokens(prompts[2], 20)}
+    fresh = reference.top_tokens(prompts[2], 8)
+    top_diffs = [abs(extended[c.token_ids] - c.logprob) for c in fresh if c.token_ids in extended]
+    if len(top_diffs) < len(fresh) // 2:
+        raise AssertionError(f"the cached top tokens share only {len(top_diffs)} of the uncached top {len(fresh)}")
+    worst = float(max(diffs.max(), max(top_diffs)))
+    dtype = str(next(lm.model.parameters()).dtype)
+    tolerance = TOLERANCE.get(dtype, 0.1)
+    return {
+        "dtype": dtype,
+        "max_abs_difference": worst,
+        "tolerance": tolerance,
+        "spread": float(np.abs(np.asarray(plain[0]) - np.asarray(plain[1])).mean()),
+        "status": "ok" if worst <= tolerance else "over tolerance",
+    }
+
+
+def smoke_calls(lm: Any, encoder: Any) -> dict[str, str]:
+    """One LangChain and one LlamaIndex call through the adapters (tiny budgets)."""
+    from rain_core import RainDecoder
+
+    out: dict[str, str] = {}
+    dec = RainDecoder(
+        lm, approve_all, encoder=encoder, max_new_tokens=8, max_searches=2, extra_searches=1, max_simulation_tokens=8
+    )
+    try:
+        from rain_integrations.langchain import ChatRain
+    except ImportError as exc:
+        out["langchain"] = f"skipped ({exc.name or exc} not installed)"
+    else:
+        try:
+            reply = ChatRain(decoder=dec).invoke("Say hello.")
+            finish = reply.response_metadata.get("finish_reason")
+            out["langchain"] = f"ok: {len(reply.content)} characters, finish {finish}"
+        except Exception as exc:
+            out["langchain"] = f"FAILED: {_error_fields(exc)['error']}"
+    try:
+        from rain_integrations.llamaindex import RainLlamaIndexLLM
+    except ImportError as exc:
+        out["llamaindex"] = f"skipped ({exc.name or exc} not installed)"
+    else:
+        try:
+            out["llamaindex"] = f"ok: {len(RainLlamaIndexLLM(dec).complete('Say hello.').text)} characters"
+        except Exception as exc:
+            out["llamaindex"] = f"FAILED: {_error_fields(exc)['error']}"
+    return out
+
+
+# --- the run --------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu for a dry run")
     parser.add_argument("--tokenizer", default=None, help="a folder with the embedded model's tokenizer files")
     parser.add_argument("--shapes", default="smol,llama7b", help="comma-separated: smol, llama7b, tiny")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--max-simulation-tokens", type=int, default=32)
-    parser.add_argument("--quick", action="store_true", help="tiny shape and 8 tokens: checks the script runs")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-searches", type=int, default=8)
+    parser.add_argument("--extra-searches", type=int, default=4)
+    parser.add_argument("--min-visits", type=int, default=2)
+    parser.add_argument("--num-candidates", type=int, default=10)
+    parser.add_argument("--max-simulation-tokens", type=int, default=16)
+    parser.add_argument("--max-seconds", type=float, default=10.0, help="deadline of one RAIN decode")
+    parser.add_argument("--budget-seconds", type=float, default=200.0, help="no row starts after this")
+    parser.add_argument("--quick", action="store_true", help="tiny shape, tiny budgets: checks the script runs")
     parser.add_argument("--out", default=os.environ.get("OUT") or ".", help="folder for gpu-check.md/.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.quick:
-        args.shapes, args.max_new_tokens = "tiny", 8
+        args.shapes, args.max_new_tokens, args.max_searches, args.extra_searches = "tiny", 6, 4, 2
+        args.min_visits, args.num_candidates, args.max_simulation_tokens, args.max_seconds = 1, 4, 6, 5.0
+        args.budget_seconds = 600.0  # a dry run checks that every row runs: none is skipped for time
     import torch
     import transformers
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --device cpu for a dry run")
-    t_start = time.perf_counter()
-    tokenizer = _tokenizer(args.tokenizer)
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    smoke: dict[str, str] = {}
+    from rain_core import RainConfig
+
+    budget = search_budget(args)
+    report = Report(
+        Path(args.out),
+        {
+            **device_info(args.device),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "max_new_tokens": args.max_new_tokens,
+            "budget": ", ".join(f"{k}={v}" for k, v in budget.items() if k not in ("max_new_tokens", "seed")),
+            "encoder": "RandomMiniLM (all-MiniLM-L6-v2's shape, random weights, on the device)",
+        },
+    )
+    check = Check(report, args.budget_seconds)
+    tokenizer = load_tokenizer(args.tokenizer)
+    encoder = RandomMiniLM(tokenizer, args.device)
+    parallel = parallel_available()
+    if not parallel:
+        report.notes.append("parallel_searches: not available in this version of rain (RainConfig has no such field)")
+
+    models: list[tuple[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rain-gpu-check-") as tmp:
         for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
-            try:
+            label = f"random {shape}"
+
+            def load(shape: str = shape) -> dict[str, Any]:
+                t0 = time.perf_counter()
                 if shape == "llama7b":
                     lm = random_model_on_device(shape, tokenizer, args.device)
                 else:
                     lm = random_model_from_folder(shape, tokenizer, args.device, Path(tmp) / shape)
-            except torch.OutOfMemoryError:
-                skipped.append(f"{shape} (out of memory)")
-                continue
-            rows += measure(lm, f"random {shape}", args.device, args, self_eval=False)
-            if not smoke:
-                smoke = smoke_calls(lm)
-            del lm
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+                models.append((f"random {shape}", lm))
+                stats = lm.memory_stats()
+                return {"seconds": time.perf_counter() - t0, "note": f"{stats['weight_bytes'] / 2**30:.2f} GiB weights"}
+
+            check.row(label, "load", load)
         from rain_core.engines.embedded import DEFAULT_MODEL_NAME, cache_dir
 
         real = cache_dir() / DEFAULT_MODEL_NAME
         if (real / "model.safetensors").is_file() and not args.quick:
-            from rain_core import load_model
 
-            lm = load_model(str(real), device_map=args.device, dtype="bfloat16")
-            rows += measure(lm, "SmolLM2-135M-Instruct", args.device, args, self_eval=True)
+            def load_real() -> dict[str, Any]:
+                from rain_core import load_model
+
+                t0 = time.perf_counter()
+                models.append((DEFAULT_MODEL_NAME, load_model(str(real), device_map=args.device, dtype="bfloat16")))
+                return {"seconds": time.perf_counter() - t0}
+
+            check.row(DEFAULT_MODEL_NAME, "load", load_real)
         else:
-            skipped.append("the embedded SmolLM2-135M-Instruct (not on this machine)")
-    report = {
-        "device_name": torch.cuda.get_device_name(0)
-        if args.device.startswith("cuda")
-        else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "max_new_tokens": args.max_new_tokens,
-        "max_simulation_tokens": args.max_simulation_tokens,
-        "rows": rows,
-        "smoke": smoke,
-        "skipped": skipped,
-        "seconds": time.perf_counter() - t_start,
-    }
-    text = render(report)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out / "gpu-check.md", text)
-    _write(out / "gpu-check.json", json.dumps(report, indent=2))
-    return 0
+            report.notes.append(f"the embedded {DEFAULT_MODEL_NAME}: not on this machine (no {real})")
+
+        official, fast = RainConfig(**budget), RainConfig.fast(**budget)
+        b1 = {"parallel_searches": 1} if parallel else {}
+        b8 = {"parallel_searches": 8} if parallel else {}
+        plain_cost: dict[str, float | None] = {}
+        judges = {label: lm.variant() for label, lm in models}  # a second engine over the same weights
+
+        def rain(label: str, lm: Any, name: str, evaluator: Any, cfg: Any, batch: dict[str, Any]) -> None:
+            if batch.get("parallel_searches", 1) > 1 and not parallel:
+                return
+            b = batch.get("parallel_searches", 1)
+            check.row(
+                label,
+                name,
+                lambda: rain_row(
+                    lm, judges[label], evaluator, cfg.merged(**batch), encoder, args.device, plain_cost[label]
+                ),
+                B=b,
+            )
+
+        # first what needs no evaluator model (a device-side assert there would lose the GPU for the rest)
+        for label, lm in models:
+            row = check.row(label, "plain", lambda lm=lm: plain_row(lm, args.device, args), B=1)
+            plain_cost[label] = row["seconds"] / max(row["tokens"], 1) if row["status"] == "ok" else None
+            rain(label, lm, "RAIN official, approve-all", approve_all, official, b1)
+            rain(label, lm, "RAIN fast, approve-all", approve_all, fast, b1)
+            rain(label, lm, "RAIN official, approve-nothing", approve_nothing, official, b1)
+            rain(label, lm, "RAIN official, approve-all", approve_all, official, b8)
+            rain(label, lm, "RAIN official, approve-nothing", approve_nothing, official, b8)
+            if not report.smoke and not check._not_run():
+                report.smoke = smoke_calls(lm, encoder)
+                report.write()
+        if not parallel:
+            for label, _ in models:
+                for name in ("approve-all", "approve-nothing", "self-evaluation"):
+                    check.row(label, f"RAIN official, {name}", _not_available, B=8)
+        # then the model's own scoring: batched option-letter log-probabilities
+        for label, lm in models:
+            check.compare(label, lambda lm=lm: compare_logprobs(lm))
+            rain(label, lm, "RAIN official, self-evaluation", "self", official, b1)
+            rain(label, lm, "RAIN official, judge", "judge", official, b1)
+            rain(label, lm, "RAIN official, self-evaluation", "self", official, b8)
+    report.write()
+    print(render(report.data()))
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
