@@ -278,7 +278,7 @@ def render(report: dict[str, Any]) -> str:
         f"# rain GPU check ({report['device_name']}, {report['device']})",
         "",
         f"torch {report['torch']}, transformers {report['transformers']}, Python {report['python']}; "
-        f"{report['max_new_tokens']} new tokens per prompt, {len(PROMPTS)} prompts; search budget "
+        f"{report['max_new_tokens']} new tokens per prompt, {report['prompts']} prompt(s); search budget "
         f"{report['budget']}; encoder: {report['encoder']}. Random-weight models cost the same per forward pass as "
         "trained ones, but stop simulations elsewhere: compare the simulated tokens per search. Each row is warmed "
         "up first and starts with an empty prefix cache.",
@@ -366,7 +366,7 @@ class Check:
         self.budget_seconds = budget_seconds
         self.cuda_lost: str | None = None
 
-    def _not_run(self) -> str | None:
+    def not_run(self) -> str | None:
         if self.cuda_lost:
             return f"not run: the GPU state was lost at {self.cuda_lost}"
         if time.perf_counter() > self.deadline:
@@ -375,7 +375,7 @@ class Check:
 
     def row(self, model: str, decoding: str, fn: Callable[[], dict[str, Any]], **fields: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"model": model, "decoding": decoding, **fields}
-        reason = self._not_run()
+        reason = self.not_run()
         if reason:
             row.update(status=reason.split(":")[0], reason=reason)
         else:
@@ -392,7 +392,7 @@ class Check:
 
     def compare(self, model: str, fn: Callable[[], dict[str, Any]]) -> None:
         entry: dict[str, Any] = {"model": model}
-        reason = self._not_run()
+        reason = self.not_run()
         if reason:
             entry.update(status=reason.split(":")[0], reason=reason)
         else:
@@ -442,7 +442,7 @@ def plain_row(lm: Any, device: str, args: argparse.Namespace) -> dict[str, Any]:
     dec.vanilla(WARM_PROMPT, max_new_tokens=4, seed=0)
     peak_reset(device)
     t0, tokens = time.perf_counter(), 0
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[: args.prompts]:
         tokens += len(dec.vanilla(prompt, max_new_tokens=args.max_new_tokens, seed=0).token_ids)
     seconds = time.perf_counter() - t0
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_bytes": peak(device)}
@@ -456,6 +456,7 @@ def rain_row(
     encoder: Any,
     device: str,
     plain_per_token: float | None,
+    prompts: Sequence[str] = PROMPTS,
 ) -> dict[str, Any]:
     """``evaluator``: a callable, ``"self"`` (the decoder's default SelfEvaluator) or ``"judge"``."""
     from rain_core import JudgeEvaluator, RainDecoder
@@ -468,10 +469,11 @@ def rain_row(
     else:
         judge = evaluator
     dec = RainDecoder(lm, judge, encoder=encoder, config=config)
-    dec.generate(WARM_PROMPT, max_new_tokens=2)  # warm-up: this row's evaluator, encoder and batch shapes
+    # warm-up: this row's evaluator, encoder and batch shapes
+    dec.generate(WARM_PROMPT, max_new_tokens=2, max_seconds=min(3.0, config.max_seconds or 3.0))
     peak_reset(device)
     t0, tokens, searches, simulated, commits, finish = time.perf_counter(), 0, 0, 0, 0, []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         res = dec.generate(prompt)
         tokens += len(res.token_ids)
         searches += int(res.stats.get("searches", 0))
@@ -560,14 +562,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu for a dry run")
     parser.add_argument("--tokenizer", default=None, help="a folder with the embedded model's tokenizer files")
     parser.add_argument("--shapes", default="smol,llama7b", help="comma-separated: smol, llama7b, tiny")
+    parser.add_argument("--prompts", type=int, default=2, choices=(1, 2), help="prompts per row")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--max-searches", type=int, default=8)
     parser.add_argument("--extra-searches", type=int, default=4)
     parser.add_argument("--min-visits", type=int, default=2)
     parser.add_argument("--num-candidates", type=int, default=10)
     parser.add_argument("--max-simulation-tokens", type=int, default=16)
-    parser.add_argument("--max-seconds", type=float, default=10.0, help="deadline of one RAIN decode")
-    parser.add_argument("--budget-seconds", type=float, default=200.0, help="no row starts after this")
+    parser.add_argument("--max-seconds", type=float, default=6.0, help="deadline of one RAIN decode")
+    parser.add_argument("--budget-seconds", type=float, default=240.0, help="no row starts after this")
     parser.add_argument("--quick", action="store_true", help="tiny shape, tiny budgets: checks the script runs")
     parser.add_argument("--out", default=os.environ.get("OUT") or ".", help="folder for gpu-check.md/.json")
     return parser
@@ -576,8 +579,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
-        args.shapes, args.max_new_tokens, args.max_searches, args.extra_searches = "tiny", 6, 4, 2
-        args.min_visits, args.num_candidates, args.max_simulation_tokens, args.max_seconds = 1, 4, 6, 5.0
+        args.shapes, args.prompts, args.max_new_tokens, args.max_searches, args.extra_searches = "tiny", 1, 4, 4, 2
+        args.min_visits, args.num_candidates, args.max_simulation_tokens, args.max_seconds = 1, 4, 6, 3.0
         args.budget_seconds = 600.0  # a dry run checks that every row runs: none is skipped for time
     import torch
     import transformers
@@ -595,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": transformers.__version__,
             "python": platform.python_version(),
             "max_new_tokens": args.max_new_tokens,
+            "prompts": args.prompts,
             "budget": ", ".join(f"{k}={v}" for k, v in budget.items() if k not in ("max_new_tokens", "seed")),
             "encoder": "RandomMiniLM (all-MiniLM-L6-v2's shape, random weights, on the device)",
         },
@@ -639,46 +643,59 @@ def main(argv: list[str] | None = None) -> int:
             report.notes.append(f"the embedded {DEFAULT_MODEL_NAME}: not on this machine (no {real})")
 
         official, fast = RainConfig(**budget), RainConfig.fast(**budget)
-        b1 = {"parallel_searches": 1} if parallel else {}
-        b8 = {"parallel_searches": 8} if parallel else {}
         plain_cost: dict[str, float | None] = {}
         judges = {label: lm.variant() for label, lm in models}  # a second engine over the same weights
 
-        def rain(label: str, lm: Any, name: str, evaluator: Any, cfg: Any, batch: dict[str, Any]) -> None:
-            if batch.get("parallel_searches", 1) > 1 and not parallel:
-                return
-            b = batch.get("parallel_searches", 1)
+        def rain(label: str, lm: Any, name: str, evaluator: Any, cfg: Any, b: int) -> None:
+            if b > 1 and not parallel:
+                return  # reported below as not available
+            batch = {"parallel_searches": b} if parallel else {}
             check.row(
                 label,
                 name,
                 lambda: rain_row(
-                    lm, judges[label], evaluator, cfg.merged(**batch), encoder, args.device, plain_cost[label]
+                    lm,
+                    judges[label],
+                    evaluator,
+                    cfg.merged(**batch),
+                    encoder,
+                    args.device,
+                    plain_cost[label],
+                    PROMPTS[: args.prompts],
                 ),
                 B=b,
             )
 
-        # first what needs no evaluator model (a device-side assert there would lose the GPU for the rest)
+        # Each kind of row runs on every model before the next kind starts, so a run cut short by the
+        # time budget loses the last kinds (parallel searches), not a model. First what scores without
+        # the model (a device-side assert in the scoring path would lose the GPU for every row after it).
         for label, lm in models:
             row = check.row(label, "plain", lambda lm=lm: plain_row(lm, args.device, args), B=1)
             plain_cost[label] = row["seconds"] / max(row["tokens"], 1) if row["status"] == "ok" else None
-            rain(label, lm, "RAIN official, approve-all", approve_all, official, b1)
-            rain(label, lm, "RAIN fast, approve-all", approve_all, fast, b1)
-            rain(label, lm, "RAIN official, approve-nothing", approve_nothing, official, b1)
-            rain(label, lm, "RAIN official, approve-all", approve_all, official, b8)
-            rain(label, lm, "RAIN official, approve-nothing", approve_nothing, official, b8)
-            if not report.smoke and not check._not_run():
-                report.smoke = smoke_calls(lm, encoder)
-                report.write()
+        if models and not check.not_run():
+            report.smoke = smoke_calls(models[0][1], encoder)
+            report.write()
+        kinds: list[tuple[str, Any, Any, int]] = [
+            ("RAIN official, approve-all", approve_all, official, 1),
+            ("RAIN official, approve-nothing", approve_nothing, official, 1),
+            ("RAIN fast, approve-all", approve_all, fast, 1),
+            ("compare", None, None, 1),  # then the model's own scoring: batched option-letter log-probabilities
+            ("RAIN official, self-evaluation", "self", official, 1),
+            ("RAIN official, judge", "judge", official, 1),
+            ("RAIN official, approve-all", approve_all, official, 8),
+            ("RAIN official, self-evaluation", "self", official, 8),
+            ("RAIN official, approve-nothing", approve_nothing, official, 8),
+        ]
+        for name, evaluator, cfg, b in kinds:
+            for label, lm in models:
+                if name == "compare":
+                    check.compare(label, lambda lm=lm: compare_logprobs(lm))
+                else:
+                    rain(label, lm, name, evaluator, cfg, b)
         if not parallel:
             for label, _ in models:
-                for name in ("approve-all", "approve-nothing", "self-evaluation"):
+                for name in ("approve-all", "self-evaluation", "approve-nothing"):
                     check.row(label, f"RAIN official, {name}", _not_available, B=8)
-        # then the model's own scoring: batched option-letter log-probabilities
-        for label, lm in models:
-            check.compare(label, lambda lm=lm: compare_logprobs(lm))
-            rain(label, lm, "RAIN official, self-evaluation", "self", official, b1)
-            rain(label, lm, "RAIN official, judge", "judge", official, b1)
-            rain(label, lm, "RAIN official, self-evaluation", "self", official, b8)
     report.write()
     print(render(report.data()))
     return 1 if report.failed else 0

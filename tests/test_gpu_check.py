@@ -34,7 +34,7 @@ gpu_image = _module("gpu_image")
 
 def _report(tmp_path: Path):
     meta = {"device": "cpu", "device_name": "cpu", "torch": "t", "transformers": "x", "python": "3"}
-    meta.update(max_new_tokens=4, budget="b", encoder="e")
+    meta.update(max_new_tokens=4, prompts=1, budget="b", encoder="e")
     return gpu_check.Report(tmp_path, meta)
 
 
