@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rain-setup-done
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.rain-vllm-done
 
-.PHONY: setup vllm lint demo test bench gpu-prep gpu-rehearsal clean
+.PHONY: setup vllm lint docs demo test bench gpu-prep gpu-rehearsal clean
 
 setup: $(STAMP)
 
@@ -38,9 +38,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy rain_core
 
-# the checks, the GPU check rehearsed on this CPU, the tests, then the three notebooks executed top to
-# bottom (nbmake; a notebook that raises fails)
-test: setup vllm lint gpu-rehearsal
+# the API reference (from the docstrings) and the guides as a site in build/site: offline, and a
+# warning is an error
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+# the checks, the docs, the GPU check rehearsed on this CPU, the tests, then the three notebooks
+# executed top to bottom (nbmake; a notebook that raises fails)
+test: setup vllm lint docs gpu-rehearsal
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup
