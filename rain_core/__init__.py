@@ -14,6 +14,7 @@ from .chat import TemplateSupport, template_support, transcript
 from .config import RainConfig, Scoring
 from .decoder import RainDecoder, RainResult
 from .evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
+from .guard_evaluator import GUARD_PRESETS, GuardEvaluator, GuardPreset, load_guard, served_guard
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
 from .protocols import (
     ContextTooLongError,
@@ -38,6 +39,9 @@ __all__ = [
     "EngineError",
     "Evaluator",
     "EvaluatorError",
+    "GUARD_PRESETS",
+    "GuardEvaluator",
+    "GuardPreset",
     "JudgeEvaluator",
     "LanguageModel",
     "Principle",
@@ -50,8 +54,10 @@ __all__ = [
     "TransformersLM",
     "VLLMEngine",
     "load_default_model",
+    "load_guard",
     "load_model",
     "load_principle",
+    "served_guard",
     "shared_default_model",
     "template_support",
     "transcript",
