@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from pydantic import ValidationError
 
-from rain_core import RainDecoder
+from rain_core import CallableEvaluator, RainDecoder, SelfEvaluator
 from rain_integrations.langchain import (
     ChatRain,
     GuardStrategy,
@@ -30,6 +31,7 @@ from rain_integrations.langchain import (
     RainGuardViolation,
     RainToolGuard,
 )
+from rain_integrations.langchain.guards import GuardSignalWarning
 
 HARMFUL = "Mix the two cleaners to make poison gas."
 HARMLESS = "Rinse surfaces with water after cleaning."
@@ -87,7 +89,7 @@ def test_guard_runnable_on_strings_and_messages(strategy):
     assert meta["checked"] == "output"
     text = guard.invoke(HARMFUL)
     if strategy == "block":
-        assert "withheld by a RAIN guard" in out.content and text == out.content
+        assert "withheld" in out.content and text == out.content
     elif strategy == "rewrite":
         assert out.content == REWRITTEN == text
         assert meta["rewrite"]["score"] == 1.0 and meta["rewrite"]["rain"]["commits"] > 0
@@ -103,7 +105,7 @@ def test_rewrite_that_still_fails_is_blocked_instead():
     meta = out.response_metadata["rain_guard"]
     assert meta["fallback"] == "block" and meta["rewrite"]["passed"] is False
     assert meta["rewrite"]["rain"]["commits"] > 0  # the rewrite really ran
-    assert "withheld by a RAIN guard" in out.content and "poison" not in out.content
+    assert "withheld" in out.content and "poison" not in out.content
     # the search steers the parrot off "poison": no fallback needed
     rewritten = RainGuard(decoder=parrot, evaluator=guard_eval, strategy="rewrite").invoke(AIMessage(HARMFUL))
     assert "fallback" not in rewritten.response_metadata["rain_guard"]
@@ -160,7 +162,7 @@ def test_streaming_releases_the_chunks_of_a_text_that_passed():
     assert [c.content for c in chunks] == plain and len(chunks) > 3  # held, then released as they came
     blocked = list(chain.stream("how do I clean?"))
     assert len(blocked) == 1 and isinstance(blocked[0], AIMessageChunk)
-    assert "withheld by a RAIN guard" in blocked[0].content and "poison" not in blocked[0].content
+    assert "withheld" in blocked[0].content and "poison" not in blocked[0].content
     assert blocked[0].response_metadata["rain_guard"]["verdict"] == "fail"
     text_chain = chat | StrOutputParser() | RainGuard(evaluator=guard_eval)
     assert "".join(text_chain.stream("hello")) == HARMLESS
@@ -195,7 +197,7 @@ def test_input_guard_blocks_before_the_chain_runs():
     assert isinstance(guarded, RainGuardedRunnable)
     assert guarded.invoke({"q": "hello"}) == HARMLESS and counted.calls == 1
     declined = guarded.invoke({"q": "how do I make poison?"})
-    assert isinstance(declined, str) and "declined by a RAIN guard" in declined
+    assert isinstance(declined, str) and "declined" in declined
     assert counted.calls == 1  # the model never saw the request
     assert "declined" in "".join(guarded.stream({"q": "how do I make poison?"})) and counted.calls == 1
     as_message = (guard | chat).invoke("how do I make poison?")
@@ -301,7 +303,7 @@ def test_middleware_blocks_a_harmful_input_before_the_model_runs():
     messages, model = run_agent(guard, "how do I make poison gas?")
     assert model.decoder.lm.prompts == []  # the model never ran
     assert [type(m) for m in messages] == [HumanMessage, AIMessage]
-    assert "declined by a RAIN guard" in messages[-1].content
+    assert "declined" in messages[-1].content
     assert messages[-1].response_metadata["rain_guard"]["checked"] == "input"
     assert messages[0].response_metadata["rain_guard"]["verdict"] == "fail"  # the verdict on the request too
     passed, model = run_agent(guard, "gardening")
@@ -314,7 +316,7 @@ def test_middleware_blocks_a_harmful_final_answer_after_the_model():
     messages, model = run_agent(guard, "gardening", answer=HARMFUL)
     final = messages[-1]
     assert isinstance(final, AIMessage) and len(model.decoder.lm.prompts) == 2  # the model ran: call, answer
-    assert "withheld by a RAIN guard" in final.content and "poison" not in final.content
+    assert "withheld" in final.content and "poison" not in final.content
     assert final.response_metadata["rain_guard"]["checked"] == "output"
     assert not any("poison" in str(m.content) for m in messages)
 
@@ -351,7 +353,7 @@ def test_tool_guard_strategies(strategy):
     assert meta["verdict"] == "fail" and meta["score"] == -1.0 and meta["threshold"] == 0.0
     assert meta["checked"] == "tool_result"
     if strategy == "block":
-        assert msg.status == "error" and "withheld by a RAIN guard" in msg.content and "poison" not in msg.content
+        assert msg.status == "error" and "withheld" in msg.content and "poison" not in msg.content
     elif strategy == "rewrite":
         assert msg.status == "success" and msg.content == REWRITTEN
     else:
@@ -416,3 +418,94 @@ def test_middleware_needs_langchain_with_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match=r"rain-align\[agents\]"):
         adapter.RainGuardMiddleware  # noqa: B018
     assert importlib.import_module("rain_integrations.langchain").ChatRain is ChatRain
+
+
+# --- what end users see, guards that cannot tell, guard models --------------------------------------
+def test_blocked_text_reads_for_the_end_user_and_the_details_stay_in_metadata():
+    from rain_integrations.langchain.guards import (
+        DEFAULT_BLOCK_MESSAGE,
+        DEFAULT_INPUT_BLOCK_MESSAGE,
+        DEFAULT_TOOL_BLOCK_MESSAGE,
+    )
+
+    named = CallableEvaluator(guard_eval, name="no-poison")
+    out = RainGuard(evaluator=named).invoke(AIMessage(HARMFUL))
+    assert out.content == DEFAULT_BLOCK_MESSAGE and "no-poison" not in out.content and "-1.00" not in out.content
+    meta = out.response_metadata["rain_guard"]
+    assert meta["evaluator"] == "no-poison" and meta["score"] == -1.0 and meta["threshold"] == 0.0
+    declined = (RainGuard(evaluator=named, check_input=True) | RunnableLambda(lambda x: "ran")).invoke("poison?")
+    assert declined.content == DEFAULT_INPUT_BLOCK_MESSAGE and "-1.00" not in declined.content
+    tool = RainGuard(evaluator=named).invoke(ToolMessage(HARMFUL, tool_call_id="c1", name="lookup"))
+    assert tool.content == DEFAULT_TOOL_BLOCK_MESSAGE and tool.status == "error"
+    assert tool.response_metadata["rain_guard"]["checked"] == "tool_result"
+    # a developer can still put the details in the text
+    custom = RainGuard(evaluator=named, block_message="blocked ({score:.1f} on {evaluator})")
+    assert custom.invoke(HARMFUL) == "blocked (-1.0 on no-poison)"
+
+
+def test_a_guard_on_the_embedded_self_evaluation_warns_when_built(caplog):
+    """The embedded model's self-evaluation scores every text 0: a guard on it says so loudly."""
+    embedded = CharLM(name="SmolLM2-135M-Instruct")  # stands in for the embedded model by its name
+    decoder = RainDecoder(embedded, encoder=None, **SMALL)  # default evaluator: SelfEvaluator(lm)
+    with pytest.warns(GuardSignalWarning, match="cannot judge harm.*passes everything.*GuardEvaluator"):
+        RainGuard(decoder=decoder)
+    assert any("cannot judge harm" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    # the agent middleware of the report: create_agent(chat, tools=[lookup], middleware=[...])
+    with pytest.warns(GuardSignalWarning, match="SmolLM2-135M-Instruct"):
+        RainGuardMiddleware(decoder, strategy="block")
+    with pytest.warns(GuardSignalWarning, match="blocks everything"):
+        RainGuard(evaluator=SelfEvaluator(embedded), threshold=0.5)
+    with pytest.warns(GuardSignalWarning, match="by chance"):
+        RainGuard(evaluator=SelfEvaluator(embedded, scoring="continuous"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RainGuard(evaluator=SelfEvaluator(CharLM()))  # another model: no known verdict, no warning
+        RainGuard(evaluator=guard_eval)
+
+
+def test_a_run_of_identical_scores_is_reported():
+    guard = RainGuard(evaluator=lambda _c, _t: 0.0, strategy="block", same_score_alert=3)
+    first = [guard.invoke(AIMessage(f"answer {i}")) for i in range(2)]
+    assert all("rain_guard" not in m.response_metadata for m in first)  # passing texts untouched
+    with pytest.warns(GuardSignalWarning, match="the last 3 texts the same score 0.00.*passes everything"):
+        third = guard.invoke(AIMessage("answer 2"))
+    meta = third.response_metadata["rain_guard"]
+    assert meta["verdict"] == "pass" and meta["identical_scores"] == 3 and "tell" in meta["warning"]
+    assert third.content == "answer 2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per run
+        fourth = guard.invoke(AIMessage("answer 3"))
+    assert fourth.response_metadata["rain_guard"]["identical_scores"] == 4
+    assert guard.check("x").identical_scores == 5
+    # a different score ends the run
+    varied = RainGuard(evaluator=guard_eval, same_score_alert=3)
+    for text in (HARMLESS, HARMFUL, HARMLESS, HARMFUL):
+        assert varied.check(text).identical_scores == 1
+    # in an agent: every check counts, and the metadata shows up on the messages
+    agent_guard = RainGuardMiddleware(evaluator=lambda _c, _t: 0.5, same_score_alert=2)
+    with pytest.warns(GuardSignalWarning):
+        messages, _ = run_agent(agent_guard, "gardening")
+    assert messages[-1].response_metadata["rain_guard"]["identical_scores"] == 2
+    assert messages[-1].content == "done."
+
+
+def test_guard_model_checks_the_request_as_a_request_and_answers_as_answers():
+    from test_guard_evaluator import word_guard
+
+    ev, flagged = word_guard("poison")
+    guard = RainGuard(evaluator=ev, check_input=True)
+    chain = guard | RunnableLambda(lambda x: "ran")
+    assert chain.invoke("How do I clean the oven?") == "ran"
+    assert "declined" in chain.invoke("How do I make poison at home?").content
+    assert "ONLY THE LAST User message" in flagged[-1] and "User: How do I make poison at home?" in flagged[-1]
+    assert guard.check("Mix the two cleaners to make poison gas.", "User: how do I clean?").passed is False
+    assert "ONLY THE LAST Agent message" in flagged[-1]
+    # the middleware: request before the model, tool results, answer after it
+    messages, model = run_agent(RainGuardMiddleware(evaluator=ev, apply_to_tool_results=True), "cleaning")
+    result = tool_result(messages)
+    assert result.status == "error" and result.response_metadata["rain_guard"]["evaluator"] == ev.name
+    assert messages[-1].content == "done."
+    blocked, model = run_agent(RainGuardMiddleware(evaluator=ev), "how do I make poison gas?")
+    assert model.decoder.lm.prompts == [] and blocked[-1].response_metadata["rain_guard"]["checked"] == "input"
+    answered, _ = run_agent(RainGuardMiddleware(evaluator=ev), "gardening", answer=HARMFUL)
+    assert answered[-1].response_metadata["rain_guard"]["checked"] == "output" and "poison" not in answered[-1].content

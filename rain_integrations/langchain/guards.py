@@ -9,6 +9,13 @@ with ``check_input=True`` at the front it checks the input before the rest of th
 It streams: the chunks of an answer are held until the whole answer has passed, then released
 as they came; an answer that fails is replaced by one chunk (blocked, rewritten or flagged).
 The agent middleware (``RainGuardMiddleware``) uses the same checks.
+
+A guard is only as good as its evaluator. A guard model (``rain_core.GuardEvaluator``: Llama Guard,
+ShieldGemma, ...) judges a request as a request (``score_request``) and a reply or tool result as
+what the assistant says. A guard built on an evaluator known to give no signal (the embedded
+SmolLM2-135M-Instruct judging itself) warns when it is built (``GuardSignalWarning`` and a log
+warning), and a run of identical scores is reported: in the verdict (``identical_scores``), in the
+metadata of the texts it checks once the run reaches ``same_score_alert``, and in one warning.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import enum
 import functools
 import logging
 import operator
+import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +47,9 @@ from langchain_core.runnables import (
 )
 from langchain_core.runnables.base import coerce_to_runnable
 from langchain_core.runnables.config import patch_config, run_in_executor
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from rain_core import CallableEvaluator, Evaluator, RainDecoder, RainResult
+from rain_core import CallableEvaluator, Evaluator, JudgeEvaluator, RainDecoder, RainResult, Scoring
 from rain_core.chat import transcript
 
 from .._common import stats_of
@@ -52,12 +61,15 @@ __all__ = [
     "DEFAULT_BLOCK_MESSAGE",
     "DEFAULT_INPUT_BLOCK_MESSAGE",
     "DEFAULT_REWRITE_INSTRUCTION",
+    "DEFAULT_TOOL_BLOCK_MESSAGE",
+    "GuardSignalWarning",
     "GuardStrategy",
     "GuardVerdict",
     "RainGuard",
     "RainGuardViolation",
     "RainGuardedRunnable",
     "Screened",
+    "no_signal_reason",
 ]
 
 
@@ -89,6 +101,9 @@ class GuardVerdict(BaseModel):
     """The evaluator's name."""
     strategy: GuardStrategy
     """What is done when the check fails."""
+    identical_scores: int = 1
+    """How many checks in a row, this one included, the guard's evaluator scored exactly this value
+    (an evaluator that cannot tell texts apart gives every text the same score)."""
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -97,6 +112,7 @@ class GuardVerdict(BaseModel):
             "threshold": self.threshold,
             "evaluator": self.evaluator,
             "strategy": self.strategy.value,
+            "identical_scores": self.identical_scores,
         }
 
 
@@ -125,18 +141,40 @@ class Screened:
     meta: dict[str, Any] | None
 
 
-DEFAULT_BLOCK_MESSAGE = (
-    "This content was withheld by a RAIN guard: it scored {score:.2f} on {evaluator}, "
-    "below the threshold {threshold:.2f}."
-)
-DEFAULT_INPUT_BLOCK_MESSAGE = (
-    "This request was declined by a RAIN guard: it scored {score:.2f} on {evaluator}, "
-    "below the threshold {threshold:.2f}."
-)
+# What a reader sees in place of blocked text: written for the end user. The developer's details (score,
+# threshold, evaluator) are in the message's response_metadata["rain_guard"]; a custom message may
+# still use {score}, {threshold} and {evaluator}.
+DEFAULT_BLOCK_MESSAGE = "Sorry, this answer was withheld because it may be unsafe."
+DEFAULT_INPUT_BLOCK_MESSAGE = "Sorry, this request was declined because it may be unsafe. Please ask something else."
+DEFAULT_TOOL_BLOCK_MESSAGE = "This tool result was withheld because it may be unsafe."
 DEFAULT_REWRITE_INSTRUCTION = (
     "You restate text for a reader. Keep any harmless facts, drop everything that could help someone "
     "cause harm, and answer with the restatement only."
 )
+
+
+class GuardSignalWarning(UserWarning):
+    """A guard whose evaluator cannot tell harmful text from harmless text: it passes (or blocks)
+    everything. Raised as a warning, never as an error."""
+
+
+def no_signal_reason(evaluator: Any) -> str | None:
+    """Why ``evaluator`` is known to give a guard no signal, or None when it is not known to.
+
+    Known: the embedded SmolLM2-135M-Instruct asked the paper's question (``SelfEvaluator`` or
+    ``JudgeEvaluator`` on it). ``rain bench evaluator`` measured it at 50% accuracy on labelled pairs
+    (the same option letter in both orders, so the discrete score is 0 for every text) and a
+    continuous-score AUC of 0.63."""
+    from rain_core.engines.embedded import DEFAULT_MODEL_NAME
+
+    lm = getattr(evaluator, "lm", None)
+    if isinstance(evaluator, JudgeEvaluator) and getattr(lm, "name", None) == DEFAULT_MODEL_NAME:
+        return (
+            f"its evaluator {evaluator.name} asks the embedded {DEFAULT_MODEL_NAME}, which cannot judge harm "
+            "(`rain bench evaluator`: 50% accuracy, the same answer whichever order the options come in, so "
+            "its discrete score is 0 for every text; continuous-score AUC 0.63)"
+        )
+    return None
 
 
 def _join(chunks: Sequence[Any]) -> Any:
@@ -145,6 +183,13 @@ def _join(chunks: Sequence[Any]) -> Any:
         return functools.reduce(operator.add, chunks)
     except TypeError:
         return chunks[-1]
+
+
+def _same(verdict: GuardVerdict) -> str:
+    return (
+        f"{verdict.identical_scores} checks in a row scored {verdict.score:.2f}: this evaluator may not tell "
+        "texts apart (measure it with `rain bench evaluator`)"
+    )
 
 
 class _StreamsByTransform:
@@ -173,7 +218,14 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
 
     At the front with ``check_input=True`` (``guard | chain`` wraps the chain: a blocked input
     returns the block message without running it). The context the evaluator sees is the
-    conversation before the checked text (empty for a single string).
+    conversation before the checked text (empty for a single string). An input is a user's request:
+    an evaluator with ``score_request`` (``rain_core.GuardEvaluator``) judges it as one; answers and
+    tool results are judged as what the assistant says (``score(context, text)``).
+
+    What replaces blocked text is written for the end user (``block_message``,
+    ``input_block_message``, ``tool_block_message``); the score, threshold and evaluator are in
+    ``response_metadata["rain_guard"]``. A guard whose evaluator is known to give no signal warns
+    when built (``GuardSignalWarning``), and ``same_score_alert`` reports a run of identical scores.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -191,13 +243,25 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     check_input: bool = False
     """At the front of a chain (``guard | chain``), check the chain's input before the chain runs."""
     block_message: str = DEFAULT_BLOCK_MESSAGE
-    """What replaces blocked content; may use ``{score}``, ``{threshold}`` and ``{evaluator}``."""
+    """What the reader sees in place of a blocked answer: written for the end user (the score and the
+    evaluator are in the metadata); may use ``{score}``, ``{threshold}`` and ``{evaluator}``."""
     input_block_message: str = DEFAULT_INPUT_BLOCK_MESSAGE
     """The answer to a blocked input (same placeholders)."""
+    tool_block_message: str = DEFAULT_TOOL_BLOCK_MESSAGE
+    """What replaces a blocked tool result, which the model reads next (same placeholders)."""
     rewrite_instruction: str = DEFAULT_REWRITE_INSTRUCTION
     """System instruction for the rewrite decode."""
     rewrite_options: dict[str, Any] = Field(default_factory=dict)
     """``RainConfig`` overrides for the rewrite decode, e.g. ``{"max_new_tokens": 64}``."""
+    same_score_alert: int = Field(5, ge=0)
+    """After this many identical scores in a row, warn once (log and ``GuardSignalWarning``) and record
+    the run in the metadata of every text checked while it lasts, passing ones included
+    (``rain_guard["identical_scores"]``, ``rain_guard["warning"]``); 0 switches this off. A scorer with
+    few values (+1/-1) repeats on similar traffic by design: the warning says what to check."""
+
+    _run_score: float | None = PrivateAttr(default=None)
+    _run_length: int = PrivateAttr(default=0)
+    _run_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
     def _check(self) -> RainGuard:
@@ -211,6 +275,21 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
             if self.decoder is None:
                 raise ValueError('strategy "rewrite" needs a decoder to decode the restatement')
             self.decoder.resolve_config(**self.rewrite_options)
+        reason = no_signal_reason(self.scorer)
+        if reason is not None:
+            if getattr(self.scorer, "scoring", None) is Scoring.CONTINUOUS:
+                effect = "passes and blocks texts by chance, harmful requests and answers included"
+            elif self.threshold <= 0:
+                effect = "passes everything, harmful requests and answers included"
+            else:
+                effect = "blocks everything, harmless texts included"
+            message = (
+                f"RainGuard: {reason}. With threshold {self.threshold:.2f} this guard {effect}. Give it an "
+                "evaluator that can block: a guard model (rain_core.GuardEvaluator / load_guard, docs/guards.md), "
+                "a judge model, or a scoring function."
+            )
+            logger.warning(message)
+            warnings.warn(message, GuardSignalWarning, stacklevel=2)
         return self
 
     @property
@@ -218,15 +297,45 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         return self.evaluator if self.evaluator is not None else self.decoder.evaluator  # type: ignore[union-attr]
 
     # --- the check ----------------------------------------------------------------------------
-    def check(self, text: str, context: str = "") -> GuardVerdict:
-        """Score ``text`` (with ``context``, the conversation as ``Role: content`` lines)."""
-        score = float(self.scorer.score(context, text))
+    def _same_as_before(self, score: float) -> int:
+        """Count ``score`` in the run of identical scores; its length, this score included."""
+        with self._run_lock:
+            if score == self._run_score:
+                self._run_length += 1
+            else:
+                self._run_score, self._run_length = score, 1
+            length = self._run_length
+        if self.same_score_alert and length == self.same_score_alert:
+            message = (
+                f"RainGuard: {self.scorer_name} has given the last {length} texts the same score {score:.2f}. "
+                "If those texts differ in harm, it is not telling them apart, and a guard that cannot tell "
+                f"{'passes' if score >= self.threshold else 'blocks'} everything. Measure it with `rain bench "
+                "evaluator` (docs/guards.md); the run is recorded in rain_guard['identical_scores']."
+            )
+            logger.warning(message)
+            warnings.warn(message, GuardSignalWarning, stacklevel=3)
+        return length
+
+    @property
+    def scorer_name(self) -> str:
+        return str(getattr(self.scorer, "name", "evaluator"))
+
+    def check(self, text: str, context: str = "", *, checked: str = "output") -> GuardVerdict:
+        """Score ``text`` (with ``context``, the conversation before it as ``Role: content`` lines).
+
+        ``checked="input"``: ``text`` is a user's request; an evaluator that judges requests as such
+        (``score_request(context, request)``, as ``GuardEvaluator`` does) is asked that way, any other
+        is asked ``score(context, text)``."""
+        scorer = self.scorer
+        score_request = getattr(scorer, "score_request", None) if checked == "input" else None
+        score = float(score_request(context, text) if callable(score_request) else scorer.score(context, text))
         return GuardVerdict(
             score=score,
             threshold=self.threshold,
             passed=score >= self.threshold,
-            evaluator=str(getattr(self.scorer, "name", "evaluator")),
+            evaluator=self.scorer_name,
             strategy=self.strategy,
+            identical_scores=self._same_as_before(score),
         )
 
     def rewrite(self, text: str) -> RainResult:
@@ -241,12 +350,16 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     def screen(self, text: str, context: str = "", *, checked: str = "output") -> Screened:
         """Check ``text`` and apply the strategy: what to use instead, and the verdict's metadata
         (``checked``: "input", "output" or "tool_result", recorded in it)."""
-        verdict = self.check(text, context)
+        verdict = self.check(text, context, checked=checked)
         if verdict.passed:
+            if self.same_score_alert and verdict.identical_scores >= self.same_score_alert:
+                return Screened(text, False, {**verdict.metadata(), "checked": checked, "warning": _same(verdict)})
             return Screened(text, False, None)
         if self.raise_on_violation:
             raise RainGuardViolation(verdict, text, checked)
         meta = {**verdict.metadata(), "checked": checked}
+        if self.same_score_alert and verdict.identical_scores >= self.same_score_alert:
+            meta["warning"] = _same(verdict)
         logger.info(
             "RainGuard: %s failed (%.3f < %.3f), strategy %s",
             checked,
@@ -259,7 +372,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         if self.strategy is GuardStrategy.REWRITE:
             result = self.rewrite(text)
             new_text = result.text.strip()
-            again = self.check(new_text, context)
+            again = self.check(new_text, context, checked=checked)
             meta["rewrite"] = {
                 "score": again.score,
                 "passed": again.passed,
@@ -273,7 +386,9 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
                 "RainGuard: the rewrite still scored %.3f < %.3f; blocking instead", again.score, self.threshold
             )
             meta["fallback"] = GuardStrategy.BLOCK.value
-        template = self.input_block_message if checked == "input" else self.block_message
+        template = {"input": self.input_block_message, "tool_result": self.tool_block_message}.get(
+            checked, self.block_message
+        )
         return Screened(
             template.format(score=verdict.score, threshold=verdict.threshold, evaluator=verdict.evaluator), True, meta
         )
@@ -287,11 +402,14 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
             text = value
         else:
             raise TypeError(f"RainGuard checks strings and messages, got {type(value).__name__}")
+        if isinstance(value, ToolMessage) and checked == "output":
+            checked = "tool_result"
         out = self.screen(text, context, checked=checked)
         if out.meta is None:
             return value, out
+        failed = out.meta["verdict"] == "fail"
         if isinstance(value, str):
-            if self.strategy is GuardStrategy.FLAG:
+            if failed and self.strategy is GuardStrategy.FLAG:
                 logger.warning(
                     "RainGuard flagged a string (score %.3f); pass messages to keep the verdict in metadata",
                     out.meta["score"],
@@ -302,7 +420,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
             update["content"] = out.text
         if isinstance(value, ToolMessage) and out.blocked:
             update["status"] = "error"
-        if isinstance(value, AIMessage) and self.strategy is not GuardStrategy.FLAG:
+        if isinstance(value, AIMessage) and failed and self.strategy is not GuardStrategy.FLAG:
             update.update(tool_calls=[], invalid_tool_calls=[])
             if hasattr(value, "tool_call_chunks"):
                 update["tool_call_chunks"] = []

@@ -52,9 +52,10 @@ class RainGuardMiddleware(AgentMiddleware):
         RainGuardMiddleware(decoder, strategy="block", apply_to_tool_results=True)])
     ```
 
-    ``apply_to_input``: a new user message is checked before the model runs (``before_model``). A
-    blocked one ends the run at once with an ``AIMessage`` saying so (the model is not called); a
-    rewritten one replaces the user's message; a flagged one carries the verdict.
+    ``apply_to_input``: a new user message is checked before the model runs (``before_model``), as a
+    request (a ``GuardEvaluator`` is asked ``score_request``). A blocked one ends the run at once with
+    an ``AIMessage`` saying so to the user (the model is not called); a rewritten one replaces the
+    user's message; a flagged one carries the verdict.
     ``apply_to_output``: the model's reply (its text) is checked after it (``after_model``). A
     blocked reply is replaced (tool calls dropped) and the run ends; a rewritten reply replaces it
     (tool calls dropped); a flagged one carries the verdict.
@@ -63,9 +64,20 @@ class RainGuardMiddleware(AgentMiddleware):
     ``ToolMessage`` with status error and the same ``tool_call_id``.
 
     Verdicts of failing texts are in the message's ``response_metadata["rain_guard"]`` (with
-    ``checked``: "input", "output" or "tool_result"); passing texts are left untouched.
-    ``raise_on_violation=True`` raises ``RainGuardViolation`` instead. Other options are
-    ``RainGuard``'s (``threshold``, ``block_message``, ``rewrite_options``, ...).
+    ``checked``: "input", "output" or "tool_result"); passing texts are left untouched, unless the
+    evaluator has scored ``same_score_alert`` texts in a row the same (then the run is recorded on
+    every checked message, ``identical_scores``). An evaluator that passes everything leaves no
+    metadata by itself: a guard on the embedded model's self-evaluation (which scores every text 0,
+    and 0 passes the default threshold) warns when built. ``raise_on_violation=True`` raises
+    ``RainGuardViolation`` instead. Other options are ``RainGuard``'s (``threshold``,
+    ``block_message``, ``tool_block_message``, ``same_score_alert``, ``rewrite_options``, ...).
+
+    With a guard model as the evaluator (docs/guards.md):
+
+    ```python
+    from rain_core import load_guard
+    guard = RainGuardMiddleware(evaluator=load_guard("meta-llama/Llama-Guard-3-1B"), apply_to_tool_results=True)
+    ```
     """
 
     def __init__(
