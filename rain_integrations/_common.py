@@ -4,7 +4,9 @@
   plugs in here) or the embedded default model, with a judge model or an evaluator;
 - splitting constructor keywords into adapter fields and ``RainConfig`` fields;
 - usage, finish reason, statistics and commit-event payloads of a ``RainResult``;
+- checking every constructor option before any weights load (``check_build``, ``check_fields``);
 - ``decode_events``: one decode as a stream of commits, text pieces and the final result;
+  ``stream_events``: the same for a stream whose last chunk carries the last text with the result;
 - ``aiter_in_thread``: the one bridge from a blocking decode to ``async for``. It runs the decode in
   a worker thread and, when the consumer cancels its task or abandons the stream (``aclose``, or
   the stream garbage-collected), sets the decode's ``cancel`` event so that the search stops within
