@@ -34,6 +34,7 @@ API = [
     ("evaluators", "rain_core.evaluators.SelfEvaluator"),
     ("evaluators", "rain_core.evaluators.JudgeEvaluator"),
     ("evaluators", "rain_core.evaluators.CallableEvaluator"),
+    ("evaluators", "rain_core.guard_evaluator.GuardEvaluator"),
     ("engines", "rain_core.engines.vllm.VLLMEngine"),
     ("engines", "rain_core.engines.loading.load_model"),
 ]
