@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_loading import _save_tiny_llama
+from tiny_models import save_tiny_llama
 
 import rain_core.engines.loading as loading
 from rain_core.cli import main
@@ -135,7 +135,7 @@ def test_gguf_weights_without_gguf_file(capsys, tmp_path):
 def test_a_dtype_the_device_cannot_run(capsys, tmp_path, monkeypatch):
     import torch
 
-    folder = _save_tiny_llama(tmp_path / "tiny")
+    folder = save_tiny_llama(tmp_path / "tiny")
     monkeypatch.setattr(loading, "dtype_runs_on", lambda dtype, device: dtype == torch.float32)
     status, err = run(capsys, "generate", "--model", str(folder), "--device", "cpu", "--dtype", "float16", "hi")
     assert status == 1 and len(err) == 1
