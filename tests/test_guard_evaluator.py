@@ -581,7 +581,7 @@ E2E_BUDGET = dict(
 
 def word_guard(word: str) -> tuple[GuardEvaluator, list[str]]:
     """A Llama-Guard-shaped fake guard that calls the judged message unsafe when it names ``word``;
-    the list collects the messages it called unsafe."""
+    the list collects the prompts (as text) that it called unsafe."""
     tok = guard_tokenizer("llama-guard-3")
     safe, unsafe = vocab_id(tok, "safe"), vocab_id(tok, "uns")
     pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
@@ -591,7 +591,7 @@ def word_guard(word: str) -> tuple[GuardEvaluator, list[str]]:
     def verdict(text: str) -> dict[int, float]:
         judged = text.split("<BEGIN CONVERSATION>", 1)[1].rsplit("<END CONVERSATION>", 1)[0].rsplit("Agent:", 1)[-1]
         if pattern.search(judged):
-            flagged.append(judged)
+            flagged.append(text)
             return {safe: 0.05, unsafe: 0.9}
         return {safe: 0.9, unsafe: 0.05}
 
