@@ -1,15 +1,17 @@
 """The ``rain bench ...`` and ``rain demo`` commands (``rain_core.cli`` hands their arguments here).
 
     rain bench speed [--quick] [--out DIR]
-    rain bench evaluator [--quick] [--evaluator self|judge|embedding|keyword|MODULE:FN ...] [--judge MODEL]
-    rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial]
+    rain bench evaluator [--quick] [--evaluator self|judge|guard|embedding|keyword|MODULE:FN ...] [--judge MODEL]
+                         [--guard MODEL [--guard-preset NAME]]
+    rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial] [--guard ...]
     rain bench fidelity [--quick] [--seeds N] [--out DIR]     (rain_bench.fidelity's own options)
     rain bench vllm [--base-url URL] [--model NAME] ...       (rain_bench.vllm_speed's own options)
     rain demo
 
 Model options are the ones ``rain generate`` takes: ``--engine {transformers,vllm}``, ``--model``,
 ``--base-url``, ``--api-key``, ``--judge``, ``--judge-base-url``, ``--judge-model``, ``--device``,
-``--dtype``.
+``--dtype``; and a guard model (``rain_core.GuardEvaluator``): ``--guard``, ``--guard-base-url``,
+``--guard-model``, ``--guard-preset``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .engines import ENGINES, ModelOptions, NamedEvaluator, SetupError, build_evaluator, build_generator, build_judge
+from rain_core.guard_evaluator import GUARD_PRESETS
+
+from .engines import (
+    ENGINES,
+    ModelOptions,
+    NamedEvaluator,
+    SetupError,
+    build_evaluator,
+    build_generator,
+    build_guard,
+    build_judge,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,24 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         help="the vLLM server of the judge (default --base-url when --judge-model is given)",
     )
     g.add_argument("--judge-model", default=None, help="the judge's served model name on its vLLM server")
+    g.add_argument(
+        "--guard",
+        default=None,
+        help="a guard model (Llama Guard 3, ShieldGemma, Granite Guardian, Qwen3Guard): folder or hub id "
+        "(or its served name with --guard-base-url)",
+    )
+    g.add_argument(
+        "--guard-base-url",
+        default=None,
+        help="the vLLM server of the guard (default --base-url when --guard-model is given)",
+    )
+    g.add_argument("--guard-model", default=None, help="the guard's served model name on its vLLM server")
+    g.add_argument(
+        "--guard-preset",
+        choices=sorted(GUARD_PRESETS),
+        default=None,
+        help="the guard's prompt and verdict format (default: inferred from the guard's name)",
+    )
     g.add_argument("--device", default=None, help="cpu, cuda, ... for local models")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto for local models")
 
@@ -78,8 +109,8 @@ def build_parser(which: str) -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="KIND",
-        help="self, judge, embedding, keyword or MODULE:FUNCTION (repeatable; default: judge when "
-        "--judge is given for `evaluator`, else self)",
+        help="self, judge, guard, embedding, keyword or MODULE:FUNCTION (repeatable; default: guard when "
+        "--guard is given, else judge when --judge is given for `evaluator`, else self)",
     )
     if which == "evaluator":
         p.description = "can an evaluator tell a harmful reply from a harmless one?"
@@ -134,6 +165,10 @@ def _options(args: argparse.Namespace) -> ModelOptions:
         judge_model=args.judge_model,
         device=args.device,
         dtype=args.dtype,
+        guard=args.guard,
+        guard_base_url=args.guard_base_url,
+        guard_model=args.guard_model,
+        guard_preset=args.guard_preset,
     )
 
 
@@ -149,8 +184,14 @@ def _progress_bar(desc: str, total: int) -> tuple[Any, Callable[[str], None]]:
     return bar, progress
 
 
-def _evaluators(kinds: Sequence[str], lm: Any, judge: Any, args: argparse.Namespace) -> list[NamedEvaluator]:
-    return [build_evaluator(k, lm, judge, args.principle, args.scoring) for k in kinds]
+def _evaluators(
+    kinds: Sequence[str], lm: Any, judge: Any, args: argparse.Namespace, guard: Any = None
+) -> list[NamedEvaluator]:
+    return [build_evaluator(k, lm, judge, args.principle, args.scoring, guard) for k in kinds]
+
+
+def _has_guard(args: argparse.Namespace) -> bool:
+    return bool(args.guard or args.guard_base_url or args.guard_model)
 
 
 def _needs_generator(kinds: Sequence[str]) -> bool:
@@ -161,11 +202,13 @@ def run_evaluator(args: argparse.Namespace) -> int:
     from . import evaluator as bench
     from .datasets import load_pairs
 
-    kinds = args.evaluator or (["judge"] if args.judge or args.judge_model else ["self"])
+    default = "guard" if _has_guard(args) else "judge" if args.judge or args.judge_model else "self"
+    kinds = args.evaluator or [default]
     opts = _options(args)
     judge = build_judge(opts)
+    guard = build_guard(opts) if "guard" in kinds else None
     lm = build_generator(opts) if _needs_generator(kinds) else None
-    evaluators = _evaluators(kinds, lm, judge, args)
+    evaluators = _evaluators(kinds, lm, judge, args, guard)
     make = bench.EvaluatorPlan.quick if args.quick else bench.EvaluatorPlan.full
     plan = make(Path(args.data) if args.data else None)
     n = len(load_pairs(plan.data, plan.limit))
@@ -199,7 +242,7 @@ def run_quality(args: argparse.Namespace) -> int:
     from .datasets import BUILTIN_SETS
     from .grading import ensure_separate
 
-    kinds = args.evaluator or ["self"]
+    kinds = args.evaluator or (["guard"] if _has_guard(args) else ["self"])
     opts = _options(args)
     judge = build_judge(opts)
     grader = _grader(args.grader or ("judge" if judge is not None else "keyword"), judge, args)
@@ -226,12 +269,13 @@ def run_quality(args: argparse.Namespace) -> int:
         overrides=overrides,
     )
     prompt_sets = bench.load_sets(plan)  # bad data fails before any model loads
-    others = {k: build_evaluator(k, None, judge, args.principle, args.scoring) for k in kinds if k != "self"}
+    guard = build_guard(opts) if "guard" in kinds else None
+    others = {k: build_evaluator(k, None, judge, args.principle, args.scoring, guard) for k in kinds if k != "self"}
     for named in others.values():  # a grader that is one of RAIN's evaluators fails before the model loads
         ensure_separate(grader, named.evaluator)
     lm = build_generator(opts)
     evaluators = [
-        others[k] if k in others else build_evaluator(k, lm, judge, args.principle, args.scoring) for k in kinds
+        others[k] if k in others else build_evaluator(k, lm, judge, args.principle, args.scoring, guard) for k in kinds
     ]
     total = sum(len(s) for s in prompt_sets) * (1 + len(evaluators)) + len(evaluators)
     bar, progress = _progress_bar("rain bench quality", total)

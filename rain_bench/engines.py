@@ -1,5 +1,6 @@
 """Building what a benchmark command names: the generator (the embedded model, a local model, or a
-model served by vLLM), a judge model (local or served), and evaluators from them.
+model served by vLLM), a judge model (local or served), a guard model (local or served), and
+evaluators from them.
 
 The Python API of the benchmarks takes ready objects (any ``LanguageModel``, any evaluator), so it
 works with every engine; this module only turns command-line options into those objects.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from rain_core.config import Scoring
 from rain_core.evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
+from rain_core.guard_evaluator import GuardEvaluator, GuardPreset, infer_preset
 from rain_core.protocols import Evaluator, LanguageModel
 
 from .scorers import load_scorer
@@ -39,6 +41,10 @@ class ModelOptions:
     judge_model: str | None = None
     device: str | None = None
     dtype: str | None = None
+    guard: str | None = None
+    guard_base_url: str | None = None
+    guard_model: str | None = None
+    guard_preset: str | None = None
 
 
 def vllm_engine(base_url: str, model: str | None, api_key: str | None) -> LanguageModel:
@@ -94,6 +100,38 @@ def build_judge(opts: ModelOptions) -> LanguageModel | None:
     return judge
 
 
+def build_guard(opts: ModelOptions) -> GuardEvaluator | None:
+    """The guard model as an evaluator (continuous score, so the evaluator benchmark's AUC reads its
+    verdict probabilities): served when ``--guard-base-url`` or ``--guard-model`` is given (at
+    ``--guard-base-url``, else at ``--base-url``; its name from ``--guard-model``, else ``--guard``),
+    loaded locally from ``--guard`` otherwise; None without any. ``--guard-preset`` names the format
+    (default: inferred from the model's name)."""
+    served_name = opts.guard_model or (opts.guard if opts.guard_base_url else None)
+    if not (opts.guard or opts.guard_base_url or opts.guard_model):
+        return None
+    preset: GuardPreset | str | None = opts.guard_preset
+    if preset is None and (served_name or opts.guard):
+        try:
+            preset = infer_preset(str(served_name or opts.guard))
+        except ValueError as exc:
+            raise SetupError(f"{exc} (on the command line: --guard-preset NAME)") from None
+    lm: LanguageModel
+    if opts.guard_base_url or opts.guard_model:
+        url = opts.guard_base_url or opts.base_url
+        if not url:
+            raise SetupError("a served guard needs --guard-base-url (or --base-url when it runs on the same server)")
+        lm = vllm_engine(url, served_name, opts.api_key)
+    else:
+        from rain_core.engines import load_model
+
+        kw = {k: v for k, v in {"device": opts.device, "dtype": opts.dtype}.items() if v}
+        lm = load_model(str(opts.guard), **kw)
+    try:
+        return GuardEvaluator(lm, preset)
+    except ValueError as exc:
+        raise SetupError(f"the guard model {lm.name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class NamedEvaluator:
     """An evaluator with the name and description a report shows."""
@@ -127,6 +165,16 @@ def judge_evaluator(
     )
 
 
+def guard_evaluator(guard: GuardEvaluator) -> NamedEvaluator:
+    return NamedEvaluator(
+        f"guard ({guard.lm.name})",
+        guard,
+        f"the guard model {guard.lm.name} in the {guard.preset.name} format: P(safe) - P(unsafe) of its first "
+        f"verdict token ({' / '.join(guard.preset.safe_words)} against {' / '.join(guard.preset.unsafe_words)}), "
+        f"renormalised over the verdict tokens ({guard.scoring.value} score)",
+    )
+
+
 def scorer_evaluator(spec: str) -> NamedEvaluator:
     name, fn, description = load_scorer(spec)
     return NamedEvaluator(f"scorer {name}", CallableEvaluator(fn, name=name), description)
@@ -138,8 +186,10 @@ def build_evaluator(
     judge: LanguageModel | None,
     principle: str = "harmless",
     scoring: Scoring | str = Scoring.DISCRETE,
+    guard: GuardEvaluator | None = None,
 ) -> NamedEvaluator:
-    """``self``, ``judge`` (needs ``--judge``), or ``scorer:NAME`` / a built-in scorer name."""
+    """``self``, ``judge`` (needs ``--judge``), ``guard`` (needs ``--guard``), or ``scorer:NAME`` / a
+    built-in scorer name."""
     if kind == "self":
         if lm is None:
             raise SetupError("the evaluator 'self' needs the generator model")
@@ -148,5 +198,11 @@ def build_evaluator(
         if judge is None:
             raise SetupError("the evaluator 'judge' needs --judge MODEL (and --judge-base-url for a served judge)")
         return judge_evaluator(judge, principle, scoring)
+    if kind == "guard":
+        if guard is None:
+            raise SetupError(
+                "the evaluator 'guard' needs --guard MODEL (or --guard-base-url/--guard-model for a served guard)"
+            )
+        return guard_evaluator(guard)
     spec = kind.split(":", 1)[1] if kind.startswith("scorer:") else kind
     return scorer_evaluator(spec)

@@ -465,6 +465,38 @@ def test_tiny_model_scores_are_its_verdict_probabilities(family):
         assert ev.score(f"User: {REQUEST}", reply) == pytest.approx(got, abs=1e-5)
 
 
+# --- rain bench evaluator --guard -------------------------------------------------------------------
+def test_rain_bench_evaluator_measures_a_guard_from_a_folder(tmp_path, capsys):
+    """``rain bench evaluator --guard FOLDER``: the guard's format is inferred from the folder's name,
+    the labelled pairs are judged by it, and the report names it. (A tiny random model: its figures
+    are noise; the wiring is what is tested.)"""
+    import json
+
+    from rain_bench.cli import bench_main
+    from rain_bench.engines import SetupError, build_evaluator
+
+    lm = tiny_model("llama-guard-3")
+    folder = tmp_path / "Llama-Guard-3-tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    out = tmp_path / "reports"
+    assert bench_main("evaluator", ["--quick", "--guard", str(folder), "--out", str(out), "--name", "g"]) == 0
+    report = json.loads((out / "g.json").read_text())
+    (summary,) = report["evaluators"]
+    assert summary["name"] == f"guard ({folder})" and "llama-guard-3 format" in summary["description"]
+    assert summary["items"] == 8 and summary["failed"] == 0 and summary["auc"] is not None
+    assert "guard (" in capsys.readouterr().out
+    unnamed = tmp_path / "my-guard"
+    folder.rename(unnamed)
+    assert bench_main("evaluator", ["--quick", "--guard", str(unnamed), "--out", str(out)]) == 2
+    assert "--guard-preset" in capsys.readouterr().err
+    args = ["--quick", "--guard", str(unnamed), "--guard-preset", "shieldgemma", "--out", str(out)]
+    assert bench_main("evaluator", args) == 2  # a Llama Guard template is not ShieldGemma's
+    assert "does not render '<start_of_turn>'" in capsys.readouterr().err
+    with pytest.raises(SetupError, match="needs --guard"):
+        build_evaluator("guard", None, None)
+
+
 # --- bad configurations ----------------------------------------------------------------------------
 def test_bad_configurations_raise_clear_errors():
     lg_tok = guard_tokenizer("llama-guard-3")
