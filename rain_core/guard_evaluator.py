@@ -16,7 +16,11 @@ Rendering (see ``GuardEvaluator``'s docstring for the rules in full):
 - RAIN hands evaluators the conversation as ``Role: content`` lines (``rain_core.chat.transcript``)
   and the reply separately. The lines are parsed back into turns; the reply (or, in an input check,
   the request) is never parsed. An empty reply means "judge the request": the conversation's last
-  turn is what the guard judges.
+  turn is what the guard judges. For a chat template the turns are mapped onto the strict
+  user/assistant alternation guard templates require (a tool turn becomes a user turn marked
+  "Tool result:", consecutive turns of one role are joined, a conversation opening with the
+  assistant gets an empty user turn first); a template that renders only the last exchange
+  (ShieldGemma's) simply leaves the earlier turns out.
 - The template is rendered once per shape of conversation with sentinel strings in place of the
   contents and split on them. The template's pieces are encoded with special tokens parsed; every
   content is encoded with ``parse_special=False``, so text that looks like a special token stays
@@ -410,7 +414,9 @@ class GuardEvaluator:
         self._frames: OrderedDict[tuple[Any, ...], _Frame] = OrderedDict()
         self._lock = threading.Lock()
         self._warned_mass = False
-        # Build both shapes now, so a bad configuration fails here, not in the middle of a decode.
+        # Build both shapes now, so a bad configuration fails here, not in the middle of a decode; and
+        # untrusted text must be encodable as text (a served guard without its tokenizer here cannot).
+        guard_lm.encode("<probe>", parse_special=False)
         response_frame = self._frame(("user", "assistant"))
         self._frame(("user",))
         if isinstance(guard_lm, PrefixPinning) and response_frame.pieces[0]:
@@ -778,7 +784,9 @@ def served_guard(
 ) -> GuardEvaluator:
     """A ``GuardEvaluator`` over a guard model served by vLLM at ``base_url`` (``VLLMEngine(base_url,
     model, **engine_kwargs)``; ``model`` None: the one the server serves). ``preset`` None: inferred
-    from the served model's name."""
+    from the served model's name. The guard's tokenizer must be on this machine (the served name as a
+    cached hub id or folder, or ``tokenizer=FOLDER_OR_HUB_ID``): untrusted text is encoded without
+    special tokens, which the server's /tokenize cannot do."""
     if preset is None and model is not None:
         preset = infer_preset(model)
     from .engines.vllm import VLLMEngine
