@@ -253,7 +253,10 @@ class Report:
     @property
     def failed(self) -> list[str]:
         bad = [f"{r['model']} / {r['decoding']}" for r in self.rows if r["status"] == "failed"]
-        bad += [f"{c['model']} / log-probabilities" for c in self.comparisons if c["status"] != "ok"]
+        bad += [
+            f"{c['model']} / log-probabilities" for c in self.comparisons if c["status"] in ("failed", "over tolerance")
+        ]
+        bad += [f"adapters / {name}" for name, result in self.smoke.items() if result.startswith("FAILED")]
         return bad
 
     def data(self) -> dict[str, Any]:
@@ -531,7 +534,14 @@ def smoke_calls(lm: Any, encoder: Any) -> dict[str, str]:
 
     out: dict[str, str] = {}
     dec = RainDecoder(
-        lm, approve_all, encoder=encoder, max_new_tokens=8, max_searches=2, extra_searches=1, max_simulation_tokens=8
+        lm,
+        approve_all,
+        encoder=encoder,
+        max_new_tokens=8,
+        max_searches=2,
+        extra_searches=1,
+        max_simulation_tokens=8,
+        max_seconds=10.0,
     )
     try:
         from rain_integrations.langchain import ChatRain

@@ -150,3 +150,11 @@ def test_the_carried_pins_work_together_and_pin_pydantic_core_exactly():
     assert {"langchain-core", "llama-index-core"} <= set(pins)
     assert not (set(pins) & gpu_image.IMAGE) - gpu_image.CARRY_OVER_IMAGE  # nothing the image already has
     assert "greenlet" in pins  # llama-index-core needs sqlalchemy[asyncio]: extras are followed
+
+
+def test_a_failed_adapter_call_fails_the_check_and_a_skipped_comparison_does_not(tmp_path):
+    check = gpu_check.Check(_report(tmp_path), budget_seconds=-1)
+    check.compare("m", lambda: pytest.fail("a comparison started after the budget was spent"))
+    assert check.report.comparisons[0]["status"] == "skipped" and check.report.failed == []
+    check.report.smoke = {"langchain": "ok: 8 characters", "llamaindex": "FAILED: TypeError: no"}
+    assert check.report.failed == ["adapters / llamaindex"]
