@@ -151,41 +151,52 @@ def test_prompts_longer_than_the_context_are_refused(lm):
         lm.sample([5] * 250, 2, 10, top_k=15, temperature=1.0, seed=0)
 
 
-class _OutOfMemory(RuntimeError):
-    pass
+def _fail_when(lm, monkeypatch, too_big, calls: list):
+    """Make the model's forward pass run out of memory whenever ``too_big(input_ids, kwargs)``."""
+    real = lm.model.forward
 
-
-def _fail_above(lm, rows: int, calls: list):
-    """Make the engine's forward pass run out of memory for batches wider than ``rows``."""
-    real = TransformersLM._forward
-
-    def forward(self, input_ids, *args, **kwargs):
-        calls.append(int(input_ids.shape[0]))
-        if input_ids.shape[0] > rows:
+    def forward(input_ids=None, **kwargs):
+        calls.append(tuple(input_ids.shape))
+        if too_big(input_ids, kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, input_ids, *args, **kwargs)
+        return real(input_ids=input_ids, **kwargs)
 
-    return forward
+    monkeypatch.setattr(lm.model, "forward", forward)
 
 
-def test_out_of_memory_in_a_batched_expansion_retries_with_fewer_rows(lm, prefix, monkeypatch, caplog):
+def _packed(kwargs) -> bool:
+    mask = kwargs.get("attention_mask")
+    return mask is not None and mask.dim() == 4
+
+
+def test_out_of_memory_in_a_batched_expansion_retries_with_fewer_rows_and_draws_the_same(
+    lm, prefix, monkeypatch, caplog
+):
     expected = lm.sample(prefix, 8, 4, top_k=15, temperature=1.0, seed=9)
-    prompts = [prefix, prefix[:-1], prefix[:-2]]
-    expected_scores = sum(lm.next_token_logprobs(prompts, [5, 6]), [])
     calls: list = []
-    monkeypatch.setattr(TransformersLM, "_forward", _fail_above(lm, 2, calls))
+    _fail_when(lm, monkeypatch, lambda ids, kw: ids.shape[0] > 1, calls)  # rows draw two prefixes here
     with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers_lm"):
         got = lm.sample(prefix, 8, 4, top_k=15, temperature=1.0, seed=9)
-        scores = sum(lm.next_token_logprobs(prompts, [5, 6]), [])
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]  # the same draws
     assert [c.logprob for c in got] == pytest.approx([c.logprob for c in expected], abs=1e-5)
-    assert scores == pytest.approx(expected_scores, abs=1e-4)
-    assert "out of memory" in caplog.text and max(calls) > 2
+    assert "out of memory" in caplog.text and max(rows for rows, _ in calls) > 1
+
+
+def test_out_of_memory_in_a_packed_batch_splits_it_and_gives_the_same_answers(lm, prefix, monkeypatch, caplog):
+    prompts = [prefix + [11, 12], prefix + [13], prefix]
+    expected = lm.next_token_logprobs(prompts, [5, 6])
+    lm.cache.clear()
+    calls: list = []
+    _fail_when(lm, monkeypatch, lambda ids, kw: _packed(kw) and ids.shape[1] > 1, calls)
+    with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers_lm"):
+        got = lm.next_token_logprobs(prompts, [5, 6])
+    assert sum(got, []) == pytest.approx(sum(expected, []), abs=1e-4)
+    assert "out of memory" in caplog.text
 
 
 def test_out_of_memory_even_for_one_row_is_a_clear_error_and_the_engine_recovers(lm, prefix, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(TransformersLM, "_forward", _fail_above(lm, 0, calls))
+    _fail_when(lm, monkeypatch, lambda ids, kw: True, calls)
     lm.cache.clear()
     with pytest.raises(EngineError, match="out of memory .* even one row"):
         lm.sample(prefix, 4, 3, top_k=15, temperature=1.0, seed=1)
@@ -194,10 +205,10 @@ def test_out_of_memory_even_for_one_row_is_a_clear_error_and_the_engine_recovers
 
 
 def test_other_errors_are_not_taken_for_out_of_memory(lm, prefix, monkeypatch):
-    def broken(self, *a, **k):
+    def broken(*a, **k):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(TransformersLM, "_forward", broken)
+    monkeypatch.setattr(lm.model, "forward", broken)
     lm.cache.clear()
     with pytest.raises(RuntimeError, match="shapes"):
         lm.sample(prefix, 4, 3, top_k=15, temperature=1.0, seed=1)
@@ -264,3 +275,62 @@ def test_swapping_twice_is_harmless_and_gradients_still_flow():
     model(x).sum().backward()  # outside the engine it trains like nn.Linear
     assert x.grad is not None and model[0].weight.grad is not None
     assert math.isfinite(float(x.grad.sum()))
+
+
+# --- batched requests: packed trees over the shared prefix ------------------------------------------
+def _branches(lm, prefix):
+    """Four contexts that continue ``prefix`` by different paths, as the leaves of a round do."""
+    return [tuple(prefix + lm.encode(t)) for t in (" Sure, here", " First you", " Cats are", " I")]
+
+
+def test_batched_requests_answer_as_the_single_ones_do(lm, prefix):
+    from rain_core.protocols import GenerateRequest, SampleRequest, TopTokensRequest
+
+    branches = _branches(lm, prefix)
+    lm.cache.clear()
+    tops = [lm.top_tokens(p, 5, 0.7) for p in branches]
+    samples = [lm.sample(p, 6, 5, top_k=15, temperature=1.3, seed=40 + i) for i, p in enumerate(branches)]
+    gens = [lm.generate(p, 12, top_k=None, temperature=1.5, seed=7 + i) for i, p in enumerate(branches)]
+    lm.cache.clear()
+    calls = lm.engine_stats()["forward_calls"]
+    got_tops = lm.top_tokens_batch([TopTokensRequest(p, 5, 0.7) for p in branches])
+    assert [[c.token_ids for c in t] for t in got_tops] == [[c.token_ids for c in t] for t in tops]
+    assert [c.logprob for t in got_tops for c in t] == pytest.approx([c.logprob for t in tops for c in t], abs=1e-4)
+    got = lm.sample_batch([SampleRequest(p, 6, 5, 15, 1.3, 40 + i) for i, p in enumerate(branches)])
+    assert [[c.token_ids for c in rows] for rows in got] == [[c.token_ids for c in rows] for rows in samples]
+    assert [c.logprob for rows in got for c in rows] == pytest.approx(
+        [c.logprob for rows in samples for c in rows], abs=1e-4
+    )
+    assert lm.generate_batch([GenerateRequest(p, 12, None, 1.5, 7 + i) for i, p in enumerate(branches)]) == gens
+    # one forward pass per token position for all branches, not one per branch
+    assert lm.engine_stats()["forward_calls"] - calls < 4 + 5 + 12 + 3
+
+
+def test_batched_option_letters_match_one_prompt_at_a_time(lm, prefix):
+    prompts = [list(p) for p in _branches(lm, prefix)] + [prefix, prefix[:-3]]
+    one = [lm.next_token_logprobs([p], [5, 6, 7])[0] for p in prompts]
+    lm.cache.clear()
+    assert sum(lm.next_token_logprobs(prompts, [5, 6, 7]), []) == pytest.approx(sum(one, []), abs=1e-4)
+
+
+def test_a_long_prefill_in_chunks_gives_the_logits_of_one_pass(tokenizer, monkeypatch):
+    import rain_core.engines.transformers_lm as engine
+
+    lm = TransformersLM(tiny_model(len(tokenizer)), tokenizer, name="tiny")
+    ids = list(range(100, 330))
+    with torch.inference_mode():
+        whole = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    monkeypatch.setattr(engine, "MAX_CHUNK", 64)  # 230 tokens in four chunks
+    before = lm.engine_stats()["forward_calls"]
+    got = lm.top_tokens(ids, 5)
+    assert lm.engine_stats()["forward_calls"] - before == 4
+    assert [c.logprob for c in got] == pytest.approx(torch.topk(whole, 5).values.tolist(), abs=1e-4)
+
+
+def test_rows_are_selected_on_the_device_of_each_layer(lm):
+    # a model dispatched across devices keeps KV layers on several; the index must follow each one
+    layers = [(torch.zeros(3, 2, 4, 8), torch.zeros(3, 2, 4, 8))] + [
+        (torch.zeros(3, 2, 4, 8, device="meta"), torch.zeros(3, 2, 4, 8, device="meta"))
+    ]
+    picked = lm._select_rows(layers, [2, 0])
+    assert [k.device.type for k, _ in picked] == ["cpu", "meta"] and picked[1][0].shape[0] == 2

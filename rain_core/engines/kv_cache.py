@@ -77,6 +77,15 @@ class PrefixKVCache:
                 del self.by_length[len(key)]
             self.nbytes -= entry.nbytes
 
+    def drop_unpinned(self) -> None:
+        """Drop every entry that is not pinned (after running out of memory)."""
+        for key in [k for k, e in self.entries.items() if not e.pinned]:
+            entry = self.entries.pop(key)
+            self.by_length[len(key)].discard(key)
+            if not self.by_length[len(key)]:
+                del self.by_length[len(key)]
+            self.nbytes -= entry.nbytes
+
     def clear(self) -> None:
         self.entries.clear()
         self.by_length.clear()

@@ -2,9 +2,12 @@
 
 Speed comes from three parts, each switchable and none changing what is sampled:
 ``reuse_cache`` keeps KV states of tree prefixes (``PrefixKVCache``) so a node's context is never
-recomputed; ``batch`` samples an expansion's candidates and scores both option orders as one batch
-(rows that drew the same tokens so far share one state); ``small_batch_matmul`` (CPU) computes the
-linear layers of 1-32-row passes as ``W @ x.T`` (``cpu_linear``).
+recomputed; ``batch`` samples an expansion's candidates as one batch (rows that drew the same tokens
+so far share one state) and answers the batched requests of searches side by side
+(``BatchedLanguageModel``) and the evaluators' option-letter prompts as packed trees over the
+cached shared prefix (``packed``: every token once, no copy of the context per row; long feeds in
+chunks); ``small_batch_matmul`` (CPU) computes the linear layers of 1-32-row passes as
+``W @ x.T`` (``cpu_linear``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..protocols import ContextTooLongError, Continuation, EngineError
+from ..protocols import (
+    ContextTooLongError,
+    Continuation,
+    EngineError,
+    GenerateRequest,
+    SampleRequest,
+    TopTokensRequest,
+)
 from .common import EngineStats
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
 from .hf_text import LocalText
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
+from .packed import MAX_CHUNK, ROOT, PackedTree, supports_packing
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +144,11 @@ class TransformersLM:
         # transformers 5.2x names the KV cache argument ``cache``; earlier releases ``past_key_values``.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.text = LocalText(tokenizer, self.name)
+        # Packed trees need an attention that takes any 4D mask (sdpa, eager); others loop instead.
+        self._packing = supports_packing(model)
+        self._mask_dtype = model.get_input_embeddings().weight.dtype
+        if not self._mask_dtype.is_floating_point:
+            self._mask_dtype = torch.float32
         self._init_options = {"name": name, "cache_bytes": cache_bytes}
         self._lock = threading.RLock()
 
@@ -250,49 +266,51 @@ class TransformersLM:
     def _state(
         self, ids: Sequence[int], store: bool = True, pin: bool = False
     ) -> tuple[list[tuple[Any, Any]] | None, Any]:
-        """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix;
-        ``pin`` stores the state pinned (kept until released, whatever the budget)."""
+        """KV layers and next-token logits (V,) after ``ids``, reusing the longest cached prefix and
+        running the rest in chunks of at most ``MAX_CHUNK`` tokens (the same logits; the transient
+        memory of a long prefill is capped); ``pin`` stores the state pinned (kept until released)."""
         torch = self._torch
         ids = list(ids)
         if not ids:
             raise ValueError("a prompt must contain at least one token")
         self._check_length(len(ids))
-        if not self.reuse_cache:
-            out = self._forward(torch.tensor([ids], device=self.device), None, keep=1)
-            return None, out.logits[0, -1].float()
-        key = tuple(ids)
-        hit = self.cache.longest_prefix(ids)
+        hit = self.cache.longest_prefix(ids) if self.reuse_cache else None
         if hit is not None and len(hit[0]) == len(ids):
             self.stats.cache_hits += 1
             return hit[1].layers, hit[1].logits
         layers, start = (hit[1].layers, len(hit[0])) if hit is not None else (None, 0)
-        if hit is not None:
-            self.stats.cache_hits += 1
-        else:
-            self.stats.cache_misses += 1
-        new = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
-        out = self._forward(new, layers, keep=1)
-        layers = self._layers_of(out)
-        logits = out.logits[0, -1].float()
+        if self.reuse_cache:
+            if hit is not None:
+                self.stats.cache_hits += 1
+            else:
+                self.stats.cache_misses += 1
+        logits = None
+        for at in range(start, len(ids), MAX_CHUNK):
+            new = torch.tensor([ids[at : at + MAX_CHUNK]], dtype=torch.long, device=self.device)
+            out = self._forward(new, layers, keep=1)
+            layers = self._layers_of(out)
+            logits = out.logits[0, -1].float()
+        if not self.reuse_cache:
+            return None, logits
+        assert layers is not None
         if store:
             nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
-            self.cache.put(key, CacheEntry(layers, logits, nbytes, pinned=pin))
+            self.cache.put(tuple(ids), CacheEntry(layers, logits, nbytes, pinned=pin))
         return layers, logits
 
     def _logprobs(self, logits: Any, temperature: float) -> Any:
         return self._torch.log_softmax(logits.float() / temperature, dim=-1)
 
-    def _out_of_memory(self, exc: BaseException, what: str, rows: int) -> None:
-        """Free what can be freed after an allocation failure; raise when nothing is left to split."""
+    def _free_after_oom(self, exc: BaseException, what: str, rows: int) -> None:
+        """Free what can be freed after an allocation failure; raise when nothing is left to split.
+        Called after leaving the ``except`` block, so the failed pass's tensors are gone."""
         logger.warning(
             "%s: out of memory with %d rows (%s); dropping cached states and retrying with fewer rows",
             self.name,
             rows,
             type(exc).__name__,
         )
-        self.cache.max_bytes, budget = 0, self.cache.max_bytes
-        self.cache.evict()  # unpinned entries only
-        self.cache.max_bytes = budget
+        self.cache.drop_unpinned()
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
         if rows <= 1:
@@ -307,6 +325,9 @@ class TransformersLM:
         self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
     ) -> list[Continuation]:
         _, logits = self._state(prefix)
+        return self._top(logits, k, temperature, exclude)
+
+    def _top(self, logits: Any, k: int, temperature: float, exclude: Sequence[int]) -> list[Continuation]:
         logp = self._logprobs(logits, temperature).clone()
         if exclude:
             logp[list(exclude)] = float("-inf")
@@ -336,6 +357,10 @@ class TransformersLM:
             out.append((tok, float(logq[row, j])))
         return out
 
+    def _generators(self, seed: int, rows: range) -> list[Any]:
+        """Row r's generator: seeded with ``seed + 7919 * r``, whatever batch the row runs in."""
+        return [self._torch.Generator(device="cpu").manual_seed(int(seed) + 7919 * r) for r in rows]
+
     @_serialised
     def sample(
         self,
@@ -348,28 +373,36 @@ class TransformersLM:
         seed: int,
         greedy_first: bool = True,
     ) -> list[Continuation]:
-        torch = self._torch
         self._check_length(len(prefix) + length)
-        generators = [torch.Generator(device="cpu").manual_seed(int(seed) + 7919 * row) for row in range(n)]
         greedy_rows = [greedy_first and row == 0 for row in range(n)]
         chunk = n if self.batch else 1  # engine off: the same draws, one candidate at a time
         out: list[Continuation] = []
         start = 0
         while start < n:
-            rows = slice(start, min(n, start + chunk))
+            stop = min(n, start + chunk)
+            failed: BaseException | None = None
             try:
+                # fresh generators for these rows: a retry after running out of memory draws the same
                 out.extend(
                     self._sample_rows(
-                        prefix, rows.stop - rows.start, length, top_k, temperature, generators[rows], greedy_rows[rows]
+                        prefix,
+                        stop - start,
+                        length,
+                        top_k,
+                        temperature,
+                        self._generators(seed, range(start, stop)),
+                        greedy_rows[start:stop],
                     )
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                self._out_of_memory(exc, "sampling candidates", rows.stop - rows.start)
-                chunk = max(1, (rows.stop - rows.start) // 2)
+                failed = exc
+            if failed is not None:
+                self._free_after_oom(failed, "sampling candidates", stop - start)
+                chunk = max(1, (stop - start) // 2)
                 continue
-            start = rows.stop
+            start = stop
         return out
 
     def _sample_rows(
@@ -417,19 +450,27 @@ class TransformersLM:
             index: dict[tuple[int, int], int] = {}
             for row in range(n):
                 group[row] = 0 if done[row] else index.setdefault((group[row], tokens[row][-1]), len(index))
-            parents = torch.tensor([g for g, _ in index], dtype=torch.long, device=self.device)
             feed = torch.tensor([[t] for _, t in index], dtype=torch.long, device=self.device)  # (G', 1)
             assert layers is not None
-            if layers[0][0].shape[0] == 1:
-                past = layers  # one parent: _forward broadcasts it over the batch
-            else:
-                past = [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in layers]
+            past = layers if layers[0][0].shape[0] == 1 else self._select_rows(layers, [g for g, _ in index])
             out = self._forward(feed, past)
             layers = self._layers_of(out)
             logp = self._logprobs(out.logits[:, -1], temperature)
         if self.reuse_cache and n <= self.keep_sampled_rows and layers is not None:
             self._keep_row_states(prefix, tokens, done, group, layers)
         return [Continuation(tuple(t), s) for t, s in zip(tokens, totals)]
+
+    def _select_rows(self, layers: list[tuple[Any, Any]], rows: list[int]) -> list[tuple[Any, Any]]:
+        """The given batch rows of every layer (each index tensor on its layer's device: a model
+        dispatched across GPUs keeps layers on several)."""
+        out = []
+        index: dict[Any, Any] = {}
+        for k, v in layers:
+            idx = index.get(k.device)
+            if idx is None:
+                idx = index[k.device] = self._torch.tensor(rows, dtype=self._torch.long, device=k.device)
+            out.append((k.index_select(0, idx), v.index_select(0, idx)))
+        return out
 
     def _keep_row_states(
         self,
@@ -445,13 +486,8 @@ class TransformersLM:
         rows = [r for r in range(len(tokens)) if not done[r] and tokens[r]]
         if not rows:
             return
-        parents = torch.tensor([group[r] for r in rows], dtype=torch.long, device=self.device)
         feed = torch.tensor([[tokens[r][-1]] for r in rows], dtype=torch.long, device=self.device)  # (R, 1)
-        past = (
-            layers
-            if layers[0][0].shape[0] == 1
-            else [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in layers]
-        )
+        past = layers if layers[0][0].shape[0] == 1 else self._select_rows(layers, [group[r] for r in rows])
         out = self._forward(feed, past)
         after = self._layers_of(out)
         for i, r in enumerate(rows):
@@ -500,37 +536,192 @@ class TransformersLM:
         rows = [list(p) for p in prompts]
         for p in rows:
             self._check_length(len(p))
-        if not self.batch or len(rows) == 1:
+        if not self._packs(len(rows)):
             return [self._logprobs(self._state(p, store=False)[1], 1.0)[list(candidates)].tolist() for p in rows]
+        failed: BaseException | None = None
         try:
-            return self._batched_logprobs(rows, candidates)
+            tree, lasts, base_logits = self._packed_tree(rows)
+            logits = self._feed(tree, lasts, base_logits)
+            return [self._logprobs(x, 1.0)[list(candidates)].tolist() for x in logits]
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            self._out_of_memory(exc, "scoring option letters", len(rows))
-            half = len(rows) // 2
-            return self.next_token_logprobs(rows[:half], candidates) + self.next_token_logprobs(rows[half:], candidates)
+            failed = exc
+        self._free_after_oom(failed, "scoring option letters", len(rows))
+        half = len(rows) // 2
+        return self.next_token_logprobs(rows[:half], candidates) + self.next_token_logprobs(rows[half:], candidates)
 
-    def _batched_logprobs(self, prompts: list[list[int]], candidates: Sequence[int]) -> list[list[float]]:
-        """The shared prefix once (cached), then all tails in one right-padded batch."""
-        torch = self._torch
-        common = 0
-        shortest = min(len(p) for p in prompts)
-        while self.reuse_cache and common < shortest - 1 and all(p[common] == prompts[0][common] for p in prompts):
-            common += 1
-        layers = self._state(prompts[0][:common], store=False)[0] if common else None
-        tails = [p[common:] for p in prompts]
-        width = max(len(t) for t in tails)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
-        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device)
-        mask = torch.tensor(
-            [[1] * (common + len(t)) + [0] * (width - len(t)) for t in tails], dtype=torch.long, device=self.device
-        )
-        last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
-        out = self._forward(ids, layers, attention_mask=mask, keep=last.unsqueeze(1))
+    # --- batched requests (BatchedLanguageModel): packed trees over the shared prefix --------------
+    def _packs(self, requests: int) -> bool:
+        return self.batch and self._packing and requests > 1
+
+    def _run_packed(self, ids: Any, cache: Any, mask: Any, positions: Any, keep: int) -> Any:
+        """The forward pass of a packed tree: ``ids`` (1, q) new tokens with their 4D mask and positions."""
+        t0 = time.perf_counter()
+        kwargs: dict[str, Any] = {self._cache_arg: cache, "attention_mask": mask, "position_ids": positions}
         if self._keeps_logits:
-            logits = out.logits[:, -1]  # (B, V): only each row's last real position was projected
-        else:
-            logits = out.logits[torch.arange(len(tails), device=self.device), last]
-        table: list[list[float]] = self._logprobs(logits, 1.0)[:, list(candidates)].tolist()
-        return table
+            kwargs["logits_to_keep"] = keep
+        with small_batch_matmul(self.small_batch_matmul), self._torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True, **kwargs)
+        self.stats.forward_calls += 1
+        self.stats.forward_tokens += int(ids.numel())
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def _packed_tree(self, prefixes: Sequence[Sequence[int]]) -> tuple[PackedTree, list[int], Any]:
+        """A packed tree over the longest common prefix of ``prefixes`` (its state from the prefix
+        cache), each prefix's remaining tokens a path of it; the last node of each prefix (``ROOT``:
+        the prefix is the common prefix itself) and the common prefix's next-token logits."""
+        common = 0
+        if self.reuse_cache:
+            shortest = min(len(p) for p in prefixes)
+            first = prefixes[0]
+            while common < shortest and all(p[common] == first[common] for p in prefixes):
+                common += 1
+        layers, logits = self._state(first[:common]) if common else (None, None)
+        tails = sum(len(p) - common for p in prefixes)
+        tree = PackedTree(
+            self.model,
+            layers,
+            common,
+            self._run_packed,
+            device=self.device,
+            dtype=self._mask_dtype,
+            capacity=tails + 64,
+        )
+        lasts = [tree.add_path(ROOT, p[common:]) for p in prefixes]
+        return tree, lasts, logits
+
+    @staticmethod
+    def _feed(tree: PackedTree, nodes: Sequence[int], base_logits: Any) -> list[Any]:
+        """Next-token logits after each node (``ROOT``: the common prefix's)."""
+        got = tree.feed([n for n in nodes if n != ROOT])
+        return [base_logits if n == ROOT else got[n] for n in nodes]
+
+    def _split_after_oom(self, method: Any, requests: Sequence[Any], what: str) -> list[Any]:
+        """Answer ``requests`` with ``method`` as one packed batch; out of memory, in two halves."""
+        failed: BaseException | None = None
+        try:
+            result: list[Any] = method(requests)
+            return result
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            failed = exc
+        self._free_after_oom(failed, what, len(requests))
+        half = len(requests) // 2
+        return self._split_after_oom(method, requests[:half], what) + self._split_after_oom(
+            method, requests[half:], what
+        )
+
+    @_serialised
+    def top_tokens_batch(self, requests: Sequence[TopTokensRequest]) -> list[list[Continuation]]:
+        if not self._packs(len(requests)):
+            return [self.top_tokens(r.prefix, r.k, r.temperature, r.exclude) for r in requests]
+        for r in requests:
+            self._check_length(len(r.prefix))
+        return self._split_after_oom(self._top_tokens_packed, list(requests), "reading next tokens")
+
+    def _top_tokens_packed(self, requests: Sequence[TopTokensRequest]) -> list[list[Continuation]]:
+        tree, lasts, base_logits = self._packed_tree([r.prefix for r in requests])
+        logits = self._feed(tree, lasts, base_logits)
+        return [self._top(x, r.k, r.temperature, r.exclude) for x, r in zip(logits, requests)]
+
+    @_serialised
+    def sample_batch(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
+        if not self._packs(len(requests)):
+            return [
+                self.sample(
+                    r.prefix,
+                    r.n,
+                    r.length,
+                    top_k=r.top_k,
+                    temperature=r.temperature,
+                    seed=r.seed,
+                    greedy_first=r.greedy_first,
+                )
+                for r in requests
+            ]
+        for r in requests:
+            self._check_length(len(r.prefix) + r.length)
+        return self._split_after_oom(self._sample_packed, list(requests), "sampling candidates")
+
+    def _sample_packed(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
+        """Every row of every request steps together: one forward pass per token position over the
+        distinct (prefix, tokens so far) of all rows; each row draws from its own generator."""
+        tree, lasts, base_logits = self._packed_tree([r.prefix for r in requests])
+        first = self._feed(tree, lasts, base_logits)
+        logits: dict[int, Any] = {n: x for n, x in zip(lasts, first)}
+        # per request: its rows' generators, greedy flags, current nodes, tokens and log-probabilities
+        gens = [self._generators(r.seed, range(r.n)) for r in requests]
+        nodes = [[lasts[i]] * r.n for i, r in enumerate(requests)]
+        tokens: list[list[list[int]]] = [[[] for _ in range(r.n)] for r in requests]
+        totals = [[0.0] * r.n for r in requests]
+        done = [[r.length <= 0] * r.n for r in requests]
+        for step in range(max(r.length for r in requests)):
+            grown: list[int] = []
+            for i, r in enumerate(requests):
+                rows = [j for j in range(r.n) if not done[i][j]]
+                if not rows:
+                    continue
+                logp = self._torch.stack([self._logprobs(logits[nodes[i][j]], r.temperature) for j in rows])
+                greedy = [r.greedy_first and j == 0 for j in rows]
+                picks = self._pick(logp.cpu(), r.top_k, [gens[i][j] for j in rows], greedy)
+                for j, (tok, lp) in zip(rows, picks):
+                    tokens[i][j].append(tok)
+                    totals[i][j] += lp
+                    if tok in self.eos_token_ids or step == r.length - 1:
+                        done[i][j] = True
+                    else:
+                        nodes[i][j] = tree.add(nodes[i][j], tok)
+                        grown.append(nodes[i][j])
+            if not grown:
+                break
+            logits.update(tree.feed(list(dict.fromkeys(grown))))
+        return [[Continuation(tuple(t), s) for t, s in zip(tokens[i], totals[i])] for i in range(len(requests))]
+
+    @_serialised
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[int]]:
+        if not self._packs(len(requests)):
+            return [
+                self.generate(
+                    r.prefix,
+                    r.max_tokens,
+                    top_k=r.top_k,
+                    temperature=r.temperature,
+                    seed=r.seed,
+                    stop=r.stop,
+                    stop_token_ids=r.stop_token_ids,
+                )
+                for r in requests
+            ]
+        return self._split_after_oom(self._generate_packed, list(requests), "simulating")
+
+    def _generate_packed(self, requests: Sequence[GenerateRequest]) -> list[list[int]]:
+        """Every row steps together, one forward pass per token position; a row that ends leaves."""
+        outs: list[list[int]] = [[] for _ in requests]
+        limits = [min(r.max_tokens, self.context_length - len(r.prefix)) for r in requests]
+        live = [i for i, r in enumerate(requests) if limits[i] > 0]
+        if not live:
+            return outs
+        tree, lasts, base_logits = self._packed_tree([requests[i].prefix for i in live])
+        first = self._feed(tree, lasts, base_logits)
+        node = dict(zip(live, lasts))
+        logits: dict[int, Any] = dict(zip(lasts, first))
+        gens = {i: self._torch.Generator(device="cpu").manual_seed(int(requests[i].seed)) for i in live}
+        while live:
+            grown = []
+            for i in list(live):
+                r = requests[i]
+                logp = self._logprobs(logits[node[i]], r.temperature).unsqueeze(0)
+                tok, _ = self._pick(logp.cpu(), r.top_k, [gens[i]], [False])[0]
+                outs[i].append(tok)
+                ended = tok in self.eos_token_ids or tok in r.stop_token_ids or len(outs[i]) >= limits[i]
+                if ended or (r.stop and any(s in self.decode(outs[i]) for s in r.stop)):
+                    live.remove(i)
+                    continue
+                node[i] = tree.add(node[i], tok)
+                grown.append(node[i])
+            if grown:
+                logits.update(tree.feed(list(dict.fromkeys(grown))))
+        return outs
