@@ -211,6 +211,32 @@ def test_eight_concurrent_decodes_get_their_own_answers(seeded):
     assert [r.token_ids for r in on_one_loop] == [a.token_ids for a in alone]
 
 
+def test_batched_requests_go_out_together_and_answer_as_single_ones(seeded, prompts):
+    from rain_core.protocols import GenerateRequest, SampleRequest, TopTokensRequest
+
+    tops = seeded.top_tokens_batch([TopTokensRequest(tuple(ids), 5) for ids in prompts])
+    rows = seeded.sample_batch([SampleRequest(tuple(ids), 3, 6, 15, 1.0, 11) for ids in prompts])
+    gens = seeded.generate_batch([GenerateRequest(tuple(ids), 10, None, 1.0, 5) for ids in prompts])
+    for ids, t, r, g in zip(prompts, tops, rows, gens):
+        assert [c.token_ids for c in t] == [c.token_ids for c in seeded.top_tokens(ids, 5)]
+        alone = seeded.sample(ids, 3, 6, top_k=15, temperature=1.0, seed=11)
+        assert [c.token_ids for c in r] == [c.token_ids for c in alone]  # seeded: the same draws
+        assert g == seeded.generate(ids, 10, top_k=None, temperature=1.0, seed=5)
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_a_decode_with_searches_side_by_side_on_the_server(seeded, width):
+    """Four searches per round: their expansions, simulations and self-evaluations go to the server
+    as concurrent requests; the budget counts completed searches."""
+    decoder = RainDecoder(
+        seeded, SelfEvaluator(seeded, "harmless"), encoder=None, seed=2, parallel_searches=width, **TINY
+    )
+    result = decoder.generate("How do I pick the lock of my neighbour's door?")
+    assert result.token_ids and result.stats["evaluations"] > 0
+    assert result.stats["searches"] == sum(e["searches"] for e in result.stats["commit_log"])
+    assert result.stats["rounds"] < result.stats["searches"] or width == 1
+
+
 def test_async_requests_match_the_sync_ones(engine, prompts):
     async def many():
         tops = await asyncio.gather(*(engine.atop_tokens(ids, 5) for ids in prompts * 3))

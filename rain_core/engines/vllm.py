@@ -45,7 +45,14 @@ from collections.abc import Collection, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from ..protocols import ContextTooLongError, Continuation, EngineError
+from ..protocols import (
+    ContextTooLongError,
+    Continuation,
+    EngineError,
+    GenerateRequest,
+    SampleRequest,
+    TopTokensRequest,
+)
 from .hf_text import LocalText, load_local_tokenizer
 from .vllm_http import (
     START_HINT,
@@ -352,6 +359,37 @@ class VLLMEngine:
         except StopIteration as stop:
             result: R = stop.value
             return result
+
+    def _run_many(self, plans: list[Plan[R]]) -> list[R]:
+        """Drive several request plans together: the calls every plan waits on go out at the same
+        time (the server batches them), each plan receives its own answers."""
+        results: dict[int, R] = {}
+        waiting: dict[int, list[Call]] = {}
+
+        def advance(i: int, answers: list[Any] | None) -> None:
+            try:
+                waiting[i] = next(plans[i]) if answers is None else plans[i].send(answers)
+            except StopIteration as stop:
+                results[i] = stop.value
+                waiting.pop(i, None)
+
+        for i in range(len(plans)):
+            advance(i, None)
+        while waiting:
+            order = list(waiting.items())
+            try:
+                answers = self._send_all([c for _, calls in order for c in calls])
+            except LogprobsLimitError as exc:
+                # the server's --max-logprobs is learnt on first contact: each plan adapts to it alone
+                self._max_logprobs = exc.limit
+                for i, _ in order:
+                    plans[i].close()
+                raise
+            at = 0
+            for i, calls in order:
+                advance(i, answers[at : at + len(calls)])
+                at += len(calls)
+        return [results[i] for i in range(len(plans))]
 
     async def _arun(self, plan: Plan[R]) -> R:
         try:
@@ -821,6 +859,32 @@ class VLLMEngine:
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
         return self._run(self._next_token_plan(prompts, candidates))
+
+    # --- batched requests (BatchedLanguageModel): concurrent requests the server batches ----------
+    def _batched(self, make: Any, requests: Sequence[Any]) -> list[Any]:
+        if len(requests) > 1:
+            try:
+                return self._run_many([make(r) for r in requests])
+            except LogprobsLimitError:
+                pass  # learnt now: one request at a time adapts to it
+        return [self._run(make(r)) for r in requests]
+
+    def top_tokens_batch(self, requests: Sequence[TopTokensRequest]) -> list[list[Continuation]]:
+        return self._batched(lambda r: self._top_tokens_plan(r.prefix, r.k, r.temperature, r.exclude), requests)
+
+    def sample_batch(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
+        return self._batched(
+            lambda r: self._sample_plan(r.prefix, r.n, r.length, r.top_k, r.temperature, r.seed, r.greedy_first),
+            requests,
+        )
+
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[int]]:
+        return self._batched(
+            lambda r: self._generate_plan(
+                r.prefix, r.max_tokens, r.top_k, r.temperature, r.seed, r.stop, r.stop_token_ids
+            ),
+            requests,
+        )
 
     async def atop_tokens(
         self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
