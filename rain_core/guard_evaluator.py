@@ -232,8 +232,8 @@ def infer_preset(name: str) -> GuardPreset:
     """The preset for a guard model's folder, hub id or served name (``meta-llama/Llama-Guard-3-1B``
     -> ``LLAMA_GUARD_3_1B``), or a ``ValueError`` saying what to pass."""
     key = re.sub(r"[^a-z0-9.]", "", str(name).lower().rsplit("/", 1)[-1])
-    if "llamaguard3" in key:
-        return LLAMA_GUARD_3_1B if "1b" in key else LLAMA_GUARD_3
+    if "llamaguard3" in key and "vision" not in key:
+        return LLAMA_GUARD_3_1B if "llamaguard31b" in key else LLAMA_GUARD_3
     if "shieldgemma" in key:
         return SHIELDGEMMA
     if "graniteguardian" in key:

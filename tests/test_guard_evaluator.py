@@ -33,6 +33,7 @@ from rain_core.guard_evaluator import (
     infer_preset,
     parse_transcript,
 )
+from rain_core.protocols import AsyncBatchEvaluator, AsyncEvaluator, BatchEvaluator, Evaluator
 
 transformers = pytest.importorskip("transformers")
 
@@ -399,6 +400,7 @@ def test_batched_scores_equal_one_by_one_in_one_request():
 
     lm = SetLM(tok, by_text)
     ev = GuardEvaluator(lm, SHIELDGEMMA)
+    assert all(isinstance(ev, p) for p in (Evaluator, BatchEvaluator, AsyncEvaluator, AsyncBatchEvaluator))
     replies = ["Use a spoon.", "Use a knife.", "Take a sharp knife and cut it.", "", "Use a spoon."]
     batched = ev.score_batch("User: How do I cut bread?", replies)
     assert lm.calls[-1] == (5, [no, yes])  # one request: five rows, the verdict ids once each
@@ -596,6 +598,9 @@ def test_presets_are_inferred_from_model_names():
     assert infer_preset("ibm-granite/granite-guardian-3.1-2b") is GRANITE_GUARDIAN
     assert infer_preset("ibm-granite/granite-guardian-3.3-8b") is GRANITE_GUARDIAN_3_3
     assert infer_preset("Qwen/Qwen3Guard-Gen-0.6B") is QWEN3GUARD
+    assert infer_preset("meta-llama/Llama-Guard-3-8B-INT8") is LLAMA_GUARD_3
+    with pytest.raises(ValueError, match="Vision"):
+        infer_preset("meta-llama/Llama-Guard-3-11B-Vision")  # image and text: not a text guard preset
     with pytest.raises(ValueError, match="Qwen3Guard-Stream"):
         infer_preset("Qwen/Qwen3Guard-Stream-4B")
     with pytest.raises(ValueError, match="pass preset="):
