@@ -434,7 +434,7 @@ def search_budget(args: argparse.Namespace) -> dict[str, Any]:
 
 def _clear(*engines: Any) -> None:
     for lm in engines:
-        lm.cache.clear()
+        lm.clear_cache()
 
 
 def plain_row(lm: Any, device: str, args: argparse.Namespace) -> dict[str, Any]:

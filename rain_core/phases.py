@@ -155,23 +155,47 @@ def _sample(d: Decode, node: int, n: int, rng: np.random.Generator, greedy_first
 
 
 # --- select -------------------------------------------------------------------------------------
-def select(d: Decode, rng: np.random.Generator) -> Phase[int | None]:
+def select(
+    d: Decode, rng: np.random.Generator, deferred: dict[int, tuple[str, np.random.Generator]] | None = None
+) -> Phase[int | None]:
     """From the root, while the node has children: complete a lazy expansion whose greedy child is
     not good enough, try dynamic node addition, then step to the PUCT-best child. None when the
-    searches in flight have taken every leaf this selection could reach (the root included)."""
+    searches in flight have taken every leaf this selection could reach (the root included).
+
+    ``deferred`` (a round of searches side by side): instead of drawing a completion or an addition
+    here, note it (``{node: (kind, rng)}``, once per node) and select among the children as they
+    are; the round draws every noted one in one batch before its searches go on."""
     cfg, node = d.cfg, ROOT_INDEX
     if d.tree.in_flight[node] and not d.tree.children[node]:
         return None
     while d.tree.children[node]:
         if d.tree.pending[node] and greedy_not_good_enough(d, node):
-            yield from complete_lazy_node(d, node, rng)
-        if cfg.dynamic_node_addition and should_add_nodes(d.tree, node, cfg.max_children, cfg.variance_factor):
-            yield from add_node(d, node, rng)
+            if deferred is None:
+                yield from complete_lazy_node(d, node, rng)
+            else:
+                deferred.setdefault(node, ("complete", rng))
+        if (
+            cfg.dynamic_node_addition
+            and (deferred is None or node not in deferred)
+            and should_add_nodes(d.tree, node, cfg.max_children, cfg.variance_factor)
+        ):
+            if deferred is None:
+                yield from add_node(d, node, rng)
+            else:
+                deferred[node] = ("add", rng)
         child = select_child(d.tree, node, cfg.c_puct, cfg.virtual_loss)
         if child is None:
             return None
         node = child
     return node
+
+
+def deferred_changes(d: Decode, deferred: dict[int, tuple[str, np.random.Generator]]) -> list[Phase[None]]:
+    """The completions and node additions a round's selections noted, as phases to run side by side."""
+    return [
+        complete_lazy_node(d, node, rng) if kind == "complete" else add_node(d, node, rng)
+        for node, (kind, rng) in deferred.items()
+    ]
 
 
 # --- expand -------------------------------------------------------------------------------------

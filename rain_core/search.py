@@ -1,8 +1,9 @@
 """RAIN's search: the outer loop (search, commit, stream) and the scheduler of its inner loop.
 
 A commit runs searches in rounds. A round selects up to ``parallel_searches`` leaves one after
-another (each selection sees the searches already in flight, ``tree.in_flight``), runs the rest
-of those searches side by side (``phases.leaf_value``) with their requests gathered into batches
+another (each selection sees the searches already in flight, ``tree.in_flight``, and notes the
+lazy completions and node additions it passes, which the round then draws in one batch), runs the
+rest of those searches side by side (``phases.leaf_value``) with their requests gathered into batches
 of one kind, embeds every path in one encoder call, and backs the searches up in the order they
 started. With ``parallel_searches=1`` a round is one search: the authors' search, decision for
 decision (docs/algorithm.md). The search does no I/O: it yields batches of requests that a driver
@@ -29,6 +30,7 @@ from .phases import (
     SearchStats,
     back_up,
     backup_texts,
+    deferred_changes,
     leaf_value,
     select,
 )
@@ -212,14 +214,17 @@ class RainSearch:
         every reachable leaf taken by the searches in flight ends the round's selections."""
         d = self.decode
         flights: list[tuple[int, np.random.Generator]] = []
+        deferred: dict[int, tuple[str, np.random.Generator]] | None = {} if self.cfg.parallel_searches > 1 else None
         try:
             for _ in range(n):
                 rng = self._search_rng()
-                leaf = yield from self._alone(select(d, rng))
+                leaf = yield from self._alone(select(d, rng, deferred))
                 if leaf is None:
                     break
                 mark_in_flight(d.tree, leaf, 1)
                 flights.append((leaf, rng))
+            if deferred:
+                yield from self._together(deferred_changes(d, deferred))
             results = yield from self._together([leaf_value(d, leaf, rng) for leaf, rng in flights])
         finally:
             for leaf, _ in flights:

@@ -185,7 +185,7 @@ def test_out_of_memory_in_a_batched_expansion_retries_with_fewer_rows_and_draws_
 def test_out_of_memory_in_a_packed_batch_splits_it_and_gives_the_same_answers(lm, prefix, monkeypatch, caplog):
     prompts = [prefix + [11, 12], prefix + [13], prefix]
     expected = lm.next_token_logprobs(prompts, [5, 6])
-    lm.cache.clear()
+    lm.clear_cache()
     calls: list = []
     _fail_when(lm, monkeypatch, lambda ids, kw: _packed(kw) and ids.shape[1] > 1, calls)
     with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers_lm"):
@@ -197,7 +197,7 @@ def test_out_of_memory_in_a_packed_batch_splits_it_and_gives_the_same_answers(lm
 def test_out_of_memory_even_for_one_row_is_a_clear_error_and_the_engine_recovers(lm, prefix, monkeypatch):
     calls: list = []
     _fail_when(lm, monkeypatch, lambda ids, kw: True, calls)
-    lm.cache.clear()
+    lm.clear_cache()
     with pytest.raises(EngineError, match="out of memory .* even one row"):
         lm.sample(prefix, 4, 3, top_k=15, temperature=1.0, seed=1)
     monkeypatch.undo()
@@ -209,7 +209,7 @@ def test_other_errors_are_not_taken_for_out_of_memory(lm, prefix, monkeypatch):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(lm.model, "forward", broken)
-    lm.cache.clear()
+    lm.clear_cache()
     with pytest.raises(RuntimeError, match="shapes"):
         lm.sample(prefix, 4, 3, top_k=15, temperature=1.0, seed=1)
 
@@ -287,11 +287,11 @@ def test_batched_requests_answer_as_the_single_ones_do(lm, prefix):
     from rain_core.protocols import GenerateRequest, SampleRequest, TopTokensRequest
 
     branches = _branches(lm, prefix)
-    lm.cache.clear()
+    lm.clear_cache()
     tops = [lm.top_tokens(p, 5, 0.7) for p in branches]
     samples = [lm.sample(p, 6, 5, top_k=15, temperature=1.3, seed=40 + i) for i, p in enumerate(branches)]
     gens = [lm.generate(p, 12, top_k=None, temperature=1.5, seed=7 + i) for i, p in enumerate(branches)]
-    lm.cache.clear()
+    lm.clear_cache()
     calls = lm.engine_stats()["forward_calls"]
     got_tops = lm.top_tokens_batch([TopTokensRequest(p, 5, 0.7) for p in branches])
     assert [[c.token_ids for c in t] for t in got_tops] == [[c.token_ids for c in t] for t in tops]
@@ -309,7 +309,7 @@ def test_batched_requests_answer_as_the_single_ones_do(lm, prefix):
 def test_batched_option_letters_match_one_prompt_at_a_time(lm, prefix):
     prompts = [list(p) for p in _branches(lm, prefix)] + [prefix, prefix[:-3]]
     one = [lm.next_token_logprobs([p], [5, 6, 7])[0] for p in prompts]
-    lm.cache.clear()
+    lm.clear_cache()
     assert sum(lm.next_token_logprobs(prompts, [5, 6, 7]), []) == pytest.approx(sum(one, []), abs=1e-4)
 
 

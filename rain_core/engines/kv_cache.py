@@ -31,6 +31,7 @@ class PrefixKVCache:
     entries: OrderedDict[tuple[int, ...], CacheEntry] = field(default_factory=OrderedDict)
     by_length: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
     nbytes: int = 0
+    shared_bytes: int = 0  # bytes of other cached state the budget also covers (the engine's packed trees)
 
     def longest_prefix(self, ids: Sequence[int]) -> tuple[tuple[int, ...], CacheEntry] | None:
         n = len(ids)
@@ -63,10 +64,16 @@ class PrefixKVCache:
             self.evict()
         return True
 
+    def share(self, nbytes: int) -> None:
+        """Count ``nbytes`` of other cached state against the budget (replacing the last count), and
+        evict until the budget holds."""
+        self.shared_bytes = int(nbytes)
+        self.evict()
+
     def evict(self) -> None:
         """Drop least recently used unpinned entries until the budget holds."""
         for key in list(self.entries):
-            if self.nbytes <= self.max_bytes:
+            if self.nbytes + self.shared_bytes <= self.max_bytes:
                 break
             entry = self.entries[key]
             if entry.pinned:

@@ -16,6 +16,7 @@ This needs an attention implementation that takes an arbitrary 4D mask ("sdpa" o
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ import numpy as np
 
 ROOT = -1  # the parent of a trie node that continues the base directly
 MAX_CHUNK = 256  # new tokens per forward pass
+MAX_TREE_TOKENS = 768  # a packed tree that would grow past this many tokens beyond its base starts afresh
+KEPT_TREES = 2  # packed trees an engine keeps (the search's and the evaluator's)
+GROWTH = 128  # slots a packed row grows by beyond what a forward pass needs
 
 
 def supports_packing(model: Any) -> bool:
@@ -57,7 +61,7 @@ def _layer_class() -> Any:
                 return
             import torch
 
-            size = max(n, 2 * capacity)
+            size = n + GROWTH
             for i, old in enumerate(self.buffers):
                 new = torch.empty((*old.shape[:-2], size, old.shape[-1]), dtype=old.dtype, device=old.device)
                 new[..., : self.used, :] = old[..., : self.used, :]
@@ -83,26 +87,31 @@ def _layer_class() -> Any:
 
 
 class PackedTree:
-    """The trie of token sequences that continue ``base`` (KV layers of the shared prefix, each
-    (1, H, T, D), or None), packed into one row. ``run`` is the engine's forward pass: it takes
-    ``(input_ids, cache, attention_mask, position_ids, keep)`` and returns the model output.
+    """The trie of token sequences that continue ``base_ids`` (whose KV layers, each (1, H, T, D),
+    are ``base``, or None for an empty base), packed into one row. ``run`` is the engine's forward
+    pass: it takes ``(input_ids, cache, attention_mask, position_ids, keep)`` and returns the model
+    output. The tree outlives a call: later requests that continue the same base find the tokens
+    already run (the engine keeps one tree and starts a new one when it grows too big).
 
     Nodes are numbered in the order they are added; ``add(parent, token)`` returns a node (an
-    existing one when ``parent`` already has that child), ``feed(nodes)`` runs the forward pass for
-    nodes not yet run and returns their next-token logits (float32, on the output device).
+    existing one when ``parent`` already has that child); ``feed(nodes)`` runs the forward pass for
+    the nodes not run yet and returns every node's next-token logits (float32). Logits are kept for
+    the most recently fed nodes only (``logit_bytes``); a node whose logits were dropped is run once
+    more as a twin that only the call asking for it sees.
     """
 
     def __init__(
         self,
-        model: Any,
         base: list[tuple[Any, Any]] | None,
-        base_length: int,
+        base_ids: Sequence[int],
+        base_logits: Any,
         run: Any,
         *,
         device: Any,
         dtype: Any,
         capacity: int = 64,
         max_chunk: int = MAX_CHUNK,
+        logit_bytes: int = 16 * 2**20,
     ) -> None:
         import torch
         from transformers.cache_utils import Cache
@@ -111,11 +120,14 @@ class PackedTree:
         self.run = run
         self.device = device
         self.dtype = dtype
-        self.base_length = base_length
+        self.base_ids = tuple(base_ids)
+        self.base_logits = base_logits
+        self.base_length = len(self.base_ids)
         self.max_chunk = max_chunk
+        self.logit_bytes = logit_bytes
         layer = _layer_class()
-        layers = []
         if base:
+            layers = []
             for k, v in base:
                 size = k.shape[-2] + capacity
                 keys = torch.empty((*k.shape[:-2], size, k.shape[-1]), dtype=k.dtype, device=k.device)
@@ -125,17 +137,32 @@ class PackedTree:
                 layers.append(layer(keys, values, k.shape[-2]))
             self.cache: Any = Cache(layers=layers)
         else:
-            self.cache = None  # the first feed builds the layers (there is no base to place them by)
-        self._layer = layer
+            self.cache = _empty_cache(layer, torch)  # the layers are made by the first feed
         self.parent: list[int] = []
         self.token: list[int] = []
         self.depth: list[int] = []  # position id: tokens before this one in its own sequence
         self.slot: list[int] = []  # index in the packed row, -1 until fed
         self.children: list[dict[int, int]] = []
-        self.logits: dict[int, Any] = {}
+        self.logits: OrderedDict[int, Any] = OrderedDict()
+        self._logit_total = 0
         self._ancestors: list[np.ndarray] = []
         self._root_children: dict[int, int] = {}
-        self.used = base_length if base else 0
+        self.used = self.base_length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the packed keys and values (base included) and the kept logits."""
+        layers = self.cache.layers if self.cache is not None else []
+        kv = sum(b.numel() * b.element_size() for layer in layers for b in getattr(layer, "buffers", []))
+        return int(kv + self._logit_total)
+
+    @property
+    def tree_tokens(self) -> int:
+        """Slots used beyond the base."""
+        return self.used - self.base_length
+
+    def continues(self, prefix: Sequence[int]) -> bool:
+        return len(prefix) >= self.base_length and tuple(prefix[: self.base_length]) == self.base_ids
 
     # --- the trie ---------------------------------------------------------------------------------
     def add(self, parent: int, token: int) -> int:
@@ -161,54 +188,81 @@ class PackedTree:
         return node
 
     # --- forward passes ---------------------------------------------------------------------------
-    def feed(self, nodes: Sequence[int], want: Sequence[int] | None = None) -> dict[int, Any]:
-        """Run every node of ``nodes`` (and any unfed ancestor) not run yet, in chunks; return the
-        next-token logits (V,) of ``want`` (default ``nodes``)."""
-        order: list[int] = []
+    def feed(self, nodes: Sequence[int]) -> dict[int, Any]:
+        """Run every node of ``nodes`` (and any ancestor) not run yet, in chunks of ``max_chunk``;
+        return the next-token logits (V,) of each node (``ROOT``: the base's)."""
+        order: list[tuple[int, bool]] = []  # (node, twin): a twin re-runs a node for its dropped logits
         seen: set[int] = set()
+        got: dict[int, Any] = {ROOT: self.base_logits}
         for node in nodes:
+            if node == ROOT or node in seen:
+                continue
+            if self.slot[node] >= 0:
+                if node in self.logits:
+                    got[node] = self.logits[node]
+                    self.logits.move_to_end(node)
+                else:
+                    order.append((node, True))
+                seen.add(node)
+                continue
             chain = []
             n = node
             while n != ROOT and self.slot[n] < 0 and n not in seen:
                 chain.append(n)
                 seen.add(n)
                 n = self.parent[n]
-            order.extend(reversed(chain))
-        wanted = list(nodes if want is None else want)
-        need = set(wanted)
+            order.extend((c, False) for c in reversed(chain))
+        need = set(nodes)
         for start in range(0, len(order), self.max_chunk):
-            self._forward(order[start : start + self.max_chunk], need)
-        return {n: self.logits[n] for n in wanted}
+            got.update(self._forward(order[start : start + self.max_chunk], need))
+        return {n: got[n] for n in nodes}
 
-    def _forward(self, chunk: list[int], need: set[int]) -> None:
+    def _forward(self, chunk: list[tuple[int, bool]], need: set[int]) -> dict[int, Any]:
         torch = self._torch
         start = self.used
-        for i, n in enumerate(chunk):
-            self.slot[n] = start + i
+        rows = []
+        for i, (n, twin) in enumerate(chunk):
             parent = self.parent[n]
             own = np.array([start + i], dtype=np.int64)
-            self._ancestors[n] = own if parent == ROOT else np.concatenate([self._ancestors[parent], own])
+            ancestors = own if parent == ROOT else np.concatenate([self._ancestors[parent], own])
+            if not twin:
+                self.slot[n] = start + i
+                self._ancestors[n] = ancestors
+            rows.append(ancestors)
         total = start + len(chunk)
         allowed = np.zeros((len(chunk), total), dtype=bool)
-        if self.cache is not None:
-            allowed[:, : self.base_length] = True
-        for i, n in enumerate(chunk):
-            allowed[i, self._ancestors[n]] = True
+        allowed[:, : self.base_length] = True
+        for i, ancestors in enumerate(rows):
+            allowed[i, ancestors] = True
         mask = torch.zeros((1, 1, len(chunk), total), dtype=self.dtype, device=self.device)
         mask.masked_fill_(torch.from_numpy(~allowed).to(self.device)[None, None], torch.finfo(self.dtype).min)
-        ids = torch.tensor([[self.token[n] for n in chunk]], dtype=torch.long, device=self.device)
-        positions = torch.tensor([[self.depth[n] for n in chunk]], dtype=torch.long, device=self.device)
-        # the logits of the chunk's last k positions, where k reaches back to the first wanted node
-        wanted_at = [i for i, n in enumerate(chunk) if n in need]
-        keep = len(chunk) - wanted_at[0] if wanted_at else 1
-        if self.cache is None:
-            self.cache = _empty_cache(self._layer, self._torch)
+        ids = torch.tensor([[self.token[n] for n, _ in chunk]], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[self.depth[n] for n, _ in chunk]], dtype=torch.long, device=self.device)
+        # only the wanted positions are projected onto the vocabulary (``logits_to_keep`` indices)
+        wanted_at = [i for i, (n, _) in enumerate(chunk) if n in need] or [len(chunk) - 1]
+        keep = torch.tensor(wanted_at, dtype=torch.long, device=self.device)
         out = self.run(ids, self.cache, mask, positions, keep)
         self.used = total
-        logits = out.logits[0]  # (keep, V) or (len(chunk), V)
-        offset = len(chunk) - logits.shape[0]
-        for i in wanted_at:
-            self.logits[chunk[i]] = logits[i - offset].float()
+        logits = out.logits[0]  # (len(wanted_at), V), or (len(chunk), V) for a model without logits_to_keep
+        picked = wanted_at if logits.shape[0] == len(chunk) else list(range(len(wanted_at)))
+        got = {}
+        for i, r in zip(wanted_at, picked):
+            n = chunk[i][0]
+            if n in need:
+                row = logits[r].float()
+                got[n] = row
+                self._remember(n, row)
+        return got
+
+    def _remember(self, node: int, logits: Any) -> None:
+        if node in self.logits:
+            self.logits.move_to_end(node)
+            return
+        self.logits[node] = logits
+        self._logit_total += logits.numel() * logits.element_size()
+        while self._logit_total > self.logit_bytes and len(self.logits) > 1:
+            _, old = self.logits.popitem(last=False)
+            self._logit_total -= old.numel() * old.element_size()
 
 
 def _empty_cache(layer: Any, torch: Any) -> Any:

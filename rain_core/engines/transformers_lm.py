@@ -32,7 +32,7 @@ from .common import EngineStats
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
 from .hf_text import LocalText
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
-from .packed import MAX_CHUNK, ROOT, PackedTree, supports_packing
+from .packed import KEPT_TREES, MAX_CHUNK, MAX_TREE_TOKENS, ROOT, PackedTree, supports_packing
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ class TransformersLM:
 
     ``cache_bytes`` defaults to a quarter of the model's weight bytes (at least 64 MiB), so RAIN's
     extra memory scales with the model: an evicted state is rebuilt from its longest cached prefix,
-    which costs a few tokens of forward pass, not the whole context.
+    which costs a few tokens of forward pass, not the whole context. The packed trees of batched
+    requests (at most ``KEPT_TREES``, each at most ``MAX_TREE_TOKENS`` beyond its base) count
+    against the same budget: prefix-cache entries are evicted to make room for them.
     ``small_batch_matmul`` (CPU only) swaps the class of the model's ``nn.Linear`` modules, whose
     behaviour changes only inside this engine's own forward passes.
     ``keep_sampled_rows``: a ``sample`` call of at most this many rows (the fast preset's lazy
@@ -146,6 +148,7 @@ class TransformersLM:
         self.text = LocalText(tokenizer, self.name)
         # Packed trees need an attention that takes any 4D mask (sdpa, eager); others loop instead.
         self._packing = supports_packing(model)
+        self._trees: list[PackedTree] = []  # packed trees of recent batched requests, newest first
         self._mask_dtype = model.get_input_embeddings().weight.dtype
         if not self._mask_dtype.is_floating_point:
             self._mask_dtype = torch.float32
@@ -311,6 +314,8 @@ class TransformersLM:
             type(exc).__name__,
         )
         self.cache.drop_unpinned()
+        self._trees = []
+        self.cache.share(0)
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
         if rows <= 1:
@@ -540,9 +545,10 @@ class TransformersLM:
             return [self._logprobs(self._state(p, store=False)[1], 1.0)[list(candidates)].tolist() for p in rows]
         failed: BaseException | None = None
         try:
-            tree, lasts, base_logits = self._packed_tree(rows)
-            logits = self._feed(tree, lasts, base_logits)
-            return [self._logprobs(x, 1.0)[list(candidates)].tolist() for x in logits]
+            tree, lasts = self._packed_tree(rows)
+            logits = tree.feed(lasts)
+            self._account_trees()
+            return [self._logprobs(logits[n], 1.0)[list(candidates)].tolist() for n in lasts]
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -555,8 +561,9 @@ class TransformersLM:
     def _packs(self, requests: int) -> bool:
         return self.batch and self._packing and requests > 1
 
-    def _run_packed(self, ids: Any, cache: Any, mask: Any, positions: Any, keep: int) -> Any:
-        """The forward pass of a packed tree: ``ids`` (1, q) new tokens with their 4D mask and positions."""
+    def _run_packed(self, ids: Any, cache: Any, mask: Any, positions: Any, keep: Any) -> Any:
+        """The forward pass of a packed tree: ``ids`` (1, q) new tokens with their 4D mask and positions;
+        ``keep``: the positions whose logits are read (a 1D index tensor)."""
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = {self._cache_arg: cache, "attention_mask": mask, "position_ids": positions}
         if self._keeps_logits:
@@ -568,41 +575,59 @@ class TransformersLM:
         self.stats.seconds += time.perf_counter() - t0
         return out
 
-    def _packed_tree(self, prefixes: Sequence[Sequence[int]]) -> tuple[PackedTree, list[int], Any]:
-        """A packed tree over the longest common prefix of ``prefixes`` (its state from the prefix
-        cache), each prefix's remaining tokens a path of it; the last node of each prefix (``ROOT``:
-        the prefix is the common prefix itself) and the common prefix's next-token logits."""
+    def _packed_tree(self, prefixes: Sequence[Sequence[int]]) -> tuple[PackedTree, list[int]]:
+        """The packed tree that holds ``prefixes``, and each prefix's last node (``ROOT``: the tree's
+        base itself). Recent trees are kept (``KEPT_TREES``: the search's requests continue the
+        committed context, the evaluator's its principle and conversation), so tokens run by earlier
+        requests are not run again; when none is continued by every prefix, or the one that is would
+        grow past ``MAX_TREE_TOKENS``, a new one starts from the longest common prefix of
+        ``prefixes``, its state taken from the prefix cache."""
+        new_tokens = sum(len(p) for p in prefixes)
+        for i, tree in enumerate(self._trees):
+            if all(tree.continues(p) for p in prefixes):
+                if tree.tree_tokens + new_tokens - tree.base_length * len(prefixes) > MAX_TREE_TOKENS:
+                    del self._trees[i]
+                    break
+                self._trees.insert(0, self._trees.pop(i))
+                return tree, [tree.add_path(ROOT, p[tree.base_length :]) for p in prefixes]
+        self._account_trees()
         common = 0
         if self.reuse_cache:
             shortest = min(len(p) for p in prefixes)
             first = prefixes[0]
             while common < shortest and all(p[common] == first[common] for p in prefixes):
                 common += 1
-        layers, logits = self._state(first[:common]) if common else (None, None)
-        tails = sum(len(p) - common for p in prefixes)
+        base_ids = list(prefixes[0][:common])
+        layers, logits = self._state(base_ids) if common else (None, None)
         tree = PackedTree(
-            self.model,
             layers,
-            common,
+            base_ids,
+            logits,
             self._run_packed,
             device=self.device,
             dtype=self._mask_dtype,
-            capacity=tails + 64,
+            capacity=new_tokens - common * len(prefixes) + 64,
         )
-        lasts = [tree.add_path(ROOT, p[common:]) for p in prefixes]
-        return tree, lasts, logits
+        if self.reuse_cache:
+            self._trees = [tree] + self._trees[: KEPT_TREES - 1]
+        return tree, [tree.add_path(ROOT, p[common:]) for p in prefixes]
 
-    @staticmethod
-    def _feed(tree: PackedTree, nodes: Sequence[int], base_logits: Any) -> list[Any]:
-        """Next-token logits after each node (``ROOT``: the common prefix's)."""
-        got = tree.feed([n for n in nodes if n != ROOT])
-        return [base_logits if n == ROOT else got[n] for n in nodes]
+    def _account_trees(self) -> None:
+        """The packed trees share the cache's byte budget: prefix-cache entries make room for them."""
+        self.cache.share(sum(t.nbytes for t in self._trees))
+
+    def clear_cache(self) -> None:
+        """Drop every cached state: the prefix cache (pinned entries too) and the packed tree."""
+        self.cache.clear()
+        self._trees = []
+        self.cache.share(0)
 
     def _split_after_oom(self, method: Any, requests: Sequence[Any], what: str) -> list[Any]:
         """Answer ``requests`` with ``method`` as one packed batch; out of memory, in two halves."""
         failed: BaseException | None = None
         try:
             result: list[Any] = method(requests)
+            self._account_trees()
             return result
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -623,9 +648,9 @@ class TransformersLM:
         return self._split_after_oom(self._top_tokens_packed, list(requests), "reading next tokens")
 
     def _top_tokens_packed(self, requests: Sequence[TopTokensRequest]) -> list[list[Continuation]]:
-        tree, lasts, base_logits = self._packed_tree([r.prefix for r in requests])
-        logits = self._feed(tree, lasts, base_logits)
-        return [self._top(x, r.k, r.temperature, r.exclude) for x, r in zip(logits, requests)]
+        tree, lasts = self._packed_tree([r.prefix for r in requests])
+        logits = tree.feed(lasts)
+        return [self._top(logits[n], r.k, r.temperature, r.exclude) for n, r in zip(lasts, requests)]
 
     @_serialised
     def sample_batch(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
@@ -649,9 +674,8 @@ class TransformersLM:
     def _sample_packed(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
         """Every row of every request steps together: one forward pass per token position over the
         distinct (prefix, tokens so far) of all rows; each row draws from its own generator."""
-        tree, lasts, base_logits = self._packed_tree([r.prefix for r in requests])
-        first = self._feed(tree, lasts, base_logits)
-        logits: dict[int, Any] = {n: x for n, x in zip(lasts, first)}
+        tree, lasts = self._packed_tree([r.prefix for r in requests])
+        logits = tree.feed(lasts)
         # per request: its rows' generators, greedy flags, current nodes, tokens and log-probabilities
         gens = [self._generators(r.seed, range(r.n)) for r in requests]
         nodes = [[lasts[i]] * r.n for i, r in enumerate(requests)]
@@ -704,10 +728,9 @@ class TransformersLM:
         live = [i for i, r in enumerate(requests) if limits[i] > 0]
         if not live:
             return outs
-        tree, lasts, base_logits = self._packed_tree([requests[i].prefix for i in live])
-        first = self._feed(tree, lasts, base_logits)
+        tree, lasts = self._packed_tree([requests[i].prefix for i in live])
         node = dict(zip(live, lasts))
-        logits: dict[int, Any] = dict(zip(lasts, first))
+        logits = tree.feed(lasts)
         gens = {i: self._torch.Generator(device="cpu").manual_seed(int(requests[i].seed)) for i in live}
         while live:
             grown = []
