@@ -12,7 +12,7 @@ from typing import Any
 
 from .chat import TemplateSupport, template_support, transcript
 from .config import RainConfig, Scoring
-from .decoder import RainDecoder, RainResult
+from .decoder import RainDecoder
 from .evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
 from .guard_evaluator import GUARD_PRESETS, GuardEvaluator, GuardPreset, load_guard, served_guard
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
@@ -26,6 +26,8 @@ from .protocols import (
     EvaluatorError,
     LanguageModel,
 )
+from .results import RainResult
+from .streams import AsyncRainStream, RainStream
 
 _ENGINES = {"TransformersLM", "VLLMEngine", "load_model", "load_default_model", "shared_default_model"}
 
@@ -48,6 +50,8 @@ __all__ = [
     "RainConfig",
     "RainDecoder",
     "RainResult",
+    "RainStream",
+    "AsyncRainStream",
     "Scoring",
     "SelfEvaluator",
     "TemplateSupport",

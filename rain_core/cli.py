@@ -227,19 +227,19 @@ def _generate_all(args: argparse.Namespace, config: Any) -> int:
     dec = _load(args, config)
     for prompt in args.prompts:
         vanilla = dec.vanilla(prompt) if args.compare else None
-        done: list[Any] = []
+        stream = dec.stream(prompt, keep_trees=bool(args.plot))
         if args.stream and not args.json:
             if vanilla is not None:
                 sys.stdout.write(f"--- plain decoding ---\n{vanilla.text}\n--- RAIN ---\n")
-            for piece in dec.stream(prompt, result=done, keep_trees=bool(args.plot)):
+            for piece in stream:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
             with tqdm(desc="RAIN", unit=" token sets", leave=False, disable=args.json or None) as bar:
-                for _ in dec.stream(prompt, result=done, keep_trees=bool(args.plot)):
+                for _ in stream:
                     bar.update(1)
-        result = done[0]
+        result = stream.result
         if args.plot:
             from .plotting import plot_tree
 

@@ -1,6 +1,6 @@
 """RainDecoder: the public entry point. Validates input, renders prompts, runs the search, streams
-committed text, stops when its caller stops or its deadline passes, and offers plain decoding with
-the same model and limits for comparison."""
+committed text (``RainStream``), stops when its caller stops or its deadline passes, and offers plain
+decoding with the same model and limits for comparison."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, Union
 
-from .chat import Message, TemplateSupport, cut_at_stop, holdback, template_support, transcript, validate_messages
+from .chat import Message, TemplateSupport, cut_at_stop, template_support, transcript, validate_messages
 from .config import RainConfig, Scoring
 from .evaluators import CallableEvaluator, SelfEvaluator
 from .protocols import (
@@ -29,30 +28,43 @@ from .protocols import (
     ReportsStats,
     is_concurrent,
 )
+from .results import FINISH_REASONS, TRACE_VERSION, RainResult
 from .search import RainSearch, stats_difference
+from .streams import AsyncRainStream, RainStream, safe_text
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FINISH_REASONS",
+    "TRACE_VERSION",
+    "AsyncRainStream",
+    "Cancel",
+    "OnCommit",
+    "Prompt",
+    "RainDecoder",
+    "RainResult",
+    "RainStream",
+    "resolve_seed",
+]
 
 Prompt = Union[str, Sequence[Message]]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
 Cancel = Union[threading.Event, Callable[[], bool], None]  # noqa: UP007
 """A caller's way to stop a decode: an ``Event`` it sets, or a function that returns True."""
 
-FINISH_REASONS = ("eos", "stop", "length", "time")
-TRACE_VERSION = 1
 OnCommit = Callable[[dict[str, Any]], None]
 """Told each commit as it happens: its ``commit_log`` entry (tokens, text, searches, value, ...)."""
 
-_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
 
 
-def _lock_for(lm: Any) -> threading.RLock:
-    """One lock per model that serves one decode step at a time (its KV cache and weights)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(lm)
+def _model_lock(lm: Any) -> threading.RLock:
+    """One lock per model that serves one decode at a time (its KV cache and weights): every
+    decoder of that model takes it for each commit."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(lm)
         if lock is None:
-            lock = threading.RLock()
-            _LOCKS[lm] = lock
+            lock = _MODEL_LOCKS[lm] = threading.RLock()
         return lock
 
 
@@ -61,59 +73,18 @@ def resolve_seed(seed: int | None) -> int:
     return seed if seed is not None else secrets.randbelow(2**31 - 1)
 
 
-def _new_text(search: RainSearch, emitted: int) -> tuple[str, int]:
-    """The committed text not yet streamed that is safe to stream (a possible stop string's start
-    and an unfinished character wait), and the new count of streamed characters."""
-    text, _ = cut_at_stop(search.response_text(), search.cfg.stop)
-    safe = len(text) - holdback(text, search.cfg.stop)
-    return (text[emitted:safe], safe) if safe > emitted else ("", emitted)
-
-
-def _should_stop(cancel: Cancel) -> Callable[[], bool] | None:
-    if cancel is None:
+def _should_stop(cancel: Cancel, left: threading.Event | None = None) -> Callable[[], bool] | None:
+    """The search's stop test: the caller's ``cancel``, or ``left`` (the stream was abandoned)."""
+    if cancel is not None and not isinstance(cancel, threading.Event) and not callable(cancel):
+        raise TypeError(
+            f"cancel must be a threading.Event or a function returning True to stop, got {type(cancel).__name__}"
+        )
+    tests = [t for t in (cancel.is_set if isinstance(cancel, threading.Event) else cancel, left and left.is_set) if t]
+    if not tests:
         return None
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set
-    if callable(cancel):
-        return cancel
-    raise TypeError(
-        f"cancel must be a threading.Event or a function returning True to stop, got {type(cancel).__name__}"
-    )
-
-
-@dataclass
-class RainResult:
-    """A finished decode: the text, its token ids, why it ended, and what it cost.
-
-    ``finish_reason``: "eos", "stop", "length", or "time" (``max_seconds`` passed)."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def trace(self) -> dict[str, Any]:
-        """The decode as JSON-ready data (schema ``rain.trace`` version 1, docs/integrations.md, "Trace schema"): the
-        answer, why it ended, its cost, and one entry per commit (token ids, text, searches, visits,
-        value, seconds; and the search tree when decoded with ``keep_trees=True``). Draw a commit's
-        tree with ``rain_core.plotting.plot_tree(trace["commits"][i])``."""
-        stats = {k: v for k, v in self.stats.items() if k != "commit_log"}
-        return {
-            "schema": "rain.trace",
-            "version": TRACE_VERSION,
-            "text": self.text,
-            "token_ids": list(self.token_ids),
-            "finish_reason": self.finish_reason,
-            "prompt_tokens": self.prompt_tokens,
-            "stats": stats,
-            "commits": list(self.stats.get("commit_log", [])),
-        }
+    if len(tests) == 1:
+        return tests[0]
+    return lambda: any(test() for test in tests)
 
 
 class RainDecoder:
@@ -128,8 +99,8 @@ class RainDecoder:
     ``config`` and keyword overrides: the ``RainConfig`` of every call (``RainConfig()`` is the
     official algorithm, ``RainConfig.fast()`` the fast preset).
 
-    Decodes on an engine without ``concurrent = True`` (one local model) take turns one commit step
-    at a time; on a server engine they run side by side.
+    Decodes on an engine without ``concurrent = True`` (one local model) take turns one commit at a
+    time; on a server engine they run side by side.
     """
 
     def __init__(
@@ -164,7 +135,7 @@ class RainDecoder:
         self._default_evaluators: dict[Scoring, Evaluator] = {}
         self._encoder = encoder
         self._parts_lock = threading.Lock()
-        self._lock = _lock_for(lm)
+        self._lock = _model_lock(lm)
 
     # --- parts ----------------------------------------------------------------------------------
     @property
@@ -245,10 +216,9 @@ class RainDecoder:
         chat: bool,
         chat_kwargs: Mapping[str, Any] | None,
         keep_trees: bool,
-        cancel: Cancel,
+        should_stop: Callable[[], bool] | None,
     ) -> RainSearch:
         cfg = self.resolve_config(config, **overrides)
-        should_stop = _should_stop(cancel)
         prompt_ids, eval_prompt = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
         self._check_room(prompt_ids, cfg)
         deadline = time.monotonic() + cfg.max_seconds if cfg.max_seconds is not None else None
@@ -265,8 +235,8 @@ class RainDecoder:
             deadline=deadline,
         )
 
-    def _turn(self) -> Any:
-        """The model's lock for one commit step, unless the engine serves decodes side by side."""
+    def _model_turn(self) -> Any:
+        """The model's lock for one commit, unless the engine serves decodes side by side."""
         return contextlib.nullcontext() if is_concurrent(self.lm) else self._lock
 
     def _engine_stats(self) -> dict[str, float]:
@@ -278,24 +248,6 @@ class RainDecoder:
         if "seconds" in delta:
             delta["engine_seconds"] = delta.pop("seconds")
         return delta
-
-    def _steps(
-        self, search: RainSearch, before: Mapping[str, float], on_commit: OnCommit | None = None
-    ) -> Iterator[list[int]]:
-        """The search's commits, one model turn each; an evaluator failure carries the partial result."""
-        steps = search.run()
-        try:
-            while True:
-                with self._turn():
-                    tokens = next(steps, None)
-                if tokens is None:
-                    return
-                if on_commit is not None:
-                    on_commit(search.stats.commit_log[-1])
-                yield tokens
-        except EvaluatorError as exc:
-            exc.partial = self._result(search, before)
-            raise
 
     def _result(self, search: RainSearch, before: Mapping[str, float]) -> RainResult:
         """The result so far; engine counters are this decode's share (on a shared server engine
@@ -312,6 +264,45 @@ class RainDecoder:
             stats=stats,
         )
 
+    def _commits(self, search: RainSearch, before: Mapping[str, float]) -> Generator[list[int], None, None]:
+        """The search's commits, each in one model turn; an evaluator failure carries the result so far."""
+        commits = search.run()
+        try:
+            while True:
+                with self._model_turn():
+                    tokens = next(commits, None)
+                if tokens is None:
+                    return
+                yield tokens
+        except EvaluatorError as exc:
+            raise EvaluatorError(str(exc), partial=self._result(search, before)) from exc
+        finally:
+            commits.close()
+
+    def _pieces(
+        self, search: RainSearch, commits: Iterator[list[int]], before: Mapping[str, float], on_commit: OnCommit | None
+    ) -> Callable[[RainStream], Iterator[str]]:
+        def pieces(stream: RainStream) -> Iterator[str]:
+            emitted = 0
+            try:
+                for _ in commits:
+                    if on_commit is not None:
+                        on_commit(search.stats.commit_log[-1])
+                    if search.finished_by is not None:
+                        break
+                    piece, emitted = safe_text(search.response_text(), search.cfg.stop, emitted)
+                    if piece:
+                        yield piece
+                stream.result = self._result(search, before)
+                if len(stream.result.text) > emitted:
+                    yield stream.result.text[emitted:]
+            finally:
+                close = getattr(commits, "close", None)
+                if close is not None:
+                    close()
+
+        return pieces
+
     # --- public API -----------------------------------------------------------------------------
     def stream(
         self,
@@ -320,30 +311,20 @@ class RainDecoder:
         config: RainConfig | None = None,
         chat: bool = True,
         chat_kwargs: Mapping[str, Any] | None = None,
-        result: list[RainResult] | None = None,
         keep_trees: bool = False,
         cancel: Cancel = None,
         on_commit: OnCommit | None = None,
         **overrides: Any,
-    ) -> Iterator[str]:
-        """Yield the answer's text as each token set is committed (final as soon as it is yielded).
-        Pass ``result=[]`` to receive the ``RainResult`` appended to it when the stream ends
-        (with the per-commit log, and each commit's tree when ``keep_trees``). Closing the generator
+    ) -> RainStream:
+        """The answer's text as each token set is committed: a ``RainStream`` of pieces, final as
+        soon as they are yielded, whose ``result`` is the ``RainResult`` once the decode has ended
+        (with the per-commit log, and each commit's tree when ``keep_trees``). Closing the stream
         stops the decode; so does ``cancel`` (an ``Event`` set, or a function returning True),
-        before its next model call, with ``DecodeCancelled``. ``on_commit`` is told each commit's log
-        entry as it happens (for callbacks and traces)."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, cancel)
+        before the next model call, with ``DecodeCancelled``. ``on_commit`` is told each commit's
+        log entry as it happens (for callbacks and traces)."""
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, _should_stop(cancel))
         before = self._engine_stats()
-        emitted = 0
-        for _ in self._steps(search, before, on_commit):
-            piece, emitted = _new_text(search, emitted)
-            if piece:
-                yield piece
-        final = self._result(search, before)
-        if len(final.text) > emitted:
-            yield final.text[emitted:]
-        if result is not None:
-            result.append(final)
+        return RainStream(self._pieces(search, self._commits(search, before), before, on_commit))
 
     def generate(
         self,
@@ -360,72 +341,91 @@ class RainDecoder:
         """Decode ``prompt`` (text, or chat messages) with RAIN. ``keep_trees`` stores each commit's
         search tree in ``stats["commit_log"]`` (for plots, traces and debugging); ``cancel`` and
         ``on_commit`` as in ``stream``."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, cancel)
-        before = self._engine_stats()
-        for _ in self._steps(search, before, on_commit):
+        stream = self.stream(
+            prompt,
+            config=config,
+            chat=chat,
+            chat_kwargs=chat_kwargs,
+            keep_trees=keep_trees,
+            cancel=cancel,
+            on_commit=on_commit,
+            **overrides,
+        )
+        for _ in stream:
             pass
-        return self._result(search, before)
+        assert stream.result is not None
+        return stream.result
 
-    async def astream(
+    def astream(
         self,
         prompt: Prompt,
         *,
         config: RainConfig | None = None,
         chat: bool = True,
         chat_kwargs: Mapping[str, Any] | None = None,
-        result: list[RainResult] | None = None,
         keep_trees: bool = False,
+        cancel: Cancel = None,
         on_commit: OnCommit | None = None,
         **overrides: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncRainStream:
         """``stream`` for async code. On a remote engine with an async client (``AsyncLanguageModel``
         and ``concurrent``) the search runs on the event loop itself, so many decodes share it;
-        otherwise each commit step runs in a worker thread. Cancelling the task, or abandoning or
+        otherwise each commit runs in a worker thread. Cancelling the task, or abandoning or
         closing the stream, stops the decode before its next model call and frees the model."""
         on_loop = isinstance(self.lm, AsyncLanguageModel) and is_concurrent(self.lm)
-        left = threading.Event()  # set when this stream is left: a step in a worker thread stops
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, None if on_loop else left)
+        left = threading.Event()  # set when this stream is left: a commit in a worker thread stops
+        should_stop = _should_stop(cancel, None if on_loop else left)
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, should_stop)
         before = self._engine_stats()
-        emitted = 0
-        if on_loop:
-            steps: AsyncIterator[list[int]] = search.arun()
-        else:
-            steps = self._steps_in_threads(search, before, on_commit, left)
-            on_commit = None  # told by the thread-side steps
-        try:
-            async for _ in steps:
-                if on_commit is not None:
-                    on_commit(search.stats.commit_log[-1])
-                piece, emitted = _new_text(search, emitted)
-                if piece:
-                    yield piece
-        except EvaluatorError as exc:
-            exc.partial = self._result(search, before)
-            raise
-        finally:
-            aclose = getattr(steps, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        final = self._result(search, before)
-        if len(final.text) > emitted:
-            yield final.text[emitted:]
-        if result is not None:
-            result.append(final)
+        commits = search.arun() if on_loop else self._commits_in_threads(search, before, left)
+        return AsyncRainStream(self._apieces(search, commits, before, on_commit))
 
-    async def _steps_in_threads(
-        self, search: RainSearch, before: Mapping[str, float], on_commit: OnCommit | None, stop: threading.Event
+    def _apieces(
+        self,
+        search: RainSearch,
+        commits: AsyncIterator[list[int]],
+        before: Mapping[str, float],
+        on_commit: OnCommit | None,
+    ) -> Callable[[AsyncRainStream], AsyncIterator[str]]:
+        async def pieces(stream: AsyncRainStream) -> AsyncIterator[str]:
+            emitted = 0
+            try:
+                async for _ in commits:
+                    if on_commit is not None:
+                        on_commit(search.stats.commit_log[-1])
+                    if search.finished_by is not None:
+                        break
+                    piece, emitted = safe_text(search.response_text(), search.cfg.stop, emitted)
+                    if piece:
+                        yield piece
+                stream.result = self._result(search, before)
+                if len(stream.result.text) > emitted:
+                    yield stream.result.text[emitted:]
+            except EvaluatorError as exc:
+                if exc.partial is None:
+                    raise EvaluatorError(str(exc), partial=self._result(search, before)) from exc
+                raise
+            finally:
+                aclose = getattr(commits, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return pieces
+
+    async def _commits_in_threads(
+        self, search: RainSearch, before: Mapping[str, float], left: threading.Event
     ) -> AsyncIterator[list[int]]:
-        """The blocking commit steps, each in a worker thread; leaving (cancelled, closed, abandoned)
-        sets ``stop``, the search's stop flag, so a step still running ends before its next call."""
-        steps = self._steps(search, before, on_commit)
+        """The blocking commits, each in a worker thread; leaving (cancelled, closed, abandoned) sets
+        ``left``, the search's stop flag, so a commit still running ends before its next call."""
+        commits = self._commits(search, before)
         try:
             while True:
-                tokens = await asyncio.to_thread(next, steps, None)
+                tokens = await asyncio.to_thread(next, commits, None)
                 if tokens is None:
                     return
                 yield tokens
         finally:
-            stop.set()
+            left.set()
 
     async def agenerate(
         self,
@@ -435,23 +435,25 @@ class RainDecoder:
         chat: bool = True,
         chat_kwargs: Mapping[str, Any] | None = None,
         keep_trees: bool = False,
+        cancel: Cancel = None,
         on_commit: OnCommit | None = None,
         **overrides: Any,
     ) -> RainResult:
         """``generate`` for async code (see ``astream``)."""
-        holder: list[RainResult] = []
-        async for _ in self.astream(
+        stream = self.astream(
             prompt,
             config=config,
             chat=chat,
             chat_kwargs=chat_kwargs,
-            result=holder,
             keep_trees=keep_trees,
+            cancel=cancel,
             on_commit=on_commit,
             **overrides,
-        ):
+        )
+        async for _ in stream:
             pass
-        return holder[0]
+        assert stream.result is not None
+        return stream.result
 
     def vanilla(
         self,
@@ -469,7 +471,7 @@ class RainDecoder:
         budget = cfg.token_budget(len(prompt_ids), self.lm.context_length)
         before = self._engine_stats()
         t0 = time.perf_counter()
-        with self._turn():
+        with self._model_turn():
             ids = self.lm.generate(
                 prompt_ids,
                 budget,

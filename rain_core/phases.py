@@ -138,7 +138,7 @@ class Decode:
 
     def set_length(self, node: int) -> int:
         """Token-set length of ``node``'s children: by the node's step from the original prompt."""
-        return min(self.cfg.token_set_length(self.tree.step[node]), self.room(node))
+        return min(self.cfg.token_set_length(self.tree.depth_from_prompt[node]), self.room(node))
 
     def add_child(self, node: int, tokens: tuple[int, ...], prior: float = 0.0) -> int:
         path = self.tree.path_tokens(node) + list(tokens)

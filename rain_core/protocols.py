@@ -96,10 +96,12 @@ class DecodeCancelled(RuntimeError):
 
 class EvaluatorError(RuntimeError):
     """An evaluator raised, timed out, or returned something that is not a score in [-1, 1]. The
-    decoder attaches what was committed before it as ``partial`` (a ``RainResult``), so no text is
-    lost; the model stays usable."""
+    decoder raises it with what was committed before it as ``partial`` (a ``RainResult``), so no
+    text is lost; the model stays usable."""
 
-    partial: Any = None
+    def __init__(self, message: str, *, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 def check_score(value: object, source: str) -> float:

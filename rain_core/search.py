@@ -7,14 +7,15 @@ rest of those searches side by side (``phases.leaf_value``) with their requests 
 of one kind, embeds every path in one encoder call, and backs the searches up in the order they
 started. With ``parallel_searches=1`` a round is one search: the authors' search, decision for
 decision (docs/algorithm.md). The search does no I/O: it yields batches of requests that a driver
-(``drivers.py``) answers, blocking (``run``, ``step``) or on an event loop (``arun``, ``astep``).
+(``drivers.py``) answers, blocking (``run``, ``next_commit``) or on an event loop (``arun``,
+``anext_commit``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -257,7 +258,7 @@ class RainSearch:
         return len(flights)
 
     # --- the outer loop -------------------------------------------------------------------------
-    def _step(self) -> Round[list[int] | None]:
+    def _next_commit(self) -> Round[list[int] | None]:
         """Search from the committed context, then commit the best root child's token set. Returns
         None when the deadline passed before the root had any child to commit."""
         d, cfg = self.decode, self.cfg
@@ -340,27 +341,29 @@ class RainSearch:
         selected them (for experiments and tests that choose the leaves themselves)."""
         drive(self._search_from(leaves), self.answerer)
 
-    def step(self) -> list[int] | None:
-        return drive(self._step(), self.answerer)
+    def next_commit(self) -> list[int] | None:
+        """Search from the committed context and commit one token set (None: the deadline passed
+        before there was anything to commit)."""
+        return drive(self._next_commit(), self.answerer)
 
-    async def astep(self) -> list[int] | None:
-        return await adrive(self._step(), self.answerer)
+    async def anext_commit(self) -> list[int] | None:
+        return await adrive(self._next_commit(), self.answerer)
 
-    def run(self) -> Iterator[list[int]]:
-        """Yield committed token sets until EOS, a stop string, the token budget or the deadline."""
+    def run(self) -> Generator[list[int], None, None]:
+        """Yield committed token sets until EOS, a stop string, the token budget or the deadline.
+        ``finished_by`` is set before the last one is yielded, so a consumer knows it is the last."""
         t0 = time.perf_counter()
         try:
             if self.decode.budget <= 0:
                 self.finished_by = "length"
                 return
-            while True:
-                tokens = self.step()
+            while self.finished_by is None:
+                tokens = self.next_commit()
                 self.stats.seconds = time.perf_counter() - t0
                 if tokens is None:
                     return
+                self._finished(tokens)
                 yield tokens
-                if self._finished(tokens):
-                    return
         finally:
             self.stats.seconds = time.perf_counter() - t0
 
@@ -371,13 +374,12 @@ class RainSearch:
             if self.decode.budget <= 0:
                 self.finished_by = "length"
                 return
-            while True:
-                tokens = await self.astep()
+            while self.finished_by is None:
+                tokens = await self.anext_commit()
                 self.stats.seconds = time.perf_counter() - t0
                 if tokens is None:
                     return
+                self._finished(tokens)
                 yield tokens
-                if self._finished(tokens):
-                    return
         finally:
             self.stats.seconds = time.perf_counter() - t0

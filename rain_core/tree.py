@@ -45,7 +45,7 @@ class Tree:
 
     ``visits`` (N) counts backups through a node plus the fractional visits of the similarity update;
     ``real_visits`` counts backups only (the early stop and a reused subtree's count read these).
-    ``step`` is a node's depth counted from the original prompt: it survives commits.
+    ``depth_from_prompt`` is a node's depth counted from the original prompt: it survives commits.
     ``proposals[i]`` is node i's list of proposed (token set, raw prior), newest first: dynamic node
     addition normalises a new child's prior over its head (official).
     ``pending[i]``: node i was expanded lazily (greedy child only; fast preset) and may be completed.
@@ -55,7 +55,7 @@ class Tree:
 
     parent: list[int] = field(default_factory=lambda: [NO_PARENT])
     tokens: list[tuple[int, ...]] = field(default_factory=lambda: [()])
-    step: list[int] = field(default_factory=lambda: [0])
+    depth_from_prompt: list[int] = field(default_factory=lambda: [0])
     children: list[list[int]] = field(default_factory=lambda: [[]])
     visits: list[float] = field(default_factory=lambda: [0.0])
     real_visits: list[int] = field(default_factory=lambda: [0])
@@ -77,7 +77,7 @@ class Tree:
         node = len(self.parent)
         self.parent.append(parent)
         self.tokens.append(tuple(int(t) for t in tokens))
-        self.step.append(self.step[parent] + 1)
+        self.depth_from_prompt.append(self.depth_from_prompt[parent] + 1)
         self.children.append([])
         self.visits.append(0.0)
         self.real_visits.append(0)
@@ -129,12 +129,12 @@ class Tree:
     # --- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view of the table (embeddings and proposals left out). ``depth`` counts from
-        this tree's root; ``step`` from the original prompt."""
+        this tree's root; ``depth_from_prompt`` from the original prompt."""
         return {
             "parent": list(self.parent),
             "tokens": [list(t) for t in self.tokens],
-            "depth": [s - self.step[ROOT_INDEX] for s in self.step],
-            "step": list(self.step),
+            "depth": [s - self.depth_from_prompt[ROOT_INDEX] for s in self.depth_from_prompt],
+            "depth_from_prompt": list(self.depth_from_prompt),
             "children": [list(c) for c in self.children],
             "visits": list(self.visits),
             "real_visits": list(self.real_visits),
@@ -337,7 +337,17 @@ def reroot(tree: Tree, node: int, uniform_mix: float) -> Tree:
     priors are re-mixed with uniform (official)."""
     new = Tree()
     remap = {node: ROOT_INDEX}
-    for attr in ("step", "visits", "real_visits", "value", "terminal", "emb_sum", "emb_count", "proposals", "pending"):
+    for attr in (
+        "depth_from_prompt",
+        "visits",
+        "real_visits",
+        "value",
+        "terminal",
+        "emb_sum",
+        "emb_count",
+        "proposals",
+        "pending",
+    ):
         getattr(new, attr)[0] = getattr(tree, attr)[node]
     new.minmax = MinMax(tree.minmax.low, tree.minmax.high)
     stack = [node]
@@ -346,7 +356,16 @@ def reroot(tree: Tree, node: int, uniform_mix: float) -> Tree:
         for kid in tree.children[old]:
             nid = new.add_child(remap[old], tree.tokens[kid], tree.prior[kid], terminal=tree.terminal[kid])
             remap[kid] = nid
-            for attr in ("step", "visits", "real_visits", "value", "emb_sum", "emb_count", "proposals", "pending"):
+            for attr in (
+                "depth_from_prompt",
+                "visits",
+                "real_visits",
+                "value",
+                "emb_sum",
+                "emb_count",
+                "proposals",
+                "pending",
+            ):
                 getattr(new, attr)[nid] = getattr(tree, attr)[kid]
             stack.append(kid)
     kids = new.children[ROOT_INDEX]

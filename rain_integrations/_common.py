@@ -284,12 +284,16 @@ def decode_events(
             on_commit(data)
         pending.append(data)
 
-    holder: list[RainResult] = []
-    for piece in decoder.stream(prompt, result=holder, cancel=cancel, on_commit=committed, **options):
-        yield from _drain(pending)
-        yield Text(piece)
+    stream = decoder.stream(prompt, cancel=cancel, on_commit=committed, **options)
+    try:
+        for piece in stream:
+            yield from _drain(pending)
+            yield Text(piece)
+    finally:
+        stream.close()
     yield from _drain(pending)
-    yield Done(holder[0])
+    assert stream.result is not None
+    yield Done(stream.result)
 
 
 def _drain(pending: list[dict[str, Any]]) -> Iterator[Commit]:

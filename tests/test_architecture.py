@@ -1,6 +1,7 @@
 """The seam holds: the core never imports torch, transformers or an engine, and runs without them.
 
-Import graph: tree <- phases <- drivers <- search <- decoder <- adapters, with the engines as one plug-in below the
+Import graph: tree <- phases <- drivers <- search <- decoder <- adapters (the decoder also reads
+results and streams), with the engines as one plug-in below the
 protocols. These tests read every import statement of the core modules (also those inside
 functions) and run a decode in a fresh interpreter where torch, transformers and the engines cannot
 be imported."""
@@ -19,6 +20,8 @@ CORE = [
     "phases",
     "drivers",
     "search",
+    "results",
+    "streams",
     "decoder",
     "config",
     "evaluators",
@@ -38,7 +41,9 @@ ALLOWED = {
     "phases": {"chat", "config", "protocols", "tree"},
     "drivers": {"phases", "protocols"},
     "search": {"config", "drivers", "phases", "protocols", "tree"},
-    "decoder": {"chat", "config", "evaluators", "protocols", "search"},
+    "results": set(),
+    "streams": {"chat", "results"},
+    "decoder": {"chat", "config", "evaluators", "protocols", "results", "search", "streams"},
 }
 
 

@@ -55,9 +55,13 @@ async def test_agenerate_and_astream_equal_the_blocking_forms():
     expected = dec.generate("hello", seed=2)
     got = await dec.agenerate("hello", seed=2)
     assert got.text == expected.text and got.token_ids == expected.token_ids
-    holder = []
-    pieces = [p async for p in dec.astream("hello", seed=2, result=holder)]
-    assert "".join(pieces) == expected.text == holder[0].text
+    stream = dec.astream("hello", seed=2)
+    pieces = []
+    async for piece in stream:
+        pieces.append((piece, stream.done))
+    assert "".join(p for p, _ in pieces) == expected.text == stream.result.text
+    # the result is there before the last piece is handed out, and only then
+    assert [done for _, done in pieces] == [False] * (len(pieces) - 1) + [True]
     commits = []
     await dec.agenerate("hello", seed=2, on_commit=commits.append)
     assert [c["tokens"] for c in commits] == [c["tokens"] for c in expected.stats["commit_log"]]

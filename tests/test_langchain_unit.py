@@ -305,7 +305,7 @@ def test_trace_on_request():
     chat = chat_for("hello there.", return_trace=True)
     msg = chat.invoke("hi")
     trace = msg.response_metadata["rain_trace"]
-    assert trace["schema"] == "rain.trace" and trace["version"] == 1
+    assert trace["schema"] == "rain.trace" and trace["version"] == 2
     assert trace["text"] == msg.content and trace["finish_reason"] == "eos"
     assert len(trace["commits"]) == msg.response_metadata["rain"]["commits"]
     assert "".join(c["text"] for c in trace["commits"]) == "hello there."

@@ -34,9 +34,9 @@ def test_deadline_ends_with_the_committed_text_and_reason_time():
     full = dec.generate("hello")
     assert full.finish_reason != "time" and len(full.token_ids) > len(res.token_ids)
     # the streamed form ends the same way, without an exception
-    done = []
-    assert "".join(dec.stream("hello", max_seconds=0.3, result=done)) == done[0].text
-    assert done[0].finish_reason == "time"
+    stream = dec.stream("hello", max_seconds=0.3)
+    assert "".join(stream) == stream.result.text
+    assert stream.result.finish_reason == "time"
 
 
 def test_cancel_event_stops_a_decode_between_searches():
@@ -203,3 +203,16 @@ def test_a_fast_engine_at_many_searches_is_not_slowed_by_the_lock():
         )
     assert both == alone == ("number one.", "number two.")
     assert np.isfinite(lm.stats.forward_calls)
+
+
+def test_a_stream_carries_its_result_before_its_last_piece():
+    dec = RainDecoder(CharLM(), words_penalty("zz"), encoder=None, max_new_tokens=12, max_searches=3)
+    stream = dec.stream("hello")
+    seen = [(piece, stream.done) for piece in stream]
+    assert seen and [done for _, done in seen] == [False] * (len(seen) - 1) + [True]
+    assert "".join(p for p, _ in seen) == stream.result.text
+    # closing a stream half way stops its decode; the model serves the next one
+    early = dec.stream("hello")
+    next(early)
+    early.close()
+    assert dec.generate("hello").text == stream.result.text

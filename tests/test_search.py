@@ -84,7 +84,7 @@ def test_two_commits_match_the_hand_worked_trees():
 def test_similarity_update_and_dynamic_node_addition_tree():
     lm = table()
     s = _search(lm, lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5)
-    s.step()
+    s.next_commit()
     tree = s.stats.commit_log[0]["tree"]
     # Searches 1-3 as in the test above (every value -1). Search 3 embeds "b" identically to "a": a gets
     # a 0.2 visit (N 1.2). Search 4: the root's children are all bad and alike (unbiased variance 0 <
@@ -106,7 +106,7 @@ def test_similarity_update_and_dynamic_node_addition_tree():
 
 def test_similarity_switch_off_gives_integer_visits():
     s = _search(table(), lambda p, t: -1.0, SameEncoder(), max_searches=4, max_new_tokens=5, similarity_update=False)
-    s.step()
+    s.next_commit()
     visits = s.stats.commit_log[0]["tree"]["visits"]
     assert all(float(v).is_integer() for v in visits)
 
@@ -160,9 +160,9 @@ def test_official_token_set_length_counts_from_the_original_prompt():
         "User: hi",
         seed=0,
     )
-    lengths = [len(s.step()) for _ in range(3)]
+    lengths = [len(s.next_commit()) for _ in range(3)]
     assert lengths == [1, 2, 4]
-    assert s.tree.step[ROOT_INDEX] == 3
+    assert s.tree.depth_from_prompt[ROOT_INDEX] == 3
     s.search_once()
     kids = s.tree.children[ROOT_INDEX]
     assert kids and {len(s.tree.tokens[k]) for k in kids if 0 not in s.tree.tokens[k]} == {10}
@@ -215,10 +215,10 @@ def test_official_reused_visits_are_real_visits():
     # its searches from the REAL visits of the new root (official fn), not from the fractional total.
     lm = table()
     s = _search(lm, lambda p, t: -1.0, SameEncoder(), max_searches=6, max_new_tokens=3, dynamic_node_addition=False)
-    s.step()
+    s.next_commit()
     first = s.stats.commit_log[0]
     assert not float(first["visits"]).is_integer()
-    s.step()
+    s.next_commit()
     assert s.stats.commit_log[1]["reused_visits"] == first["real_visits"]
 
 
@@ -233,7 +233,7 @@ def test_early_stop_when_everything_is_good():
         "User: hi",
         seed=0,
     )
-    tokens = s.step()
+    tokens = s.next_commit()
     # value 1 > V=0.8 everywhere: stop as soon as the best child has more than T_min = 6 real visits
     assert s.stats.early_stops == 1
     assert s.stats.searches < 50
@@ -252,7 +252,7 @@ def test_full_budget_when_nothing_is_good():
         "User: hi",
         seed=0,
     )
-    s.step()
+    s.next_commit()
     assert s.stats.searches == 50 and s.stats.early_stops == 0
 
 

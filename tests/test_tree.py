@@ -291,7 +291,7 @@ def test_reroot_keeps_subtree_frees_rest_and_remixes_priors():
     assert len(new) == 4
     assert new.tokens[1:] == [(3, 4), (5, 6), (9, 9, 9, 9)]
     assert new.parent == [-1, 0, 0, 1]
-    assert new.step == [1, 2, 2, 3]  # steps count from the original prompt: kept across the commit
+    assert new.depth_from_prompt == [1, 2, 2, 3]  # steps count from the original prompt: kept across the commit
     assert new.to_dict()["depth"] == [0, 1, 1, 2]
     assert new.visits[:3] == [3.2, 2, 1] and new.value[:3] == [0.5, 0.7, 0.1]
     assert new.real_visits[0] == 3

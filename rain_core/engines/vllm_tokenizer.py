@@ -1,6 +1,6 @@
-"""Text side of ``VLLMEngine``: the served model's tokenizer, local (a folder or a cached hub id, the
-same files the server loaded) or, where that is enough, the server's ``/tokenize`` and
-``/detokenize`` endpoints.
+"""Tokenizer resolution for ``VLLMEngine``: the served model's tokenizer, local (a folder or a cached
+hub id, the same files the server loaded) or, where that is enough, the server's ``/tokenize`` and
+``/detokenize`` endpoints (``resolve_text`` chooses).
 
 The server's endpoints cannot answer two things RAIN needs: ``token_ids_ending_with`` (it would take
 one request per vocabulary entry) and ``encode(..., parse_special=False)`` (the endpoint always
@@ -9,11 +9,16 @@ parses special-token text). With them only, those two raise ``MissingFeatureErro
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .hf_text import LocalText, load_local_tokenizer
 from .vllm_http import MissingFeatureError
+
+logger = logging.getLogger(__name__)
+Post = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
 class ServerText:
@@ -22,7 +27,7 @@ class ServerText:
     ``post(path, payload) -> dict`` sends one request (the engine's, with its retries and errors).
     ``decode`` keeps special-token text (the endpoint does), unlike a local tokenizer's."""
 
-    def __init__(self, post: Callable[[str, dict[str, Any]], dict[str, Any]], model: str) -> None:
+    def __init__(self, post: Post, model: str) -> None:
         self._post = post
         self.model = model
         self.tokenizer = None
@@ -74,3 +79,32 @@ class ServerText:
 
 def is_local_folder(source: str | None) -> bool:
     return bool(source) and os.path.isdir(str(source))
+
+
+def resolve_text(tokenizer: Any, model: str, server_root: str | None, post: Post) -> LocalText | ServerText:
+    """The text side for ``model``: ``tokenizer`` as given (a tokenizer object, a folder or hub id, or
+    ``"server"`` for the server's endpoints); None: ``model`` as a folder or cached hub id, then the
+    folder the server says it loaded (``server_root``) when it exists here, else the server's
+    endpoints (with a warning: RAIN's search needs a local tokenizer). ``post`` sends one request."""
+    if tokenizer == "server":
+        return ServerText(post, model)
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        return LocalText(tokenizer, model, getattr(tokenizer, "name_or_path", None))
+    if isinstance(tokenizer, str):
+        return LocalText(load_local_tokenizer(tokenizer, local_only=False), model, tokenizer)
+    for source in dict.fromkeys(s for s in (model, server_root) if s):
+        if not is_local_folder(source) and "/" not in source.strip("/"):
+            continue  # neither a folder nor a hub id ("org/name")
+        found = load_local_tokenizer(source, local_only=True)
+        if found is not None:
+            logger.info("VLLMEngine(%s): tokenizer from %s", model, source)
+            return LocalText(found, model, source)
+    logger.warning(
+        "VLLMEngine(%s): no local tokenizer found (tried %r and the server's root %r); using the "
+        "server's /tokenize and /detokenize, which cannot run RAIN's search or encode judged text: "
+        "pass tokenizer=FOLDER_OR_HUB_ID",
+        model,
+        model,
+        server_root,
+    )
+    return ServerText(post, model)
