@@ -432,14 +432,6 @@ def measure(
     )
 
 
-def _server_version(engine: VLLMEngine) -> str | None:
-    try:
-        response = engine._transport.request("GET", "/version")
-        return str(response.json().get("version")) if response.status_code == 200 else None
-    except Exception:  # an older server or a proxy: the version is only informative
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rain_bench.vllm_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -485,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = {
                 "base_url": engine.base_url,
                 "model": engine.name,
-                "version": _server_version(engine),
+                "version": engine.server_version(),
                 "how": how,
                 "startup_seconds": local.startup_seconds if local else None,
             }

@@ -19,13 +19,13 @@ import httpx
 import numpy as np
 import pytest
 
-from rain_core.engines.vllm import (
+from rain_core.engines.vllm import VLLMEngine
+from rain_core.engines.vllm_http import (
     LogprobsLimitError,
     MissingFeatureError,
     ModelNotServedError,
     ServerError,
     ServerUnreachableError,
-    VLLMEngine,
 )
 from rain_core.protocols import (
     AsyncLanguageModel,
@@ -579,14 +579,21 @@ def test_wrong_model_names_lists_the_served_ones():
     assert info.value.served == ["alpha", "beta"]
     with pytest.raises(ModelNotServedError, match="pass model="):
         make(FakeVLLM(names=("alpha", "beta")))
-    lm = make(FakeVLLM(names=("alpha", "beta")), model="beta")
+    fake = FakeVLLM(names=("alpha", "beta"))
+    lm = make(fake, model="beta")
     assert lm.name == "beta"
-    lm.name = "renamed-on-the-server"
-    with pytest.raises(ModelNotServedError, match="beta"):
+    fake.names = ("alpha", "gamma")  # the server restarted without the engine's model
+    with pytest.raises(ModelNotServedError, match="beta") as info:
         lm.top_tokens(PREFIX, 2)
+    assert info.value.served == ["alpha", "gamma"]
 
 
 def test_context_too_long_is_caught_before_sending_and_mapped_from_the_server():
+    fake = FakeVLLM(max_model_len=1000)
+    lm = make(fake)
+    fake.max_model_len = 64  # the engine thinks there is room; the server says no
+    with pytest.raises(ContextTooLongError, match="maximum context length"):
+        lm.top_tokens([5] * 100, 2)
     fake = FakeVLLM()
     lm = make(fake)
     before = len(fake.calls)
@@ -595,9 +602,6 @@ def test_context_too_long_is_caught_before_sending_and_mapped_from_the_server():
     with pytest.raises(ContextTooLongError):
         lm.top_tokens([5] * 64, 2)
     assert len(fake.calls) == before, "nothing was sent"
-    lm.context_length = 1000  # the engine thinks there is room; the server says no
-    with pytest.raises(ContextTooLongError, match="maximum context length"):
-        lm.top_tokens([5] * 100, 2)
     with pytest.raises(ValueError, match="at least one token"):
         lm.top_tokens([], 2)
 
@@ -764,3 +768,42 @@ def test_rain_decodes_on_the_engine():
     out = dec.generate("say something", chat=False)
     assert out.token_ids and out.stats["requests"] > 0
     assert out.text == dec.generate("say something", chat=False).text, "seeded: the same decode twice"
+
+
+def test_batched_requests_answer_as_the_single_ones():
+    from rain_core.protocols import GenerateRequest, SampleRequest, TopTokensRequest
+
+    fake = FakeVLLM()
+    lm = make(fake, seed_mode="send")
+    prompts = [tuple(PREFIX + text_to_ids(w)) for w in "abcd"]
+    before = len(completions(fake))
+    rows = lm.sample_batch([SampleRequest(p, 3, 4, 5, 1.0, 7) for p in prompts])
+    assert len(completions(fake)) - before == 2 * len(prompts), "a greedy and a sampled request per prefix"
+    assert rows == [lm.sample(p, 3, 4, top_k=5, temperature=1.0, seed=7) for p in prompts]
+    tops = lm.top_tokens_batch([TopTokensRequest(p, 3) for p in prompts])
+    assert tops == [lm.top_tokens(p, 3) for p in prompts]
+    gens = lm.generate_batch([GenerateRequest(p, 6, None, 1.0, 3, (), frozenset({5})) for p in prompts])
+    assert gens == [lm.generate(p, 6, top_k=None, temperature=1.0, seed=3, stop_token_ids={5}) for p in prompts]
+
+
+def test_a_batch_refused_for_its_logprobs_runs_one_at_a_time_at_the_limit():
+    from rain_core.protocols import TopTokensRequest
+
+    lm = make(FakeVLLM(max_logprobs=6))
+    lp = raw_logprobs(PREFIX)
+    order = [int(i) for i in np.argsort(-lp, kind="stable")]
+    requests = [TopTokensRequest(tuple(PREFIX), 4, exclude=tuple(order[:3]))] * 3
+    got = lm.top_tokens_batch(requests)
+    assert [[c.token_ids[0] for c in row] for row in got] == [order[3:6]] * 3
+    with pytest.raises(LogprobsLimitError, match="--max-logprobs 8"):
+        lm.top_tokens_batch([TopTokensRequest(tuple(PREFIX), 8)] * 2)
+
+
+def test_what_the_engine_knows_is_read_only():
+    lm = make()
+    for attribute, value in (("name", "x"), ("context_length", 10), ("eos_token_ids", frozenset({1}))):
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(lm, attribute, value)
+    with pytest.raises(AttributeError):
+        lm.option_scoring = "prompt_logprobs"
+    assert lm.name == "toy" and lm.context_length == 64 and lm.eos_token_ids == frozenset({EOS})

@@ -17,12 +17,20 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from vllm_server import SERVED_NAME, vllm_base_url, vllm_server  # noqa: F401  (fixtures)
 
 from rain_core import CallableEvaluator, JudgeEvaluator, RainDecoder, SelfEvaluator
-from rain_core.engines.vllm import LogprobsLimitError, ModelNotServedError, ServerUnreachableError, VLLMEngine
+from rain_core.engines.vllm import VLLMEngine
+from rain_core.engines.vllm_http import (
+    LogprobsLimitError,
+    ModelNotServedError,
+    ServerUnreachableError,
+    raise_for_answer,
+)
 from rain_core.engines.vllm_launch import free_port
+from rain_core.engines.vllm_plans import completion
 from rain_core.protocols import ContextTooLongError
 
 pytestmark = pytest.mark.vllm
@@ -287,13 +295,11 @@ def test_errors_name_what_to_change(vllm_base_url, engine, prompts):  # noqa: F8
     long_prompt = prompts[0] * 120  # over 2048 tokens
     with pytest.raises(ContextTooLongError, match="2048"):
         engine.top_tokens(long_prompt, 3)
-    blind = VLLMEngine(vllm_base_url, SERVED_NAME, probe=False)
-    blind.context_length = 100_000  # the engine thinks it fits: the server's answer is mapped
-    try:
-        with pytest.raises(ContextTooLongError, match="maximum context length"):
-            blind.top_tokens(long_prompt, 3)
-    finally:
-        blind.close()
+    # the server's own refusal of a prompt over its context (sent past the engine's check) is mapped too
+    call = completion(SERVED_NAME, long_prompt, 3, temperature=0.0)
+    refusal = httpx.post(engine.base_url + call.path, json=call.payload, timeout=120)
+    with pytest.raises(ContextTooLongError, match="maximum context length"):
+        raise_for_answer(refusal, engine.base_url, SERVED_NAME, False)
     assert engine.top_tokens(prompts[0], 3), "the engine still works after the errors"
 
 

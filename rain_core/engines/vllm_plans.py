@@ -8,7 +8,19 @@ which may adapt. Plans read the server's features (``ServerFeatures``) and the f
 (``ServerFacts``) from their ``PlanContext``, and teach the facts an EOS id the server used.
 
 How each request is answered, and why it is exact, is in the module docstring of ``vllm`` and in
-docs/engines.md.
+docs/engines.md. A plan driven by hand, with the answer a server would send:
+
+>>> from rain_core.engines.vllm_facts import ServedModel, ServerFacts, ServerFeatures
+>>> ctx = PlanContext(ServedModel("toy", 64), "http://host:8000", False, 3, ServerFeatures(), ServerFacts({2}))
+>>> plan = top_tokens(ctx, [11, 12], 2, 1.0, exclude=[])
+>>> next(plan).calls[0].payload["logprobs"]
+2
+>>> position = {"token_id:5": -0.25, "token_id:7": -1.5}
+>>> try:
+...     plan.send([{"choices": [{"index": 0, "token_ids": [5], "logprobs": {"top_logprobs": [position]}}]}])
+... except StopIteration as done:
+...     print(done.value)
+[Continuation(token_ids=(5,), logprob=-0.25), Continuation(token_ids=(7,), logprob=-1.5)]
 """
 
 from __future__ import annotations

@@ -91,18 +91,41 @@ class PlanRunner:
             self.sender.stats.resend()
         return calls.calls
 
+    def _resume(self, plan: Plan[R], outcome: list[Any] | LogprobsLimitError) -> Calls:
+        """Hand ``plan`` its answers, or the refusal sending met (its limit recorded first)."""
+        if isinstance(outcome, LogprobsLimitError):
+            self.facts.learn_logprobs_limit(outcome.limit)
+            return plan.throw(outcome)
+        return plan.send(outcome)
+
+    def _answers(self, calls: Calls) -> list[Any] | LogprobsLimitError:
+        try:
+            return self.sender.send_all(self._sending(calls))
+        except LogprobsLimitError as exc:
+            return exc
+
+    async def _aanswers(self, calls: Calls) -> list[Any] | LogprobsLimitError:
+        try:
+            return list(await asyncio.gather(*(self.sender.asend(c) for c in self._sending(calls))))
+        except LogprobsLimitError as exc:
+            return exc
+
     def run(self, plan: Plan[R]) -> R:
         """Drive one plan to its answer (its calls of one yield go out together)."""
         try:
             calls = next(plan)
             while True:
-                try:
-                    answers = self.sender.send_all(self._sending(calls))
-                except LogprobsLimitError as exc:
-                    self.facts.learn_logprobs_limit(exc.limit)
-                    calls = plan.throw(exc)
-                    continue
-                calls = plan.send(answers)
+                calls = self._resume(plan, self._answers(calls))
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
+    async def arun(self, plan: Plan[R]) -> R:
+        """``run`` on the running event loop (the calls of one yield gathered)."""
+        try:
+            calls = next(plan)
+            while True:
+                calls = self._resume(plan, await self._aanswers(calls))
         except StopIteration as stop:
             result: R = stop.value
             return result
@@ -137,20 +160,3 @@ class PlanRunner:
                 advance(i, answers[at : at + len(calls)])
                 at += len(calls)
         return [results[i] for i in range(len(plans))]
-
-    async def arun(self, plan: Plan[R]) -> R:
-        """``run`` on the running event loop (the calls of one yield gathered)."""
-        try:
-            calls = next(plan)
-            while True:
-                try:
-                    sent = self._sending(calls)
-                    answers = list(await asyncio.gather(*(self.sender.asend(c) for c in sent)))
-                except LogprobsLimitError as exc:
-                    self.facts.learn_logprobs_limit(exc.limit)
-                    calls = plan.throw(exc)
-                    continue
-                calls = plan.send(answers)
-        except StopIteration as stop:
-            result: R = stop.value
-            return result
