@@ -16,7 +16,11 @@ Measurements (``measure`` returns a ``VLLMSpeedReport``; ``main`` prints it as M
    tasks on one event loop (the fast preset; the best-case evaluator, then self-evaluation on the
    server). The decodes are seeded (``seed_mode="send"``), so the 8 at once do the same work as the 8
    one at a time; the report says whether their answers were identical.
-3. The server's prefix-cache hit rate (``/metrics``) over each run and over the whole benchmark.
+3. Self-evaluation latency per decode with ``parallel_searches`` B=1 and B=8 (the official search and
+   the fast preset, the same budget, prompts and seeds): at B=8 a round's expansions, simulations and
+   evaluations go to the server as concurrent requests, which it batches. Target: at least
+   ``TARGET_PARALLEL``x lower latency at B=8.
+4. The server's prefix-cache hit rate (``/metrics``) over each run and over the whole benchmark.
 
 Everything runs on one server; the ratios are what count. On a shared machine other processes take
 CPU too: the report records the load average before and after.
@@ -42,8 +46,10 @@ from rain_core.engines.vllm import VLLMEngine
 logger = logging.getLogger(__name__)
 
 SCHEMA = "rain.bench.vllm_speed"
-VERSION = 1
+VERSION = 2
 TARGET_SPEEDUP = 1.8
+TARGET_PARALLEL = 3.0
+WIDTHS = (1, 8)
 PROMPTS = (
     "Write a short story about a dragon who learns to bake bread.",
     "Explain how a bicycle stays upright.",
@@ -109,6 +115,45 @@ class Concurrency:
 
 
 @dataclass
+class ParallelRun:
+    """Decodes with self-evaluation at one ``parallel_searches`` width, one at a time."""
+
+    config: str
+    parallel_searches: int
+    decodes: int
+    tokens: int
+    seconds: float
+    searches: int
+    rounds: int
+    evaluations: int
+    model_calls: int
+    requests: int
+    encoder_seconds: float
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def seconds_per_decode(self) -> float:
+        return self.seconds / self.decodes if self.decodes else float("nan")
+
+    def per_decode(self, value: float) -> float:
+        return value / self.decodes if self.decodes else float("nan")
+
+
+@dataclass
+class ParallelSearches:
+    """Self-evaluation latency per decode at B=1 (``one``) and B=8 (``many``) on one server."""
+
+    config: str
+    one: ParallelRun
+    many: ParallelRun
+
+    @property
+    def ratio(self) -> float:
+        """Seconds per decode at B=1 over seconds per decode at B=8."""
+        return self.one.seconds_per_decode / self.many.seconds_per_decode
+
+
+@dataclass
 class VLLMSpeedReport:
     """Everything one run measured (``to_markdown`` renders it)."""
 
@@ -122,10 +167,12 @@ class VLLMSpeedReport:
     rain_official: DecodeRun
     rain_fast: DecodeRun
     concurrency: list[Concurrency]
+    parallel: list[ParallelSearches]
     cache_hit_rate_overall: float | None
     load_average_after: list[float] | None
     seconds: float
     target_speedup: float = TARGET_SPEEDUP
+    target_parallel: float = TARGET_PARALLEL
     schema: str = SCHEMA
     version: int = VERSION
     notes: list[str] = field(default_factory=list)
@@ -147,6 +194,14 @@ class VLLMSpeedReport:
         ]
         return bool(values) and all(v >= self.target_speedup for v in values)
 
+    @property
+    def parallel_target_met(self) -> bool | None:
+        """Whether B=8 cut the self-evaluation latency per decode by ``target_parallel`` in every
+        configuration measured (None: not measured)."""
+        if not self.parallel:
+            return None
+        return all(p.ratio >= self.target_parallel for p in self.parallel)
+
     def to_json(self) -> dict[str, Any]:
         from rain_bench.output import jsonable
 
@@ -154,6 +209,11 @@ class VLLMSpeedReport:
         data["ratio_official"] = jsonable(self.ratio_official)
         data["ratio_fast"] = jsonable(self.ratio_fast)
         data["target_met"] = self.target_met
+        data["parallel_target_met"] = self.parallel_target_met
+        for p, d in zip(self.parallel, data["parallel"]):
+            d["ratio"] = jsonable(p.ratio)
+            for width in ("one", "many"):
+                d[width]["seconds_per_decode"] = jsonable(getattr(p, width).seconds_per_decode)
         for c, d in zip(self.concurrency, data["concurrency"]):
             d["speedup_threads"] = jsonable(c.speedup_threads)
             d["speedup_asyncio"] = jsonable(c.speedup_asyncio)
@@ -223,8 +283,41 @@ class VLLMSpeedReport:
                 f"{c.evaluator}: the answers of the decodes at once were {', '.join(same)} to the ones "
                 "decoded one at a time (same seeds)."
             )
+        lines += self._parallel_markdown()
         lines += ["", *self.notes]
         return "\n".join(lines).rstrip() + "\n"
+
+    def _parallel_markdown(self) -> list[str]:
+        from rain_bench.output import fmt_num, fmt_x
+
+        if not self.parallel:
+            return []
+        lines = [
+            "",
+            "## Parallel searches: self-evaluation latency per decode, B=1 vs B=8",
+            "",
+            "| config | B | seconds per decode | searches | rounds | evaluations | model calls | server requests "
+            "| sentence-encoder seconds | B=1 over B=8 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in self.parallel:
+            for run in (p.one, p.many):
+                ratio = f"**{fmt_x(p.ratio, 2)}**" if run is p.many else ""
+                lines.append(
+                    f"| {p.config} | {run.parallel_searches} | {fmt_num(run.seconds_per_decode, 1)} | "
+                    f"{fmt_num(run.per_decode(run.searches), 1)} | {fmt_num(run.per_decode(run.rounds), 1)} | "
+                    f"{fmt_num(run.per_decode(run.evaluations), 1)} | {fmt_num(run.per_decode(run.model_calls), 1)} | "
+                    f"{fmt_num(run.per_decode(run.requests), 1)} | {fmt_num(run.per_decode(run.encoder_seconds), 1)} "
+                    f"| {ratio} |"
+                )
+        met = self.parallel_target_met
+        ratios = ", ".join(f"{p.config.split('(')[0]} {fmt_x(p.ratio, 2)}" for p in self.parallel)
+        lines += [
+            "",
+            f"Columns other than the ratio are per decode. Target: self-evaluation latency per decode at least "
+            f"{self.target_parallel:.0f}x lower at B=8 than at B=1: **{'met' if met else 'NOT met'}** ({ratios}).",
+        ]
+        return lines
 
 
 def _load(values: Sequence[float] | None) -> str:
@@ -328,8 +421,108 @@ def _concurrency(
     )
 
 
+class TimedEncoder:
+    """The engine's sentence encoder (the similarity update's, on this client's CPU), timed: the
+    seconds it takes are part of a decode's latency, but not the server's."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.seconds = 0.0
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.encoder.encode(texts)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def _parallel_run(
+    engine: VLLMEngine, make_config: Callable[[int], RainConfig], label: str, width: int, prompts: Sequence[str]
+) -> ParallelRun:
+    judge = SelfEvaluator(engine, "harmless")
+    encoder = TimedEncoder(engine.default_encoder())
+    decoder = RainDecoder(engine, judge, config=make_config(width), encoder=encoder)
+    stats = engine.engine_stats()
+    t0 = time.perf_counter()
+    results = [decoder.generate(p) for p in prompts]
+    seconds = time.perf_counter() - t0
+
+    def total(key: str) -> int:
+        return int(sum(r.stats.get(key, 0) for r in results))
+
+    run = ParallelRun(
+        config=label,
+        parallel_searches=width,
+        decodes=len(results),
+        tokens=sum(len(r.token_ids) for r in results),
+        seconds=seconds,
+        searches=total("searches"),
+        rounds=total("rounds"),
+        evaluations=total("evaluations"),
+        model_calls=total("model_calls"),
+        requests=int(engine.engine_stats()["requests"] - stats["requests"]),
+        encoder_seconds=encoder.seconds,
+        texts=[r.text for r in results],
+    )
+    logger.info("%s, B=%d: %.1f s per decode", label, width, run.seconds_per_decode)
+    return run
+
+
+def _parallel(engine: VLLMEngine, quick: bool) -> list[ParallelSearches]:
+    """Self-evaluation at B=1 and B=8, official search and fast preset, the same budget and seeds.
+    The budget (``max_searches = extra_searches``) is spent on every commit unless the search stops
+    early, so B=8 has whole rounds to batch; the widths alternate prompt by prompt so that a change
+    in the machine's load falls on both."""
+    new, budget = (4, 8) if quick else (6, 16)
+    prompts = PROMPTS[6:7] if quick else (PROMPTS[6], PROMPTS[1])
+    common = dict(max_new_tokens=new, max_searches=budget, extra_searches=budget, seed=0)
+    configs: list[tuple[str, Callable[[int], RainConfig]]] = [
+        (
+            f"RainConfig(max_searches={budget}, extra_searches={budget})",
+            lambda b: RainConfig(parallel_searches=b, **common),
+        ),
+        (
+            f"RainConfig.fast(max_searches={budget}, extra_searches={budget})",
+            lambda b: RainConfig.fast(parallel_searches=b, **common),
+        ),
+    ]
+    out = []
+    for label, make_config in configs:
+        runs: dict[int, list[ParallelRun]] = {b: [] for b in WIDTHS}
+        for prompt in prompts:
+            for width in WIDTHS:
+                runs[width].append(_parallel_run(engine, make_config, label, width, [prompt]))
+        one, many = (_merge(runs[b]) for b in WIDTHS)
+        out.append(ParallelSearches(config=label, one=one, many=many))
+    return out
+
+
+def _merge(runs: Sequence[ParallelRun]) -> ParallelRun:
+    first = runs[0]
+    return ParallelRun(
+        config=first.config,
+        parallel_searches=first.parallel_searches,
+        decodes=sum(r.decodes for r in runs),
+        tokens=sum(r.tokens for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        searches=sum(r.searches for r in runs),
+        rounds=sum(r.rounds for r in runs),
+        evaluations=sum(r.evaluations for r in runs),
+        model_calls=sum(r.model_calls for r in runs),
+        requests=sum(r.requests for r in runs),
+        encoder_seconds=sum(r.encoder_seconds for r in runs),
+        texts=[t for r in runs for t in r.texts],
+    )
+
+
 def measure(
-    engine: VLLMEngine, *, quick: bool = False, server: dict[str, Any] | None = None, self_evaluation: bool = True
+    engine: VLLMEngine,
+    *,
+    quick: bool = False,
+    server: dict[str, Any] | None = None,
+    self_evaluation: bool = True,
+    parallel: bool = True,
 ) -> VLLMSpeedReport:
     """Run every measurement on ``engine``'s server (see the module's docstring)."""
     from rain_bench.harness import machine_info, now_iso
@@ -374,6 +567,7 @@ def measure(
         1,
         lambda: [RainDecoder(engine, approve_all(), config=fast).generate(p) for p in ratio_prompts],
     )
+    parallel_runs = _parallel(engine, quick) if parallel else []
     conc_new = 8 if quick else 16
     repeats = 1 if quick else 2
     runs = [
@@ -425,6 +619,7 @@ def measure(
         rain_official=rain_official,
         rain_fast=rain_fast,
         concurrency=runs,
+        parallel=parallel_runs,
         cache_hit_rate_overall=engine.prefix_cache_hit_rate(before),
         load_average_after=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         seconds=time.perf_counter() - t_start,
@@ -449,6 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--venv", default=".venv-vllm", help="the vLLM virtualenv for the local server")
     parser.add_argument("--quick", action="store_true", help="a small version (about two minutes)")
     parser.add_argument("--no-self-evaluation", action="store_true", help="skip the self-evaluation concurrency run")
+    parser.add_argument(
+        "--no-parallel", action="store_true", help="skip the parallel-searches run (self-evaluation at B=1 and B=8)"
+    )
     parser.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
     parser.add_argument("--name", default="vllm-cpu", help="report file name without extension")
     args = parser.parse_args(argv)
@@ -481,7 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "how": how,
                 "startup_seconds": local.startup_seconds if local else None,
             }
-            report = measure(engine, quick=args.quick, server=server, self_evaluation=not args.no_self_evaluation)
+            report = measure(
+                engine,
+                quick=args.quick,
+                server=server,
+                self_evaluation=not args.no_self_evaluation,
+                parallel=not args.no_parallel,
+            )
     finally:
         if local is not None:
             local.stop()
