@@ -114,8 +114,15 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def default_presets() -> dict[str, RainConfig]:
-    return {"official": RainConfig(), "fast": RainConfig.fast()}
+PARALLEL_WIDTHS = (4, 8)
+
+
+def default_presets(widths: Sequence[int] = PARALLEL_WIDTHS) -> dict[str, RainConfig]:
+    """The official search (the reference), the fast preset, and the official search with
+    ``parallel_searches`` at each of ``widths``."""
+    presets = {"official": RainConfig(), "fast": RainConfig.fast()}
+    presets.update({f"official B={w}": RainConfig(parallel_searches=w) for w in widths})
+    return presets
 
 
 def run_scenario(
@@ -261,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {**QUICK_OVERRIDES, "max_new_tokens": 6} if args.quick else {}
     if args.quick:
         scenarios = tuple(Scenario(s.name, s.prompt, s.words, 6) for s in scenarios)
-    total = len(scenarios) * seeds * 2
+    total = len(scenarios) * seeds * len(default_presets())
     with tqdm(total=total, desc="fidelity", unit="decode") as bar:
         report = run(
             lm,

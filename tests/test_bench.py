@@ -32,11 +32,11 @@ def test_report_files_exist_and_are_complete(report):
     md = (report / "speed-quick.md").read_text()
     data = json.loads((report / "speed-quick.json").read_text())
     assert not list(report.glob("*.tmp")), "temporary files left behind"
-    assert data["benchmark"] == "speed" and data["schema"] == 2
+    assert data["benchmark"] == "speed" and data["schema"] == 3
     assert data["config"]["mode"] == "quick"
     for key in ("cpu_count", "torch", "date"):
         assert key in data["machine"] or key in data
-    for heading in ("### 1.", "### 2–3.", "### 4.", "### 5.", "### 6.", "## Targets", "## Summary"):
+    for heading in ("### 1.", "### 2–3.", "### 4.", "### 5.", "### 6.", "### 7.", "## Targets", "## Summary"):
         assert heading in md
     assert "fast preset" in md and set(data["config"]["presets"]) == {"official", "fast"}
     assert "cpu" in data["devices"]
@@ -47,7 +47,7 @@ def test_report_files_exist_and_are_complete(report):
             assert _finite(o["rain"][f"fast:{evaluator}"]["per_token_ratio"]), (name, evaluator)
         fid = dev["fidelity"]
         assert [r["scenario"]["name"] for r in fid["results"]] == ["france-paris"]
-        assert set(fid["results"][0]["outcomes"]) == {"official", "fast"}
+        assert set(fid["results"][0]["outcomes"]) == {"official", "fast", "official B=4", "official B=8"}
         assert fid["results"][0]["outcomes"]["fast"]["seeds"] == data["config"]["fidelity_seeds"] == 2
         assert _finite(o["vanilla"]["seconds"])
         assert _finite(e["gain"]) and isinstance(e["same_decisions"], bool)
@@ -65,7 +65,18 @@ def test_report_files_exist_and_are_complete(report):
             "engine_gain",
             "peak_memory",
             "linear_cost",
+            "parallel_worst_case_official",
+            "parallel_worst_case_fast",
+            "parallel_memory",
         }
+        # section 7: every preset, evaluator and width, each with its cost per commit
+        p = dev["parallel"]
+        keys = {(r["preset"], r["evaluator"], r["width"]) for r in p["rows"]}
+        assert keys == {(a, b, w) for a in ("official", "fast") for b in ("nothing", "self", "mixed") for w in (1, 4, 8)}
+        for r in p["rows"]:
+            assert _finite(r["per_token_ratio"]) and _finite(r["versus_one"]) and r["model_calls_per_commit"] > 0
+            assert r["width"] != 1 or r["versus_one"] == 1.0
+        assert p["memory"]["width"] == 8 and p["memory"]["vanilla_peak_bytes"] > 0
         for target in dev["targets"].values():
             assert _finite(target["value"]) and isinstance(target["met"], bool)
             assert ("met" in md) and target["target"] in md

@@ -3,8 +3,9 @@ and ``Plan.quick()`` are the two shipped plans."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NO_EARLY_STOP = 10**9  # min_visits that no root child reaches: every commit runs its whole budget
@@ -16,6 +17,9 @@ TARGET_ENGINE_GAIN = 5.0  # at least 5x less time per search with the engine on,
 TARGET_PEAK_MEMORY = 1.5  # RAIN's peak memory at most 1.5x vanilla's
 TARGET_LINEAR_GROWTH = 1.5  # "roughly linear": per-token cost at the largest length at most 1.5x the smallest
 TARGET_FAST_BEST_CASE = 3.0  # issue 17: the fast preset's best-case RAIN/plain per-token ratio at most 3x
+TARGET_PARALLEL_WORST_CASE = 0.4  # issue 20: the worst case at parallel_searches=8 costs at most 0.4x of 1, per token
+TARGET_PARALLEL_MEMORY = 1.5  # issue 20: peak memory at parallel_searches=8 at most 1.5x plain decoding's
+PARALLEL_WIDTHS = (1, 4, 8)  # section 7: parallel_searches measured side by side
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,15 @@ def satisfied_with_nothing(prompt: str, response: str) -> float:
     return -1.0
 
 
+COMMON_WORDS = re.compile(r"\b(the|and|you|is|to)\b", re.IGNORECASE)
+
+
+def rejects_common_words(prompt: str, response: str) -> float:
+    """Rejects a partial answer that contains one of a few common words: a mix of accepted and
+    rejected branches, the search's usual day."""
+    return -1.0 if COMMON_WORDS.search(response) else 1.0
+
+
 EVALUATORS: dict[str, Callable[[str, str], float] | None] = {
     "self": None,  # RainDecoder's default: SelfEvaluator(lm, "harmless")
     "everything": satisfied_with_everything,
@@ -56,6 +69,13 @@ EVALUATOR_LABELS = {
     "self": "self-evaluation (harmless, default)",
     "everything": "satisfied with everything (best case)",
     "nothing": "satisfied with nothing (worst case)",
+    "mixed": "rejects a few common words (mixed)",
+}
+# Section 7: searches side by side, for the evaluators that make the search work.
+PARALLEL_EVALUATORS: dict[str, Callable[[str, str], float] | None] = {
+    "nothing": satisfied_with_nothing,
+    "self": None,
+    "mixed": rejects_common_words,
 }
 
 
@@ -86,6 +106,10 @@ class Plan:
     scaling_prompts: tuple[BenchPrompt, ...]  # scaling
     fidelity_seeds: int = 8  # fidelity: seeds per scenario and preset
     fidelity_scenarios: int = 3  # fidelity: the first n of rain_bench.fidelity.SCENARIOS
+    fidelity_widths: tuple[int, ...] = (4, 8)  # fidelity: parallel_searches besides the presets
+    parallel_prompts: tuple[BenchPrompt, ...] = PROMPTS[:2]  # section 7
+    parallel_max_new_tokens: int = 32
+    parallel_overrides: Mapping[str, Any] = field(default_factory=dict)  # empty: the official budgets
     memory_interval: float = 0.005  # seconds between resident-memory samples
 
     @classmethod
@@ -122,6 +146,9 @@ class Plan:
             scaling_prompts=(PROMPTS[2],),
             fidelity_seeds=2,
             fidelity_scenarios=1,
+            parallel_prompts=PROMPTS[1:2],
+            parallel_max_new_tokens=6,
+            parallel_overrides={"max_searches": 4, "extra_searches": 2, "min_visits": 1, **tiny},
         )
 
     def fixed_config(self) -> dict[str, Any]:
@@ -135,8 +162,9 @@ class Plan:
         s1 = len(self.prompts) * (2 + n_rain) + n_rain  # memory pass, vanilla, RAIN per prompt; warm-ups
         s2 = len(self.engine_prompts) * 2 + 2
         s5 = len(self.lengths) * len(self.scaling_prompts) * 2
-        s6 = self.fidelity_scenarios * self.fidelity_seeds * len(PRESETS)
-        return s1 + s2 + s5 + s6
+        s6 = self.fidelity_scenarios * self.fidelity_seeds * (len(PRESETS) + len(self.fidelity_widths))
+        s7 = len(self.parallel_prompts) * (1 + len(PRESETS) * len(PARALLEL_EVALUATORS) * len(PARALLEL_WIDTHS))
+        return s1 + s2 + s5 + s6 + s7
 
     def describe(self) -> dict[str, Any]:
         """The plan as the report's configuration block (keys kept from report schema 1)."""
@@ -153,6 +181,11 @@ class Plan:
             "presets": {name: _preset_fields(name) for name in PRESETS},
             "fidelity_seeds": self.fidelity_seeds,
             "fidelity_scenarios": self.fidelity_scenarios,
+            "fidelity_widths": list(self.fidelity_widths),
+            "parallel_prompts": [p.text for p in self.parallel_prompts],
+            "parallel_max_new_tokens": self.parallel_max_new_tokens,
+            "parallel_overrides": dict(self.parallel_overrides) or "official defaults",
+            "parallel_widths": list(PARALLEL_WIDTHS),
         }
 
     def fidelity_overrides(self) -> dict[str, Any]:

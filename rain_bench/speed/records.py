@@ -12,7 +12,7 @@ from typing import Any
 
 from ..harness import Timed, ratio
 
-SCHEMA_VERSION = 2  # 2: sections as named records (overhead, engine, forward_work, memory, scaling)
+SCHEMA_VERSION = 3  # 2: sections as named records (overhead, engine, ...); 3: section 7, parallel searches
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class DecodeRow:
     commits: int | None = None
     early_stops: int | None = None
     evaluations: int | None = None
+    rounds: int | None = None
+    model_calls: int | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class DecodeSummary:
     commits: int
     early_stops: int
     evaluations: int
+    rounds: int
+    model_calls: int
     forward_calls: int
     forward_tokens: int
     peak_memory: int
@@ -62,7 +66,8 @@ class Tally:
     def add(self, prompt: str, measured: Timed) -> None:
         result = measured.value
         stats: Mapping[str, Any] = result.stats
-        counts = {key: int(stats[key]) for key in ("searches", "commits", "early_stops", "evaluations") if key in stats}
+        keys = ("searches", "commits", "early_stops", "evaluations", "rounds", "model_calls")
+        counts = {key: int(stats[key]) for key in keys if key in stats}
         self.rows.append(
             DecodeRow(
                 prompt=prompt,
@@ -91,6 +96,8 @@ class Tally:
             commits=self._sum("commits"),
             early_stops=self._sum("early_stops"),
             evaluations=self._sum("evaluations"),
+            rounds=self._sum("rounds"),
+            model_calls=self._sum("model_calls"),
             forward_calls=forward_calls,
             forward_tokens=forward_tokens,
             peak_memory=self.peak_memory,
@@ -189,6 +196,48 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class ParallelRow:
+    """Section 7: one preset and evaluator at one ``parallel_searches`` width."""
+
+    preset: str
+    evaluator: str
+    width: int
+    decodes: DecodeSummary
+    per_token_ratio: float  # RAIN over plain decoding, seconds per token, same run
+    versus_one: float  # seconds per token over the same preset and evaluator at width 1
+    searches_per_commit: float
+    model_calls_per_commit: float  # requests to the model, a batch counting once
+    forward_calls_per_commit: float
+
+
+@dataclass(frozen=True)
+class ParallelMemory:
+    """Section 7: peak memory of RAIN at one width over plain decoding, in a fresh process."""
+
+    width: int
+    measure: str
+    vanilla_peak_bytes: int
+    rain_peak_bytes: int
+    ratio: float
+    evaluators: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Section 7: searches side by side (``parallel_searches``) against one at a time."""
+
+    max_new_tokens: int
+    config: Mapping[str, Any] | str
+    widths: tuple[int, ...]
+    vanilla: DecodeSummary
+    rows: tuple[ParallelRow, ...]
+    memory: ParallelMemory | None
+
+    def row(self, preset: str, evaluator: str, width: int) -> ParallelRow:
+        return next(r for r in self.rows if (r.preset, r.evaluator, r.width) == (preset, evaluator, width))
+
+
+@dataclass(frozen=True)
 class Target:
     """One target of issue 5: what it asks, the measured figure, whether it is met."""
 
@@ -211,6 +260,7 @@ class DeviceResult:
     scaling: Scaling
     targets: Mapping[str, Target]
     fidelity: Any = None  # rain_bench.fidelity.FidelityReport of the presets on this model
+    parallel: Parallel | None = None
 
 
 @dataclass(frozen=True)

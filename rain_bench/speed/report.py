@@ -12,10 +12,12 @@ from .plan import (
     TARGET_ENGINE_GAIN,
     TARGET_FAST_BEST_CASE,
     TARGET_LINEAR_GROWTH,
+    TARGET_PARALLEL_MEMORY,
+    TARGET_PARALLEL_WORST_CASE,
     TARGET_PEAK_MEMORY,
     variant_key,
 )
-from .records import Device, DeviceError, SpeedReport
+from .records import Device, DeviceError, DeviceResult, Parallel, SpeedReport
 
 
 def _fmt_config(cfg: object) -> str:
@@ -31,7 +33,7 @@ def met(flag: bool) -> str:
 def _cells(dev: Device) -> list[str]:
     """One column of the summary table for one device."""
     if isinstance(dev, DeviceError):
-        return [f"error: {dev.error}"] + [""] * 12
+        return [f"error: {dev.error}"] + [""] * 16
     o, e, w, m, s, t = dev.overhead, dev.engine, dev.forward_work, dev.memory, dev.scaling, dev.targets
     r = o.rain
     fast = {name: r[variant_key(name, "fast")] for name in ("self", "everything", "nothing")}
@@ -48,6 +50,7 @@ def _cells(dev: Device) -> list[str]:
             f"{'acceptable' if fid.acceptable('fast') else 'NOT acceptable'} "
             f"({sum(x.acceptable('fast') for x in fid.results)}/{len(fid.results)} scenarios)"
         ),
+        _side_by_side_fidelity(fid),
         f"{fmt_x(r['self'].wall_ratio)} ({r['self'].searches_per_commit:.1f} searches/commit)",
         f"{fmt_x(r['everything'].wall_ratio)} ({r['everything'].searches_per_commit:.1f} searches/commit)"
         f" — {met(t['best_case_overhead'].met)}",
@@ -65,13 +68,54 @@ def _cells(dev: Device) -> list[str]:
         f"{fmt_x(s.growth)} (vanilla {fmt_x(s.vanilla_growth)})"
         + ("" if s.reached_cap else ", EOS before cap")
         + f" — {met(t['linear_cost'].met)}",
+        *_parallel_cells(dev),
     ]
+
+
+def _side_by_side_fidelity(fid: object) -> str:
+    """Each ``official B=n`` preset of the fidelity section: within the official interval on how many scenarios."""
+    if fid is None:
+        return "n/a"
+    names = [n for n in getattr(fid, "presets", {}) if n.startswith("official B=")]
+    if not names:
+        return "n/a"
+    results = getattr(fid, "results", [])
+    return "; ".join(f"{n[len('official ') :]}: {sum(r.acceptable(n) for r in results)}/{len(results)}" for n in names)
+
+
+def _parallel_cells(dev: DeviceResult) -> list[str]:
+    """Section 7's summary cells: the worst case and self-evaluation at the widest width against 1,
+    and the memory at the widest width."""
+    p, t = dev.parallel, dev.targets
+    if p is None:
+        return ["n/a"] * 4
+    widest, one = max(p.widths), min(p.widths)
+    cells = []
+    for preset, name in (("official", "nothing"), ("fast", "nothing"), ("official", "self")):
+        row, base = p.row(preset, name, widest), p.row(preset, name, one)
+        cell = (
+            f"{fmt_x(row.versus_one)} ({fmt_x(row.per_token_ratio)} against {fmt_x(base.per_token_ratio)} plain "
+            f"per token; {row.model_calls_per_commit:.1f} against {base.model_calls_per_commit:.1f} model calls/commit)"
+        )
+        key = f"parallel_worst_case_{preset}"
+        if name == "nothing" and key in t:
+            cell += f" — {met(t[key].met)}"
+        cells.append(cell)
+    m = p.memory
+    cells.append(
+        "n/a"
+        if m is None
+        else f"{fmt_x(m.ratio)} ({fmt_mib(m.rain_peak_bytes)} / {fmt_mib(m.vanilla_peak_bytes)})"
+        + (f" — {met(t['parallel_memory'].met)}" if "parallel_memory" in t else "")
+    )
+    return cells
 
 
 def render_table(report: SpeedReport) -> str:
     """The one summary table: a row per figure, a column per device."""
     plan = report.config
     lengths, budget = plan["lengths"], plan["fixed_budget_overrides"]["max_searches"]
+    wide = max(plan.get("parallel_widths", [8]))
     labels = [
         (
             "1f",
@@ -81,6 +125,7 @@ def render_table(report: SpeedReport) -> str:
         ("1f", "fast preset, self-evaluation: RAIN / plain per token", "—"),
         ("1f", "fast preset, satisfied with nothing (worst case): RAIN / plain per token", "—"),
         ("6", "fast preset's avoidance within the official search's 95% interval (fidelity)", "every scenario"),
+        ("6", "avoidance of searches side by side within the official search's interval", "every scenario"),
         ("1", "RAIN / vanilla wall time, self-evaluation", "—"),
         ("1", "RAIN / vanilla wall time, satisfied with everything (best case)", f"≤ {TARGET_BEST_CASE_OVERHEAD:g}x"),
         ("1", "RAIN / vanilla wall time, satisfied with nothing (worst case)", "—"),
@@ -93,6 +138,18 @@ def render_table(report: SpeedReport) -> str:
         ("4", "peak memory RAIN / vanilla", f"≤ {TARGET_PEAK_MEMORY:g}x"),
         ("5", "RAIN seconds per token by max_new_tokens", "—"),
         ("5", f"per-token cost at {lengths[-1]} / at {lengths[0]} tokens", f"≤ {TARGET_LINEAR_GROWTH:g}x (linear)"),
+        (
+            "7",
+            f"worst case, official search: time per token at parallel_searches={wide} / at 1",
+            f"≤ {TARGET_PARALLEL_WORST_CASE:g}x",
+        ),
+        (
+            "7",
+            f"worst case, fast preset: time per token at parallel_searches={wide} / at 1",
+            f"≤ {TARGET_PARALLEL_WORST_CASE:g}x",
+        ),
+        ("7", f"self-evaluation, official search: time per token at parallel_searches={wide} / at 1", "—"),
+        ("7", f"peak memory at parallel_searches={wide} / plain decoding", f"≤ {TARGET_PARALLEL_MEMORY:g}x"),
     ]
     names = list(report.devices)
     columns = {name: _cells(report.devices[name]) for name in names}
@@ -196,14 +253,16 @@ def render_markdown(report: SpeedReport) -> str:
             + ("." if s.reached_cap else "; some answers ended (EOS) before the cap."),
             "",
         ]
+        if dev.parallel is not None:
+            lines += _parallel_details(dev.parallel)
         if dev.fidelity is not None:
             from ..fidelity import render_table as fidelity_table
 
             lines += [
-                "### 6. Fidelity of the fast preset to the official search",
+                "### 6. Fidelity of the fast preset and of searches side by side to the official search",
                 "",
                 f"{dev.fidelity.seeds} seeds per scenario and preset; evaluator -1 when the answer so far "
-                "contains the penalised word, +1 otherwise; acceptable when the fast preset's avoidance rate "
+                "contains the penalised word, +1 otherwise; acceptable when a preset's avoidance rate "
                 "lies inside the official search's 95% Wilson interval "
                 f"({dev.fidelity.seconds:.0f} s).",
                 "",
@@ -211,6 +270,36 @@ def render_markdown(report: SpeedReport) -> str:
                 "",
             ]
     return "\n".join(lines)
+
+
+def _parallel_details(p: Parallel) -> list[str]:
+    lines = [
+        f"### 7. Searches side by side ({p.max_new_tokens} new tokens, {_fmt_config(p.config)})",
+        "",
+        f"Plain decoding: {p.vanilla.seconds:.2f} s for {p.vanilla.new_tokens} tokens. Per-token ratios are over "
+        "plain decoding in this run; 'against 1' is the time per token over the same preset and evaluator at "
+        "parallel_searches=1. Model calls count a batch once; forward passes are the engine's.",
+        "",
+        "| preset | evaluator | parallel_searches | seconds | tokens | RAIN / plain per token | against 1 "
+        "| searches/commit | model calls/commit | forward passes/commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in p.rows:
+        d = r.decodes
+        lines.append(
+            f"| {r.preset} | {r.evaluator} | {r.width} | {d.seconds:.1f} | {d.new_tokens} | "
+            f"{fmt_x(r.per_token_ratio)} | {fmt_x(r.versus_one)} | {r.searches_per_commit:.1f} | "
+            f"{r.model_calls_per_commit:.1f} | {r.forward_calls_per_commit:.1f} |"
+        )
+    if p.memory is not None:
+        m = p.memory
+        lines += [
+            "",
+            f"Peak memory at parallel_searches={m.width} ({m.measure}; {', '.join(m.evaluators)}): "
+            f"{fmt_mib(m.rain_peak_bytes)} against plain decoding's {fmt_mib(m.vanilla_peak_bytes)}, "
+            f"{fmt_x(m.ratio)}.",
+        ]
+    return lines + [""]
 
 
 def report_name(report: SpeedReport) -> str:

@@ -13,6 +13,8 @@ as far as it can.
 4. Peak memory of RAIN over vanilla (resident set size on CPU, CUDA allocator peak on the GPU).
 5. Seconds per generated token as ``max_new_tokens`` grows, and the ratio of the largest to the
    smallest length (about 1 when the cost is linear in the answer length).
+6. Fidelity of the fast preset and of searches side by side to the official search (``fidelity``).
+7. Searches side by side (``parallel``): three evaluators at parallel_searches 1, 4 and 8.
 
 The engine is read only through public methods: ``variant(...)`` (a twin over the same weights with
 other engine options), ``memory_stats()`` and, through the decoder, ``engine_stats()``.
@@ -27,6 +29,7 @@ from functools import partial
 from typing import Any
 
 from ..harness import machine_info, now_iso, ratio, timed
+from .parallel import measure_parallel
 from .plan import (
     EVALUATOR_LABELS,
     EVALUATORS,
@@ -36,6 +39,8 @@ from .plan import (
     TARGET_ENGINE_GAIN,
     TARGET_FAST_BEST_CASE,
     TARGET_LINEAR_GROWTH,
+    TARGET_PARALLEL_MEMORY,
+    TARGET_PARALLEL_WORST_CASE,
     TARGET_PEAK_MEMORY,
     WARMUP_PROMPT,
     Plan,
@@ -50,6 +55,7 @@ from .records import (
     ForwardWork,
     Memory,
     Overhead,
+    Parallel,
     RainVariant,
     Scaling,
     ScalingRow,
@@ -237,12 +243,18 @@ def measure_scaling(lm: Any, plan: Plan, device: str = "cpu", progress: Progress
 
 
 def verdicts(
-    overhead: Overhead, engine: EngineComparison, memory: Memory, scaling: Scaling, plan: Plan
+    overhead: Overhead,
+    engine: EngineComparison,
+    memory: Memory,
+    scaling: Scaling,
+    plan: Plan,
+    parallel: Parallel | None = None,
 ) -> dict[str, Target]:
-    """Each target of issue 5: the measured figure and whether it is met."""
+    """Each target: the measured figure and whether it is met."""
     best = overhead.rain["everything"].wall_ratio
     fast = overhead.rain[variant_key("everything", "fast")].per_token_ratio
-    return {
+    targets = _parallel_targets(parallel) if parallel is not None else {}
+    return targets | {
         "fast_best_case": Target(
             target=f"best case RAIN <= {TARGET_FAST_BEST_CASE:g}x plain decoding per token with the fast preset",
             value=fast,
@@ -272,6 +284,28 @@ def verdicts(
     }
 
 
+def _parallel_targets(parallel: Parallel) -> dict[str, Target]:
+    """Issue 20's targets: the worst case at the widest width against width 1, and its memory."""
+    widest = max(parallel.widths)
+    out = {}
+    for preset in PRESETS:
+        value = parallel.row(preset, "nothing", widest).versus_one
+        out[f"parallel_worst_case_{preset}"] = Target(
+            target=f"worst case at parallel_searches={widest} <= {TARGET_PARALLEL_WORST_CASE:g}x of 1 per token "
+            f"({PRESET_LABELS[preset]})",
+            value=value,
+            met=bool(value <= TARGET_PARALLEL_WORST_CASE),
+        )
+    if parallel.memory is not None:
+        out["parallel_memory"] = Target(
+            target=f"peak memory at parallel_searches={parallel.memory.width} <= "
+            f"{TARGET_PARALLEL_MEMORY:g}x plain decoding",
+            value=parallel.memory.ratio,
+            met=bool(parallel.memory.ratio <= TARGET_PARALLEL_MEMORY),
+        )
+    return out
+
+
 def measure_fidelity(lm: Any, plan: Plan, progress: Progress = _noop) -> Any:
     """Section 6: the fast preset against the official search on penalised-word scenarios
     (``rain_bench.fidelity``)."""
@@ -286,6 +320,7 @@ def measure_fidelity(lm: Any, plan: Plan, progress: Progress = _noop) -> Any:
         lm,
         scenarios=scenarios,
         seeds=plan.fidelity_seeds,
+        presets=fidelity.default_presets(plan.fidelity_widths),
         overrides=overrides,
         mode=plan.mode,
         progress=lambda label: progress(f"6 fidelity {label}"),
@@ -301,6 +336,7 @@ def measure_device(lm: Any, plan: Plan, device: str, dtype: str, progress: Progr
     engine, work = measure_engine(lm, plan, device, progress)
     scaling = measure_scaling(lm, plan, device, progress)
     fidelity = measure_fidelity(lm, plan, progress)
+    parallel = measure_parallel(lm, plan, device, progress)
     return DeviceResult(
         model=Path(str(lm.name)).name,
         dtype=dtype,
@@ -310,8 +346,9 @@ def measure_device(lm: Any, plan: Plan, device: str, dtype: str, progress: Progr
         forward_work=work,
         memory=memory,
         scaling=scaling,
-        targets=verdicts(overhead, engine, memory, scaling, plan),
+        targets=verdicts(overhead, engine, memory, scaling, plan, parallel),
         fidelity=fidelity,
+        parallel=parallel,
     )
 
 
