@@ -72,7 +72,8 @@ def test_report_files_exist_and_are_complete(report):
         # section 7: every preset, evaluator and width, each with its cost per commit
         p = dev["parallel"]
         keys = {(r["preset"], r["evaluator"], r["width"]) for r in p["rows"]}
-        assert keys == {(a, b, w) for a in ("official", "fast") for b in ("nothing", "self", "mixed") for w in (1, 4, 8)}
+        presets, evaluators = ("official", "fast"), ("nothing", "self", "mixed")
+        assert keys == {(a, b, w) for a in presets for b in evaluators for w in (1, 4, 8)}
         for r in p["rows"]:
             assert _finite(r["per_token_ratio"]) and _finite(r["versus_one"]) and r["model_calls_per_commit"] > 0
             assert r["width"] != 1 or r["versus_one"] == 1.0
