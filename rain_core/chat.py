@@ -1,6 +1,6 @@
-"""Chat messages as RAIN sees them: validation, the transcript evaluators read, what a model's chat
-template can render (probed through the protocol's ``chat_prompt``), and stop-string helpers shared
-by the decoder and the adapters."""
+"""Chat messages as RAIN sees them: validation, the rendered prompt and the transcript evaluators
+read, what a model's chat template can render (probed through the protocol's ``chat_prompt``), and
+stop-string helpers shared by the decoder and the adapters."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from .protocols import LanguageModel
+from .protocols import ContextTooLongError, LanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,36 @@ def transcript(messages: Sequence[Message]) -> str:
             content = (content + f" [calls tools: {names}]").strip()
         lines.append(f"{str(m['role']).capitalize()}: {content}")
     return "\n".join(lines)
+
+
+def render_prompt(
+    lm: LanguageModel, prompt: Any, *, chat: bool = True, chat_kwargs: Mapping[str, Any] | None = None
+) -> tuple[list[int], str]:
+    """Token ids of ``prompt`` (text, or chat messages) rendered for ``lm``, and the transcript the
+    evaluator reads. ``chat=False`` encodes a text as it is, without the chat template."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; pass some text or chat messages")
+        if not chat:
+            return lm.encode(prompt), f"Text: {prompt.strip()}"
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, bytes):
+        raise TypeError("the prompt must be text (str) or chat messages, not bytes; decode it first")
+    else:
+        messages = validate_messages(prompt)
+    rendered = lm.chat_prompt(messages, add_generation_prompt=True, **dict(chat_kwargs or {}))
+    return lm.encode(rendered), transcript(messages)
+
+
+def check_room(lm: LanguageModel, prompt_ids: Sequence[int], max_length: int) -> None:
+    """A ``ContextTooLongError`` unless ``prompt_ids`` leave room for an answer."""
+    limit = min(max_length, lm.context_length)
+    if len(prompt_ids) >= limit:
+        raise ContextTooLongError(
+            f"the prompt is {len(prompt_ids)} tokens; it must be shorter than {limit} "
+            f"(min of max_length={max_length} and {lm.name}'s context {lm.context_length}) "
+            "to leave room for an answer. Shorten it or raise max_length."
+        )
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

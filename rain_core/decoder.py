@@ -7,19 +7,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, Union
 
-from .chat import Message, TemplateSupport, cut_at_stop, template_support, transcript, validate_messages
+from .chat import (
+    Message,
+    TemplateSupport,
+    check_room,
+    cut_at_stop,
+    render_prompt,
+    template_support,
+    validate_messages,
+)
 from .config import RainConfig, Scoring
+from .control import Cancel, model_lock, resolve_seed, stop_test
 from .evaluators import CallableEvaluator, SelfEvaluator
 from .protocols import (
     AsyncLanguageModel,
-    ContextTooLongError,
     Encoder,
     Evaluator,
     EvaluatorError,
@@ -48,43 +54,8 @@ __all__ = [
 ]
 
 Prompt = Union[str, Sequence[Message]]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
-Cancel = Union[threading.Event, Callable[[], bool], None]  # noqa: UP007
-"""A caller's way to stop a decode: an ``Event`` it sets, or a function that returns True."""
-
 OnCommit = Callable[[dict[str, Any]], None]
 """Told each commit as it happens: its ``commit_log`` entry (tokens, text, searches, value, ...)."""
-
-_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(lm: Any) -> threading.RLock:
-    """One lock per model that serves one decode at a time (its KV cache and weights): every
-    decoder of that model takes it for each commit."""
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(lm)
-        if lock is None:
-            lock = _MODEL_LOCKS[lm] = threading.RLock()
-        return lock
-
-
-def resolve_seed(seed: int | None) -> int:
-    """The config's seed, or a fresh random one when it is None."""
-    return seed if seed is not None else secrets.randbelow(2**31 - 1)
-
-
-def _should_stop(cancel: Cancel, left: threading.Event | None = None) -> Callable[[], bool] | None:
-    """The search's stop test: the caller's ``cancel``, or ``left`` (the stream was abandoned)."""
-    if cancel is not None and not isinstance(cancel, threading.Event) and not callable(cancel):
-        raise TypeError(
-            f"cancel must be a threading.Event or a function returning True to stop, got {type(cancel).__name__}"
-        )
-    tests = [t for t in (cancel.is_set if isinstance(cancel, threading.Event) else cancel, left and left.is_set) if t]
-    if not tests:
-        return None
-    if len(tests) == 1:
-        return tests[0]
-    return lambda: any(test() for test in tests)
 
 
 class RainDecoder:
@@ -101,6 +72,15 @@ class RainDecoder:
 
     Decodes on an engine without ``concurrent = True`` (one local model) take turns one commit at a
     time; on a server engine they run side by side.
+
+    Example, on the embedded model with tiny budgets and an evaluator that likes every reply:
+
+    >>> from rain_core import RainDecoder, load_default_model
+    >>> dec = RainDecoder(load_default_model(), lambda prompt, reply: 1.0, max_new_tokens=8, max_searches=2)
+    >>> stream = dec.stream("Name a fruit.")
+    >>> text = "".join(stream)  # each piece is final as soon as it arrives
+    >>> stream.done, text == stream.result.text, stream.result.finish_reason in ("eos", "length")
+    (True, True, True)
     """
 
     def __init__(
@@ -135,7 +115,7 @@ class RainDecoder:
         self._default_evaluators: dict[Scoring, Evaluator] = {}
         self._encoder = encoder
         self._parts_lock = threading.Lock()
-        self._lock = _model_lock(lm)
+        self._lock = model_lock(lm)
 
     # --- parts ----------------------------------------------------------------------------------
     @property
@@ -186,27 +166,7 @@ class RainDecoder:
         self, prompt: Prompt, *, chat: bool = True, chat_kwargs: Mapping[str, Any] | None = None
     ) -> tuple[list[int], str]:
         """Token ids of the rendered prompt, and the transcript the evaluator reads."""
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ValueError("the prompt is empty; pass some text or chat messages")
-            if not chat:
-                return self.lm.encode(prompt), f"Text: {prompt.strip()}"
-            messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, bytes):
-            raise TypeError("the prompt must be text (str) or chat messages, not bytes; decode it first")
-        else:
-            messages = validate_messages(prompt)
-        rendered = self.lm.chat_prompt(messages, add_generation_prompt=True, **dict(chat_kwargs or {}))
-        return self.lm.encode(rendered), transcript(messages)
-
-    def _check_room(self, prompt_ids: Sequence[int], cfg: RainConfig) -> None:
-        limit = min(cfg.max_length, self.lm.context_length)
-        if len(prompt_ids) >= limit:
-            raise ContextTooLongError(
-                f"the prompt is {len(prompt_ids)} tokens; it must be shorter than {limit} "
-                f"(min of max_length={cfg.max_length} and {self.lm.name}'s context {self.lm.context_length}) "
-                "to leave room for an answer. Shorten it or raise max_length."
-            )
+        return render_prompt(self.lm, prompt, chat=chat, chat_kwargs=chat_kwargs)
 
     def _search(
         self,
@@ -220,7 +180,7 @@ class RainDecoder:
     ) -> RainSearch:
         cfg = self.resolve_config(config, **overrides)
         prompt_ids, eval_prompt = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
-        self._check_room(prompt_ids, cfg)
+        check_room(self.lm, prompt_ids, cfg.max_length)
         deadline = time.monotonic() + cfg.max_seconds if cfg.max_seconds is not None else None
         return RainSearch(
             self.lm,
@@ -322,7 +282,7 @@ class RainDecoder:
         stops the decode; so does ``cancel`` (an ``Event`` set, or a function returning True),
         before the next model call, with ``DecodeCancelled``. ``on_commit`` is told each commit's
         log entry as it happens (for callbacks and traces)."""
-        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, _should_stop(cancel))
+        search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, stop_test(cancel))
         before = self._engine_stats()
         return RainStream(self._pieces(search, self._commits(search, before), before, on_commit))
 
@@ -374,7 +334,7 @@ class RainDecoder:
         closing the stream, stops the decode before its next model call and frees the model."""
         on_loop = isinstance(self.lm, AsyncLanguageModel) and is_concurrent(self.lm)
         left = threading.Event()  # set when this stream is left: a commit in a worker thread stops
-        should_stop = _should_stop(cancel, None if on_loop else left)
+        should_stop = stop_test(cancel, None if on_loop else left)
         search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, should_stop)
         before = self._engine_stats()
         commits = search.arun() if on_loop else self._commits_in_threads(search, before, left)
@@ -467,7 +427,7 @@ class RainDecoder:
         """Plain sampling with the same model, temperature, top-k, seed and limits (no search)."""
         cfg = self.resolve_config(config, **overrides)
         prompt_ids, _ = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
-        self._check_room(prompt_ids, cfg)
+        check_room(self.lm, prompt_ids, cfg.max_length)
         budget = cfg.token_budget(len(prompt_ids), self.lm.context_length)
         before = self._engine_stats()
         t0 = time.perf_counter()

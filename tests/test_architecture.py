@@ -22,6 +22,7 @@ CORE = [
     "search",
     "results",
     "streams",
+    "control",
     "decoder",
     "config",
     "evaluators",
@@ -43,7 +44,8 @@ ALLOWED = {
     "search": {"config", "drivers", "phases", "protocols", "tree"},
     "results": set(),
     "streams": {"chat", "results"},
-    "decoder": {"chat", "config", "evaluators", "protocols", "results", "search", "streams"},
+    "control": set(),
+    "decoder": {"chat", "config", "control", "evaluators", "protocols", "results", "search", "streams"},
 }
 
 

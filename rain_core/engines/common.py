@@ -1,10 +1,14 @@
-"""Pieces every engine shares: work counters, the suffix-token table, the plain chat transcript."""
+"""Pieces the engines share: work counters, the suffix-token table, the plain chat transcript, one
+call at a time per engine, and what counts as running out of memory."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -41,3 +45,28 @@ def plain_transcript(messages: Sequence[Mapping[str, Any]], add_generation_promp
     if add_generation_prompt:
         lines.append("Assistant:")
     return "\n".join(lines) + ("" if add_generation_prompt else "\n")
+
+
+def serialised(method: F) -> F:
+    """One call at a time per engine (its ``_lock``): the KV cache and the model's buffers are not
+    thread-safe, and callers outside a decode (a guard, a judge shared by two decoders) may call
+    from any thread."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU allocation failure (as opposed to any other error of a forward pass)."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError)
+        and ("out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text)
+    )
