@@ -1,5 +1,10 @@
 """Framework adapters for RAIN: ``rain_integrations.langchain`` (``pip install "rain-align[langchain]"``)
 and ``rain_integrations.llamaindex`` (``[llamaindex]``). Each is imported on its own, so one framework
-never needs the other. What they share, written once, is in ``_common`` (decoders, decode events,
-the sync->async bridge that cancels a decode whose caller went away) and ``_tools`` (tool rendering
-and tool-call parsing); docs/integrations.md describes both."""
+never needs the other. What they share, written once:
+
+- ``options``: the options of every ``from_*`` constructor (one description: signatures, docs, checks);
+- ``_build``: building an adapter from those options (the model, a judge or guard model, the decoder);
+- ``_decoding``: one decode as events, blocking or async, over ``RainDecoder.stream``/``astream``;
+- ``_tools``: tool rendering, tool-call parsing and the holdback of call syntax in streams.
+
+docs/integrations.md describes both adapters."""

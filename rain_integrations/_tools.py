@@ -43,6 +43,7 @@ __all__ = [
     "parse_reply",
     "parse_tool_calls",
     "render_tools",
+    "ToolCallHoldback",
     "tool_call_start",
     "tool_names",
     "tools_instruction",
@@ -290,3 +291,38 @@ def tool_call_start(text: str) -> int:
         if text.endswith(TOOL_CALL_OPEN[:n]):
             return len(text) - n
     return len(text)
+
+
+class ToolCallHoldback:
+    """What a streamed reply may show as it comes, written once for every adapter. With tools offered,
+    text from where a tool call may begin is held back until the reply is complete, so call syntax
+    never reaches the user as content; the last delta is settled against the parsed reply."""
+
+    def __init__(self, tools_offered: bool) -> None:
+        self.hold = tools_offered
+        self.text = ""
+        self.sent = 0
+
+    @property
+    def shown(self) -> str:
+        """The text handed out so far."""
+        return self.text[: self.sent]
+
+    def release(self, piece: str) -> str:
+        """Take in ``piece``; the new text that may be shown now (maybe empty)."""
+        self.text += piece
+        safe = tool_call_start(self.text) if self.hold else len(self.text)
+        if safe <= self.sent:
+            return ""
+        new, self.sent = self.text[self.sent : safe], safe
+        return new
+
+    def last(self, piece: str, content: str, has_calls: bool) -> str:
+        """The last delta, after the reply's last ``piece``: the rest of its text, or when the reply
+        held tool calls, the rest of its parsed ``content`` (nothing, if that no longer starts with
+        what was shown)."""
+        self.text += piece
+        shown, self.sent = self.shown, len(self.text)
+        if not has_calls:
+            return self.text[len(shown) :]
+        return content[len(shown) :] if content.startswith(shown) else ""

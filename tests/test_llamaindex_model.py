@@ -149,7 +149,7 @@ def test_chat_engine_streams_over_the_index(index, model_llm):
 
 
 def test_settings_llm_from_default_serves_the_whole_app(default_lm, embed_model, monkeypatch):
-    monkeypatch.setattr(loading, "_SHARED_DEFAULT", default_lm)  # the session's copy: no second load
+    monkeypatch.setattr(loading, "shared_default_model", lambda: default_lm)  # the session's copy: no second load
     monkeypatch.setattr(Settings, "_llm", None)
     monkeypatch.setattr(Settings, "_embed_model", None)
     Settings.llm = RainLlamaIndexLLM.from_default(words_penalty("kill"), **SMALL)

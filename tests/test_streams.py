@@ -1,13 +1,15 @@
 """Streams end cleanly: the last chunk of every adapter's stream carries the reply's last token set
 together with the metadata, so no stream (and no ``prompt | chat | StrOutputParser()`` chain) ends
-with an empty piece; a held piece still goes out as soon as the next search starts; and
-``stream_events``, which does the holding, loses, reorders and delays nothing beyond its rule."""
+with an empty piece; a decode that ends with no text left (an empty reply, a stop string at once)
+ends with one empty chunk that carries the metadata; each piece goes out as soon as its token set is
+committed. Underneath, ``decode_events`` and ``adecode_events`` turn ``RainDecoder.stream``/``astream``
+into commits, text and a last ``Done`` that holds the last text, and stop the decode when left."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,11 +17,11 @@ from conftest import SMALL
 from fakes import PRINTABLE, ScriptedLM
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_fakes import joined
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-import rain_integrations._common as common
-from rain_core import RainDecoder
-from rain_integrations._common import LAST_TEXT_WAIT, Commit, Done, Event, Text, stream_events
+from rain_core import DecodeCancelled, EvaluatorError, RainDecoder
+from rain_integrations._decoding import Commit, Done, Text, adecode_events, decode_events
 from rain_integrations.langchain import ChatRain, RainLLM
 from rain_integrations.llamaindex import RainLlamaIndexLLM
 
@@ -58,12 +60,9 @@ async def test_chat_rain_last_chunk_carries_text_and_metadata():
         assert last.content and last.chunk_position == "last"
         assert last.usage_metadata and last.response_metadata["finish_reason"] == "eos"
         assert [c for c in chunks if c.usage_metadata] == [last] and all(c.content for c in chunks)
-        full = chunks[0]
-        for c in chunks[1:]:
-            full = full + c
-        assert full.content == REPLY and full.response_metadata["rain"]["commits"] == len(
-            full.response_metadata["rain_commits"]
-        )
+        full = joined(chunks)
+        assert full.content == REPLY
+        assert full.response_metadata["rain"]["commits"] == len(full.response_metadata["rain_commits"])
 
 
 async def test_rain_llm_streams_end_with_text():
@@ -76,17 +75,26 @@ async def test_rain_llm_streams_end_with_text():
 
 
 def test_a_reply_cut_by_a_stop_string_ends_with_its_text():
-    chat = ChatRain(decoder=decoder(), stop=[" and"])
-    chunks = list(chat.stream("hi"))
+    chunks = list(ChatRain(decoder=decoder(), stop=[" and"]).stream("hi"))
     assert "".join(c.content for c in chunks) == "Blue, green"
     assert chunks[-1].content and chunks[-1].response_metadata["finish_reason"] == "stop"
 
 
 def test_a_reply_cut_by_max_tokens_ends_with_its_text():
-    chat = ChatRain(decoder=decoder(), max_tokens=7)
-    chunks = list(chat.stream("hi"))
+    chunks = list(ChatRain(decoder=decoder(), max_tokens=7).stream("hi"))
     assert "".join(c.content for c in chunks) == REPLY[:7]
     assert chunks[-1].content and chunks[-1].response_metadata["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(("reply", "stop", "reason"), [("", None, "eos"), (REPLY, ["Blue"], "stop")])
+async def test_a_decode_with_no_text_ends_with_one_metadata_chunk(reply, stop, reason):
+    chat = ChatRain(decoder=decoder(reply), stop=stop)
+    for chunks in (list(chat.stream("hi")), [c async for c in chat.astream("hi")]):
+        assert len(chunks) == 1, chunks
+        (last,) = chunks
+        assert last.content == "" and last.chunk_position == "last"
+        assert last.response_metadata["finish_reason"] == reason and last.usage_metadata["output_tokens"] >= 0
+    assert list(RainLLM(decoder=decoder(reply, marker="A:"), stop=stop).stream("Q: colours?\nA:")) == [""]
 
 
 # --- LlamaIndex --------------------------------------------------------------------------------------
@@ -109,17 +117,20 @@ async def test_llamaindex_streams_end_with_text():
     assert [r async for r in await llm.astream_chat(USER)][-1].message.content == REPLY
 
 
+def test_a_llamaindex_stream_with_no_text_ends_with_the_statistics():
+    (only,) = list(RainLlamaIndexLLM(decoder("")).stream_chat(USER))
+    assert only.delta == "" and only.additional_kwargs["finish_reason"] == "eos"
+
+
 def test_a_plain_llamaindex_stream_is_one_response():
     responses = list(RainLlamaIndexLLM(decoder(), plain=True).stream_complete("Name three colours."))
     assert [r.delta for r in responses] == [REPLY] and responses[0].additional_kwargs["rain_stats"]
 
 
-# --- the held piece goes out as soon as the next search starts ----------------------------------------
-def test_each_piece_arrives_when_the_next_search_starts_not_after_the_next_commit(monkeypatch):
-    """40 searches per commit on a slow fake (over half a second each): holding a piece until the
-    next commit would double the wait for the first one. The fallback wait is made long, so only the
-    next search's start can have sent the piece."""
-    monkeypatch.setattr(common, "LAST_TEXT_WAIT", 30.0)
+# --- each piece goes out as soon as its token set is committed -------------------------------------
+def test_each_piece_arrives_when_its_token_set_is_committed():
+    """40 searches per commit on a slow fake (over half a second each): the first chunk arrives when
+    the first commit is made, not one commit later."""
     chat = ChatRain(decoder=decoder(delay=0.005, max_searches=40, extra_searches=40, value_threshold=1.0))
     t0 = time.perf_counter()
     stream = chat.stream("hi")
@@ -128,95 +139,99 @@ def test_each_piece_arrives_when_the_next_search_starts_not_after_the_next_commi
     stream.close()
     (commit,) = first.response_metadata["rain_commits"]
     assert first.content and commit["seconds"] > 0.3
-    assert arrived < commit["seconds"] * 1.5 + 0.2, (arrived, commit["seconds"])
+    assert arrived < commit["seconds"] * 1.2 + 0.2, (arrived, commit["seconds"])
 
 
-# --- stream_events itself ------------------------------------------------------------------------------
-def events_then(steps: list[Any]) -> Callable[[Callable[[], bool]], Iterator[Event]]:
-    """A decode's events as ``start(poll)``: each step is an event, ``"poll"`` (a search starts) or a
-    number of seconds the decode works without polling (its model busy elsewhere)."""
-
-    def start(poll: Callable[[], bool]) -> Iterator[Event]:
-        for step in steps:
-            if step == "poll":
-                if poll():
-                    raise RuntimeError("cancelled")
-            elif isinstance(step, float):
-                time.sleep(step)
-            else:
-                yield step
-
-    return start
+# --- the events underneath -----------------------------------------------------------------------------
+def check_events(events: list[Any]) -> None:
+    """Commits come before the text they made; every text is new; the last event is ``Done`` with the
+    reply's last text and the result; the commits are numbered in order."""
+    *middle, done = events
+    assert isinstance(done, Done) and done.text and done.result.text == REPLY
+    assert all(isinstance(e, (Commit, Text)) for e in middle) and isinstance(middle[0], Commit)
+    assert "".join(e.text for e in middle if isinstance(e, Text)) + done.text == REPLY
+    assert all(e.text for e in middle if isinstance(e, Text))
+    commits = [e.data for e in middle if isinstance(e, Commit)]
+    assert [c["index"] for c in commits] == list(range(done.result.stats["commits"]))
 
 
-def timed(events: Iterator[Event]) -> list[tuple[Event, float]]:
-    t0 = time.perf_counter()
-    return [(event, time.perf_counter() - t0) for event in events]
+def timeless(events: list[Any]) -> list[Any]:
+    """Each event's kind and content, without the seconds it took."""
+    return [
+        (type(e).__name__, {k: v for k, v in e.data.items() if k != "seconds"})
+        if isinstance(e, Commit)
+        else (type(e).__name__, e.text)
+        for e in events
+    ]
 
 
-DONE = Done(result=None)  # type: ignore[arg-type]  # stream_events never looks inside
+async def test_blocking_and_async_events_are_the_same():
+    dec = decoder(seed=5)
+    blocking = list(decode_events(dec, "hi"))
+    check_events(blocking)
+    awaited = [e async for e in adecode_events(dec, "hi")]
+    check_events(awaited)
+    assert timeless(awaited) == timeless(blocking)
 
 
-def test_the_last_piece_goes_out_with_the_result():
-    out = list(
-        stream_events(
-            events_then([Commit({"index": 0}), Text("a"), "poll", Commit({"index": 1}), Text("b"), Text("c"), DONE])
-        )
-    )
-    assert out == [Commit({"index": 0}), Text("a"), Commit({"index": 1}), Done(None, "bc")]  # type: ignore[arg-type]
+def test_on_commit_sees_each_commit_as_it_happens():
+    seen: list[dict[str, Any]] = []
+    events = list(decode_events(decoder(), "hi", on_commit=seen.append))
+    assert seen == [e.data for e in events if isinstance(e, Commit)] and seen
 
 
-def test_a_piece_goes_out_when_a_search_starts():
-    out = timed(stream_events(events_then([Text("a"), "poll", 1.0, Text("b"), DONE])))
-    assert [e for e, _ in out] == [Text("a"), Done(None, "b")]  # type: ignore[arg-type]
-    assert out[0][1] < 0.5 and out[1][1] >= 1.0
+async def settled(lm: Any) -> int:
+    """The model's forward passes once nothing uses it any more."""
+    count = -1
+    while count != lm.stats.forward_calls:
+        count = lm.stats.forward_calls
+        await asyncio.sleep(0.3)
+    return count
 
 
-def test_a_piece_goes_out_after_the_wait_when_the_decode_gives_no_sign():
-    out = timed(stream_events(events_then([Text("a"), 1.0, Text("b"), DONE])))
-    assert [e for e, _ in out] == [Text("a"), Done(None, "b")]  # type: ignore[arg-type]
-    assert LAST_TEXT_WAIT <= out[0][1] < LAST_TEXT_WAIT + 0.5 and out[1][1] >= 1.0
-
-
-def test_errors_are_raised_in_the_consumer_after_the_pieces_before_them():
-    def start(poll: Callable[[], bool]) -> Iterator[Event]:
-        yield Text("a")
-        poll()
-        raise ValueError("the evaluator failed")
-
-    events = stream_events(start)
-    assert next(events) == Text("a")
-    with pytest.raises(ValueError, match="the evaluator failed"):
-        next(events)
-
-
-def test_closing_stops_the_decode_and_waits_for_its_thread():
-    polls_after_close: list[bool] = []
-    closed = threading.Event()
-
-    def start(poll: Callable[[], bool]) -> Iterator[Event]:
-        yield Text("a")
-        while True:  # a long decode: a search, then the next
-            stop = poll()
-            if closed.is_set():
-                polls_after_close.append(stop)
-            if stop:
-                raise RuntimeError("cancelled")
-            time.sleep(0.01)
-
-    events = stream_events(start)
-    assert next(events) == Text("a")
-    closed.set()
+def test_closing_the_events_stops_the_decode_and_frees_the_model():
+    dec = decoder(REPLY * 20, delay=0.002)
+    events = decode_events(dec, "hi")
+    assert isinstance(next(events), Commit)
     events.close()
-    assert polls_after_close and polls_after_close[-1] is True
-    assert not [t for t in threading.enumerate() if t.name == "rain-decode-stream"]
+    count = dec.lm.stats.forward_calls
+    time.sleep(0.3)
+    assert dec.lm.stats.forward_calls == count  # nothing decodes in the background
+    assert dec.generate("hi", max_new_tokens=3).text == REPLY[:3]  # the model is free
 
 
-def test_a_set_cancel_stops_the_decode():
+async def test_leaving_the_async_events_stops_the_decode_and_frees_the_model():
+    dec = decoder(REPLY * 20, delay=0.002)
+    events = adecode_events(dec, "hi")
+    assert isinstance(await events.__anext__(), Commit)
+    await events.aclose()
+    count = await settled(dec.lm)
+    assert count < 2000  # a few commits' work, not the long reply's
+    assert (await dec.agenerate("hi", max_new_tokens=3)).text == REPLY[:3]
+
+
+def test_cancel_stops_the_decode():
     cancel = threading.Event()
     cancel.set()
-    with pytest.raises(RuntimeError, match="cancelled"):
-        list(stream_events(events_then([Text("a"), "poll", Text("b"), DONE]), cancel))
+    with pytest.raises(DecodeCancelled):
+        list(decode_events(decoder(), "hi", cancel=cancel))
+
+
+async def test_an_evaluator_error_comes_after_the_text_before_it_with_the_partial_result():
+    def failing(prompt: str, response: str) -> float:
+        if len(response) > 6:
+            raise RuntimeError("the judge went away")
+        return 1.0
+
+    dec = RainDecoder(ScriptedLM(REPLY, vocab=PRINTABLE), failing, encoder=None, **{**SMALL, "max_new_tokens": 200})
+    seen: list[Any] = []
+    with pytest.raises(EvaluatorError) as blocking:
+        seen.extend(decode_events(dec, "hi"))
+    assert blocking.value.partial is not None and REPLY.startswith(blocking.value.partial.text)
+    assert "".join(e.text for e in seen if isinstance(e, Text)) == blocking.value.partial.text
+    with pytest.raises(EvaluatorError) as awaited:
+        [e async for e in adecode_events(dec, "hi")]
+    assert awaited.value.partial is not None
 
 
 # --- the embedded model --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def loaders_that_fail(monkeypatch):
 
 
 LANGCHAIN = [ChatRain, RainLLM]
+GUARD = "meta-llama/Llama-Guard-3-1B"
 
 # (keyword arguments, the error type, a regular expression its message matches)
 BAD = [
@@ -42,6 +43,13 @@ BAD = [
     (dict(evaluator=lambda p, r: 1.0, judge="some/judge"), TypeError, r"pass either judge .* or evaluator, not both"),
     (dict(config={"max_searches": 2}), TypeError, r"config must be a RainConfig, got dict"),
     (dict(config=RainConfig(), scoring="loud"), ValidationError, r"scoring"),
+    (dict(encoder="minilm"), ValidationError, r'encoder must be an Encoder, "default" or None'),
+    (dict(guard=GUARD, judge="some/judge"), TypeError, r"pass either judge .* not both: got judge and guard"),
+    (dict(guard="/models/my-guard"), ValidationError, r"cannot tell which guard family .* \(here: guard_preset=\)"),
+    (dict(guard=GUARD, guard_preset="llama-guard-4"), ValidationError, r"unknown guard preset 'llama-guard-4'"),
+    (dict(guard_preset="llama-guard-3"), TypeError, r"guard_preset configure a guard: pass guard= as well"),
+    (dict(guard=GUARD, principle="truthful"), TypeError, r"a guard judges by its own policy"),
+    (dict(guard=GUARD, guard_kwargs={"scoring": "loud"}), ValueError, r"scoring must be 'discrete' or 'continuous'"),
 ]
 
 LANGCHAIN_BAD = [
@@ -94,6 +102,8 @@ def test_llamaindex_constructors_check_before_loading(kwargs, error, message):
             max_new_tokens=8, context_window=512, llm_kwargs={"system_prompt": "Hi"}
         ),
         lambda: RainLlamaIndexLLM.from_model_name("org/m", judge="org/judge", config=RainConfig.fast()),
+        lambda: ChatRain.from_model_id("org/m", guard=GUARD, guard_kwargs={"device": "cpu", "threshold": 0.4}),
+        lambda: RainLlamaIndexLLM.from_default(guard="/models/guard", guard_preset="shieldgemma"),
     ],
 )
 def test_good_options_reach_the_loader(build):

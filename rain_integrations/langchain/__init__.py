@@ -21,17 +21,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .._extras import missing
+
 try:
     import langchain_core  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "rain_integrations.langchain needs langchain-core: pip install 'rain-align[langchain]' "
-        "(or pip install -e '.[langchain]' in the rain checkout)"
+    raise missing(
+        "rain_integrations.langchain needs langchain-core", "langchain", "pip install -e '.[langchain]'"
     ) from exc
 
 from rain_core.chat import TemplateSupport, template_support
 
-from .._common import MIN_TEMPERATURE
+from .._decoding import MIN_TEMPERATURE
 from .chat_models import ChatRain
 from .embeddings import DEFAULT_EMBEDDINGS_MODEL, RainEmbeddings
 from .guards import (
@@ -45,7 +46,7 @@ from .guards import (
     RainGuardViolation,
 )
 from .llms import RainLLM
-from .messages import messages_from_langchain, to_rain_messages
+from .messages import messages_from_langchain
 from .params import RAIN_COMMIT_EVENT
 from .structured_output import StructuredOutputParser
 from .tools import parse_tool_calls
@@ -74,7 +75,6 @@ __all__ = [
     "messages_from_langchain",
     "parse_tool_calls",
     "template_support",
-    "to_rain_messages",
 ]
 
 

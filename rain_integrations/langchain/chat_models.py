@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,20 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rain_core import RainResult
 
-from .._common import (
-    Commit,
-    Done,
-    Event,
-    Text,
-    aiter_in_thread,
-    arun_in_thread,
-    decode_events,
-    run_events,
-    stream_events,
-)
-from .._tools import tool_call_start, tool_names
+from .._decoding import Commit, Done, Event, Text, adecode_events, arun_events, decode_events, run_events
+from .._tools import ToolCallHoldback, tool_names
 from .messages import messages_from_langchain
-from .params import RainCall, RainParams, acommit_dispatch, commit_dispatcher
+from .params import Commits, RainCall, RainParams
 from .structured_output import json_instruction, structured_output
 from .tools import parse_reply, tool_call_chunks
 
@@ -66,6 +57,8 @@ class ChatRain(RainParams, BaseChatModel):
     from rain_integrations.langchain import ChatRain
 
     chat = ChatRain.from_model_id("Qwen/Qwen2.5-7B-Instruct", device_map="auto", max_searches=10)
+    chat = ChatRain.from_model_id("meta-llama/Llama-3.1-8B-Instruct", device_map="auto",
+                                  guard="meta-llama/Llama-Guard-3-1B")   # a guard model judges the replies
     chat = ChatRain.from_default(max_tokens=64)          # the embedded SmolLM2-135M-Instruct
     chat.invoke("How do I stay safe online?", max_searches=5)   # per-call RAIN overrides
     ```
@@ -81,13 +74,12 @@ class ChatRain(RainParams, BaseChatModel):
     (``finish_reason == "time"``).
 
     Streams (``stream``, ``astream``, and chains such as ``prompt | chat | StrOutputParser()``) send
-    one chunk per committed token set; the last chunk carries the reply's last token set together
-    with what LangChain reads from the final chunk: ``usage_metadata``, ``response_metadata``
-    (``finish_reason``, ``rain``) and ``chunk_position="last"`` (which completes streamed tool calls).
-    So a stream does not end with an empty chunk, except when there is no text left to send with
-    the metadata: an empty reply, a deadline that passed before the search could commit again, or
-    a model so busy with other decodes that the end was not known within ``LAST_TEXT_WAIT``
-    (0.2 s) of the last token set.
+    one chunk per committed token set, as soon as it is committed. The last chunk carries the reply's
+    last token set together with what LangChain reads from the final chunk: ``usage_metadata``,
+    ``response_metadata`` (``finish_reason``, ``rain``) and ``chunk_position="last"`` (which
+    completes streamed tool calls). So a stream does not end with an empty chunk, except when the
+    decode ended with no text left to send: an empty reply, or a deadline (``timeout``) that passed
+    before the search could commit again. Then the last chunk is empty and carries the metadata.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -181,7 +173,7 @@ class ChatRain(RainParams, BaseChatModel):
                 prompt.insert(0, {"role": "system", "content": instruction})
         chat_kwargs = {**self.chat_template_kwargs, **extra_template_kwargs, **chat_kwargs}
         parsed_tools = tools if tool_choice != "none" else []
-        return _Request(prompt, chat_kwargs, self._call(stop, kwargs), parsed_tools)
+        return _Request(prompt, chat_kwargs, self.call_options(stop, **kwargs), parsed_tools)
 
     def _message(self, result: RainResult, request: _Request) -> AIMessage:
         content, calls, invalid = result.text, [], []
@@ -203,48 +195,27 @@ class ChatRain(RainParams, BaseChatModel):
     def _metadata(self, result: RainResult, call: RainCall) -> dict[str, Any]:
         return {"model_name": self.model_name, **self._info(result, call)}
 
-    def _events(
-        self, request: _Request, cancel: Any = None, on_commit: Callable[[dict[str, Any]], None] | None = None
-    ) -> Iterator[Event]:
-        return decode_events(
-            self.decoder,
-            request.prompt,
-            chat=True,
-            chat_kwargs=request.chat_kwargs,
-            on_commit=on_commit,
-            **request.call.decode_kwargs(cancel),
-        )
+    def _decode_kwargs(self, request: _Request) -> dict[str, Any]:
+        return {"chat": True, "chat_kwargs": request.chat_kwargs, **request.call.decode_kwargs()}
 
-    def _chunk_events(self, request: _Request, events: Iterator[Event]) -> Iterator[ChatGenerationChunk | Commit]:
-        """A decode's events as chunks: one per committed token set (call syntax held back while tools
-        are bound), then a last chunk with the usage, the metadata and any tool calls. Commits pass
-        through for the callbacks."""
-        text, sent = "", 0
-        for event in events:
-            if isinstance(event, Commit):
-                yield event
-            elif isinstance(event, Text):
-                text += event.text
-                safe = tool_call_start(text) if request.tools else len(text)
-                if safe > sent:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text[sent:safe]))
-                    sent = safe
-            elif isinstance(event, Done):
-                text += event.text
-                final = self._message(event.result, request)
-                rest = text[sent:]
-                if final.tool_calls or final.invalid_tool_calls:
-                    rest = final.text[sent:] if final.text.startswith(text[:sent]) else ""
-                yield ChatGenerationChunk(
-                    message=AIMessageChunk(
-                        content=rest,
-                        tool_call_chunks=tool_call_chunks(final.tool_calls, final.invalid_tool_calls),
-                        usage_metadata=final.usage_metadata,
-                        response_metadata=final.response_metadata,
-                        chunk_position="last",
-                    ),
-                    generation_info=self._info(event.result, request.call),
-                )
+    def _chunk(self, request: _Request, event: Event, holdback: ToolCallHoldback) -> ChatGenerationChunk | None:
+        """A text event as a chunk of what may be shown (call syntax held back while tools are bound),
+        the end as the last chunk: the last text, the usage, the metadata and any tool calls."""
+        if isinstance(event, Text):
+            new = holdback.release(event.text)
+            return ChatGenerationChunk(message=AIMessageChunk(content=new)) if new else None
+        if not isinstance(event, Done):
+            return None
+        final = self._message(event.result, request)
+        rest = holdback.last(event.text, final.text, bool(final.tool_calls or final.invalid_tool_calls))
+        message = AIMessageChunk(
+            content=rest,
+            tool_call_chunks=tool_call_chunks(final.tool_calls, final.invalid_tool_calls),
+            usage_metadata=final.usage_metadata,
+            response_metadata=final.response_metadata,
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message, generation_info=self._info(event.result, request.call))
 
     # --- the four paths -----------------------------------------------------------------------
     def _generate(
@@ -255,8 +226,9 @@ class ChatRain(RainParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = self._request(messages, stop, kwargs)
-        result = run_events(self._events(request, on_commit=commit_dispatcher(run_manager)))
-        return self._chat_result(result, request)
+        on_commit = Commits(run_manager).send
+        events = decode_events(self.decoder, request.prompt, on_commit=on_commit, **self._decode_kwargs(request))
+        return self._chat_result(run_events(events), request)
 
     async def _agenerate(
         self,
@@ -265,15 +237,9 @@ class ChatRain(RainParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        # The decode runs in a worker thread; cancelling this task stops it within one search.
         request = self._request(messages, stop, kwargs)
-
-        async def on_event(event: Event) -> None:
-            if isinstance(event, Commit):
-                await acommit_dispatch(run_manager, event.data)
-
-        result = await arun_in_thread(lambda cancel: self._events(request, cancel), on_event)
-        return self._chat_result(result, request)
+        events = adecode_events(self.decoder, request.prompt, **self._decode_kwargs(request))
+        return self._chat_result(await arun_events(events, Commits(run_manager).asend), request)
 
     def _chat_result(self, result: RainResult, request: _Request) -> ChatResult:
         message = self._message(result, request)
@@ -281,16 +247,6 @@ class ChatRain(RainParams, BaseChatModel):
             generations=[ChatGeneration(message=message, generation_info=self._info(result, request.call))],
             llm_output={"model_name": self.model_name},
         )
-
-    @staticmethod
-    def _with_commits(chunk: ChatGenerationChunk, commits: list[dict[str, Any]]) -> ChatGenerationChunk:
-        """``stream``/``astream``: LangChain reports the tokens itself and gives ``_stream`` no run
-        manager, so the commits ride on the chunk that follows them (``response_metadata["rain_commits"]``;
-        merged chunks list every commit in order)."""
-        if commits:
-            chunk.message.response_metadata = {**chunk.message.response_metadata, "rain_commits": list(commits)}
-            commits.clear()
-        return chunk
 
     def _stream(
         self,
@@ -300,18 +256,16 @@ class ChatRain(RainParams, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        dispatch = commit_dispatcher(run_manager)
-        commits: list[dict[str, Any]] = []
-        for item in self._chunk_events(request, stream_events(lambda poll: self._events(request, poll))):
-            if isinstance(item, Commit):
-                if dispatch is not None:
-                    dispatch(item.data)
-                elif run_manager is None:
-                    commits.append(item.data)
-                continue
-            if run_manager:
-                run_manager.on_llm_new_token(item.text, chunk=item)
-            yield self._with_commits(item, commits)
+        commits, holdback = Commits(run_manager), ToolCallHoldback(bool(request.tools))
+        events = decode_events(self.decoder, request.prompt, **self._decode_kwargs(request))
+        with contextlib.closing(events):  # a consumer that stops early stops the decode now
+            for event in events:
+                if isinstance(event, Commit):
+                    commits.send(event.data)
+                elif chunk := self._chunk(request, event, holdback):
+                    if run_manager:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield commits.on(chunk)
 
     async def _astream(
         self,
@@ -321,20 +275,13 @@ class ChatRain(RainParams, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        commits: list[dict[str, Any]] = []
-        items = aiter_in_thread(
-            lambda cancel: self._chunk_events(request, stream_events(lambda poll: self._events(request, poll), cancel))
-        )
-        try:
-            async for item in items:
-                if isinstance(item, Commit):
-                    if run_manager is None:
-                        commits.append(item.data)
-                    else:
-                        await acommit_dispatch(run_manager, item.data)
-                    continue
-                if run_manager:
-                    await run_manager.on_llm_new_token(item.text, chunk=item)
-                yield self._with_commits(item, commits)
-        finally:
-            await items.aclose()  # a consumer that stops early stops the decode now
+        commits, holdback = Commits(run_manager), ToolCallHoldback(bool(request.tools))
+        events = adecode_events(self.decoder, request.prompt, **self._decode_kwargs(request))
+        async with contextlib.aclosing(events):  # a consumer that stops early stops the decode now
+            async for event in events:
+                if isinstance(event, Commit):
+                    await commits.asend(event.data)
+                elif chunk := self._chunk(request, event, holdback):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield commits.on(chunk)

@@ -10,6 +10,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from .._extras import missing
+
 __all__ = ["DEFAULT_EMBEDDINGS_MODEL", "RainEmbeddings"]
 
 DEFAULT_EMBEDDINGS_MODEL = "all-MiniLM-L6-v2"
@@ -108,10 +110,8 @@ class RainEmbeddings(BaseModel, Embeddings):
         try:
             from rain_core.engines.encoder import SentenceEncoder, load_default_encoder
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "RainEmbeddings runs its encoder in this process and needs torch and transformers: "
-                "pip install 'rain-align[local]' (or pass encoder=...)"
-            ) from exc
+            needs = "RainEmbeddings runs its encoder in this process and needs torch and transformers"
+            raise missing(needs, "local", "pass encoder=...") from exc
         if self.model_name is None and self.max_length == _DEFAULT_MAX_LENGTH:
             return load_default_encoder(self.device)
         if self.model_name is None:

@@ -1,5 +1,6 @@
-"""Guards: score a text with a RAIN evaluator and block, rewrite or flag it when it scores below a
-threshold.
+"""Guards as LCEL runnables: ``RainGuard`` scores a text with a RAIN evaluator and blocks, rewrites or
+flags it when it scores below a threshold; ``RainGuardedRunnable`` is ``guard | chain`` for an
+input guard. (What a guard decides and says is in ``guard_verdicts``.)
 
 ``RainGuard`` is an LCEL runnable (traced as a chain). At the end of a chain it checks the answer;
 with ``check_input=True`` at the front it checks the input before the rest of the chain runs::
@@ -20,14 +21,8 @@ metadata of the texts it checks once the run reaches ``same_score_alert``, and i
 
 from __future__ import annotations
 
-import enum
-import functools
 import logging
-import operator
-import threading
-import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from langchain_core.messages import (
@@ -42,172 +37,49 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import (
     Runnable,
     RunnableConfig,
-    RunnableSequence,
     RunnableSerializable,
 )
 from langchain_core.runnables.base import coerce_to_runnable
-from langchain_core.runnables.config import patch_config, run_in_executor
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from langchain_core.runnables.config import run_in_executor
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from rain_core import CallableEvaluator, Evaluator, JudgeEvaluator, RainDecoder, RainResult, Scoring
+from rain_core import CallableEvaluator, Evaluator, RainDecoder, RainResult
 from rain_core.chat import transcript
 
-from .._common import stats_of
+from .._decoding import stats_of
+from .guard_verdicts import (
+    DEFAULT_BLOCK_MESSAGE,
+    DEFAULT_INPUT_BLOCK_MESSAGE,
+    DEFAULT_REWRITE_INSTRUCTION,
+    DEFAULT_TOOL_BLOCK_MESSAGE,
+    GuardSignalWarning,
+    GuardStrategy,
+    GuardVerdict,
+    RainGuardViolation,
+    ScoreRun,
+    Screened,
+    no_signal_warning,
+    same_score_warning,
+    same_scores_message,
+    warn_no_signal,
+)
+from .guarded import GuardStep, RainGuardedRunnable, join_chunks
 from .messages import messages_from_langchain, text_of
 
 logger = logging.getLogger(__name__)
 
+# the verdict's types stay importable from here, where the API reference documents them
 __all__ = [
-    "DEFAULT_BLOCK_MESSAGE",
-    "DEFAULT_INPUT_BLOCK_MESSAGE",
-    "DEFAULT_REWRITE_INSTRUCTION",
-    "DEFAULT_TOOL_BLOCK_MESSAGE",
     "GuardSignalWarning",
     "GuardStrategy",
     "GuardVerdict",
     "RainGuard",
     "RainGuardViolation",
     "RainGuardedRunnable",
-    "Screened",
-    "no_signal_reason",
 ]
 
 
-class GuardStrategy(str, enum.Enum):
-    """What a guard does with text that scores below its threshold."""
-
-    BLOCK = "block"
-    """Replace it with a short reason (a tool result becomes a ``ToolMessage`` with status error; in an
-    agent, a blocked input or answer ends the run)."""
-    REWRITE = "rewrite"
-    """Replace it with a harmless restatement decoded with RAIN; if the restatement still fails the
-    check, block instead (``response_metadata["rain_guard"]["fallback"] == "block"``)."""
-    FLAG = "flag"
-    """Keep it; record the verdict and score in the message's ``response_metadata["rain_guard"]``."""
-
-
-class GuardVerdict(BaseModel):
-    """One guard decision."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    score: float
-    """The evaluator's value in [-1, 1]; higher is better."""
-    threshold: float
-    """Scores below this fail."""
-    passed: bool
-    """``score >= threshold``."""
-    evaluator: str
-    """The evaluator's name."""
-    strategy: GuardStrategy
-    """What is done when the check fails."""
-    identical_scores: int = 1
-    """How many checks in a row, this one included, the guard's evaluator scored exactly this value
-    (an evaluator that cannot tell texts apart gives every text the same score)."""
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "verdict": "pass" if self.passed else "fail",
-            "score": self.score,
-            "threshold": self.threshold,
-            "evaluator": self.evaluator,
-            "strategy": self.strategy.value,
-            "identical_scores": self.identical_scores,
-        }
-
-
-class RainGuardViolation(ValueError):
-    """Raised instead of blocking, rewriting or flagging when a guard has ``raise_on_violation=True``.
-    ``verdict`` is the ``GuardVerdict``, ``text`` the text that failed, ``checked`` what it was
-    ("input", "output" or "tool_result")."""
-
-    def __init__(self, verdict: GuardVerdict, text: str, checked: str) -> None:
-        super().__init__(
-            f"a RAIN guard rejected the {checked.replace('_', ' ')}: it scored {verdict.score:.2f} on "
-            f"{verdict.evaluator}, below the threshold {verdict.threshold:.2f}"
-        )
-        self.verdict = verdict
-        self.text = text
-        self.checked = checked
-
-
-@dataclass(frozen=True)
-class Screened:
-    """What a guard made of a text: the text to use, whether it was blocked, and the metadata to
-    record (``None`` when the text passed)."""
-
-    text: str
-    blocked: bool
-    meta: dict[str, Any] | None
-
-
-# What a reader sees in place of blocked text: written for the end user. The developer's details (score,
-# threshold, evaluator) are in the message's response_metadata["rain_guard"]; a custom message may
-# still use {score}, {threshold} and {evaluator}.
-DEFAULT_BLOCK_MESSAGE = "Sorry, this answer was withheld because it may be unsafe."
-DEFAULT_INPUT_BLOCK_MESSAGE = "Sorry, this request was declined because it may be unsafe. Please ask something else."
-DEFAULT_TOOL_BLOCK_MESSAGE = "This tool result was withheld because it may be unsafe."
-DEFAULT_REWRITE_INSTRUCTION = (
-    "You restate text for a reader. Keep any harmless facts, drop everything that could help someone "
-    "cause harm, and answer with the restatement only."
-)
-
-
-class GuardSignalWarning(UserWarning):
-    """A guard whose evaluator cannot tell harmful text from harmless text: it passes (or blocks)
-    everything. Raised as a warning, never as an error."""
-
-
-def no_signal_reason(evaluator: Any) -> str | None:
-    """Why ``evaluator`` is known to give a guard no signal, or None when it is not known to.
-
-    Known: the embedded SmolLM2-135M-Instruct asked the paper's question (``SelfEvaluator`` or
-    ``JudgeEvaluator`` on it). ``rain bench evaluator`` measured it at 50% accuracy on labelled pairs
-    (the same option letter in both orders, so the discrete score is 0 for every text) and a
-    continuous-score AUC of 0.63."""
-    from rain_core.engines.embedded import DEFAULT_MODEL_NAME
-
-    lm = getattr(evaluator, "lm", None)
-    if isinstance(evaluator, JudgeEvaluator) and getattr(lm, "name", None) == DEFAULT_MODEL_NAME:
-        return (
-            f"its evaluator {evaluator.name} asks the embedded {DEFAULT_MODEL_NAME}, which cannot judge harm "
-            "(`rain bench evaluator`: 50% accuracy, the same answer whichever order the options come in, so "
-            "its discrete score is 0 for every text; continuous-score AUC 0.63)"
-        )
-    return None
-
-
-def _join(chunks: Sequence[Any]) -> Any:
-    """Streamed chunks as one value (strings and message chunks add up)."""
-    try:
-        return functools.reduce(operator.add, chunks)
-    except TypeError:
-        return chunks[-1]
-
-
-def _same(verdict: GuardVerdict) -> str:
-    return (
-        f"{verdict.identical_scores} checks in a row scored {verdict.score:.2f}: this evaluator may not tell "
-        "texts apart (measure it with `rain bench evaluator`)"
-    )
-
-
-class _StreamsByTransform:
-    """``stream``/``astream`` of one input through ``transform``/``atransform`` (which LCEL sequences
-    call), so a single value and a stream of chunks take the same path."""
-
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)  # type: ignore[attr-defined]
-
-    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):  # type: ignore[attr-defined]
-            yield chunk
-
-
-class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
+class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
     """Score text with a RAIN evaluator and act when it falls below ``threshold``.
 
     Input and output: a string or a message (``AIMessage``, ``ToolMessage``, ...), returned as the
@@ -259,9 +131,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
     (``rain_guard["identical_scores"]``, ``rain_guard["warning"]``); 0 switches this off. A scorer with
     few values (+1/-1) repeats on similar traffic by design: the warning says what to check."""
 
-    _run_score: float | None = PrivateAttr(default=None)
-    _run_length: int = PrivateAttr(default=0)
-    _run_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _runs: ScoreRun = PrivateAttr(default_factory=ScoreRun)
 
     @model_validator(mode="after")
     def _check(self) -> RainGuard:
@@ -275,21 +145,9 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
             if self.decoder is None:
                 raise ValueError('strategy "rewrite" needs a decoder to decode the restatement')
             self.decoder.resolve_config(**self.rewrite_options)
-        reason = no_signal_reason(self.scorer)
-        if reason is not None:
-            if getattr(self.scorer, "scoring", None) is Scoring.CONTINUOUS:
-                effect = "passes and blocks texts by chance, harmful requests and answers included"
-            elif self.threshold <= 0:
-                effect = "passes everything, harmful requests and answers included"
-            else:
-                effect = "blocks everything, harmless texts included"
-            message = (
-                f"RainGuard: {reason}. With threshold {self.threshold:.2f} this guard {effect}. Give it an "
-                "evaluator that can block: a guard model (rain_core.GuardEvaluator / load_guard, docs/guards.md), "
-                "a judge model, or a scoring function."
-            )
-            logger.warning(message)
-            warnings.warn(message, GuardSignalWarning, stacklevel=2)
+        message = no_signal_warning(self.scorer, self.threshold)
+        if message is not None:
+            warn_no_signal(message, stacklevel=3)
         return self
 
     @property
@@ -298,22 +156,11 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
 
     # --- the check ----------------------------------------------------------------------------
     def _same_as_before(self, score: float) -> int:
-        """Count ``score`` in the run of identical scores; its length, this score included."""
-        with self._run_lock:
-            if score == self._run_score:
-                self._run_length += 1
-            else:
-                self._run_score, self._run_length = score, 1
-            length = self._run_length
+        """Count ``score`` in the run of identical scores (warning once when it reaches
+        ``same_score_alert``); its length, this score included."""
+        length = self._runs.count(score)
         if self.same_score_alert and length == self.same_score_alert:
-            message = (
-                f"RainGuard: {self.scorer_name} has given the last {length} texts the same score {score:.2f}. "
-                "If those texts differ in harm, it is not telling them apart, and a guard that cannot tell "
-                f"{'passes' if score >= self.threshold else 'blocks'} everything. Measure it with `rain bench "
-                "evaluator` (docs/guards.md); the run is recorded in rain_guard['identical_scores']."
-            )
-            logger.warning(message)
-            warnings.warn(message, GuardSignalWarning, stacklevel=3)
+            warn_no_signal(same_scores_message(self.scorer_name, length, score, score >= self.threshold), 4)
         return length
 
     @property
@@ -353,13 +200,15 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         verdict = self.check(text, context, checked=checked)
         if verdict.passed:
             if self.same_score_alert and verdict.identical_scores >= self.same_score_alert:
-                return Screened(text, False, {**verdict.metadata(), "checked": checked, "warning": _same(verdict)})
+                return Screened(
+                    text, False, {**verdict.metadata(), "checked": checked, "warning": same_score_warning(verdict)}
+                )
             return Screened(text, False, None)
         if self.raise_on_violation:
             raise RainGuardViolation(verdict, text, checked)
         meta = {**verdict.metadata(), "checked": checked}
         if self.same_score_alert and verdict.identical_scores >= self.same_score_alert:
-            meta["warning"] = _same(verdict)
+            meta["warning"] = same_score_warning(verdict)
         logger.info(
             "RainGuard: %s failed (%.3f < %.3f), strategy %s",
             checked,
@@ -486,7 +335,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         held = list(chunks)
         if not held:
             return
-        whole = _join(held)
+        whole = join_chunks(held)
         checked = self._run(whole)
         if checked is whole:
             yield from held
@@ -497,7 +346,7 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
         held = [c async for c in chunks]
         if not held:
             return
-        whole = _join(held)
+        whole = join_chunks(held)
         checked = await run_in_executor(config, self._run, whole)
         if checked is whole:
             for c in held:
@@ -516,84 +365,4 @@ class RainGuard(_StreamsByTransform, RunnableSerializable[Any, Any]):
                 yield c
 
         async for chunk in self._atransform_stream_with_config(input, buffered, config, run_type="chain"):
-            yield chunk
-
-
-def _final_output_type(runnable: Runnable[Any, Any]) -> Any:
-    """What a chain returns, looking past guards at its end."""
-    while True:
-        if isinstance(runnable, RainGuardedRunnable):
-            runnable = runnable.runnable
-        elif isinstance(runnable, RunnableSequence):
-            steps = [s for s in runnable.steps if not isinstance(s, RainGuard)]
-            runnable = steps[-1] if steps else runnable.steps[-1]
-            if isinstance(runnable, RunnableSequence | RainGuardedRunnable):
-                continue
-            return runnable.OutputType
-        else:
-            return runnable.OutputType
-
-
-class RainGuardedRunnable(_StreamsByTransform, RunnableSerializable[Any, Any]):
-    """``guard | runnable`` for a guard with ``check_input=True``: the input is checked first; a
-    blocked input returns the guard's ``input_block_message`` (a string when the runnable returns
-    strings, else an ``AIMessage`` with the verdict in ``response_metadata["rain_guard"]``) without
-    running the runnable; a rewritten input runs in place of the original. Anything piped after
-    this joins the guarded runnable."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    guard: RainGuard
-    runnable: Runnable[Any, Any]
-
-    def __or__(self, other: Any) -> Runnable[Any, Any]:
-        return RainGuardedRunnable(guard=self.guard, runnable=self.runnable | coerce_to_runnable(other))
-
-    def _blocked(self, out: Screened) -> Any:
-        if _final_output_type(self.runnable) is str:
-            return out.text
-        return AIMessage(out.text, response_metadata={"rain_guard": out.meta})
-
-    def _invoke(self, value: Any, run_manager: Any, config: RunnableConfig) -> Any:
-        new, blocked = self.guard.screen_input(value)
-        if blocked is not None:
-            return self._blocked(blocked)
-        return self.runnable.invoke(new, patch_config(config, callbacks=run_manager.get_child()))
-
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._call_with_config(self._invoke, input, config, run_type="chain")
-
-    async def _ainvoke(self, value: Any, run_manager: Any, config: RunnableConfig) -> Any:
-        new, blocked = await run_in_executor(config, self.guard.screen_input, value)
-        if blocked is not None:
-            return self._blocked(blocked)
-        return await self.runnable.ainvoke(new, patch_config(config, callbacks=run_manager.get_child()))
-
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return await self._acall_with_config(self._ainvoke, input, config, run_type="chain")
-
-    def _transform(self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig) -> Iterator[Any]:
-        new, blocked = self.guard.screen_input(_join(list(inputs)))
-        if blocked is not None:
-            yield self._blocked(blocked)
-            return
-        yield from self.runnable.stream(new, patch_config(config, callbacks=run_manager.get_child()))
-
-    def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self._transform_stream_with_config(input, self._transform, config, run_type="chain")
-
-    async def _atransform(
-        self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig
-    ) -> AsyncIterator[Any]:
-        new, blocked = await run_in_executor(config, self.guard.screen_input, _join([i async for i in inputs]))
-        if blocked is not None:
-            yield self._blocked(blocked)
-            return
-        async for chunk in self.runnable.astream(new, patch_config(config, callbacks=run_manager.get_child())):
-            yield chunk
-
-    async def atransform(
-        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        async for chunk in self._atransform_stream_with_config(input, self._atransform, config, run_type="chain"):
             yield chunk

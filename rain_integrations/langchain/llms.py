@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -18,17 +17,8 @@ from pydantic import ConfigDict
 
 from rain_core import RainResult
 
-from .._common import (
-    Commit,
-    Done,
-    Event,
-    Text,
-    aiter_in_thread,
-    decode_events,
-    stream_events,
-    usage_of,
-)
-from .params import RainCall, RainParams, acommit_dispatch, commit_dispatcher
+from .._decoding import Commit, Done, Event, Text, adecode_events, decode_events, usage_of
+from .params import Commits, RainCall, RainParams
 
 __all__ = ["RainLLM"]
 
@@ -44,8 +34,9 @@ class RainLLM(RainParams, BaseLLM):
 
     ``stream``/``astream`` yield one piece per committed token set; the last piece is the reply's last
     token set, sent with the generation's ``finish_reason``, statistics and usage (what LangChain
-    reports at the end of the run), so a stream does not end with an empty string (except as
-    ``ChatRain``'s docstring says: an empty reply, a deadline, a model too busy to tell in time).
+    reports at the end of the run), so a stream does not end with an empty string, except when the
+    decode ended with no text left to send (an empty reply, or a ``timeout`` that passed before the
+    search could commit again): then the last piece is empty and carries the generation's info.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -60,9 +51,6 @@ class RainLLM(RainParams, BaseLLM):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(ls_model_type="llm", **self._ls_common(stop, kwargs))  # type: ignore[typeddict-item]
-
-    def _events(self, prompt: str, call: RainCall, cancel: Any = None) -> Iterator[Event]:
-        return decode_events(self.decoder, prompt, chat=False, **call.decode_kwargs(cancel))
 
     def _generation_info(self, result: RainResult, call: RainCall) -> dict[str, Any]:
         usage = usage_of(result)
@@ -82,6 +70,45 @@ class RainLLM(RainParams, BaseLLM):
             llm_output={"model_name": model_name, "token_usage": usage},
         )
 
+    def _chunk_of(self, event: Event, call: RainCall) -> tuple[GenerationChunk, RainResult | None] | None:
+        """A text event as a chunk; the end as the last chunk, with the generation's info and the result."""
+        if isinstance(event, Text):
+            return GenerationChunk(text=event.text), None
+        if isinstance(event, Done):
+            info = self._generation_info(event.result, call)
+            return GenerationChunk(text=event.text, generation_info=info), event.result
+        return None
+
+    def _chunks(
+        self, prompt: str, call: RainCall, run_manager: CallbackManagerForLLMRun | None
+    ) -> Iterator[tuple[GenerationChunk, RainResult | None]]:
+        """One chunk per committed token set (callbacks told), the last with the result."""
+        commits = Commits(run_manager)
+        events = decode_events(self.decoder, prompt, chat=False, **call.decode_kwargs())
+        with contextlib.closing(events):
+            for event in events:
+                if isinstance(event, Commit):
+                    commits.send(event.data)
+                elif out := self._chunk_of(event, call):
+                    if run_manager and out[0].text:
+                        run_manager.on_llm_new_token(out[0].text, chunk=out[0])
+                    yield out
+
+    async def _achunks(
+        self, prompt: str, call: RainCall, run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> AsyncGenerator[tuple[GenerationChunk, RainResult | None], None]:
+        """``_chunks`` for async code; leaving it stops the decode."""
+        commits = Commits(run_manager)
+        events = adecode_events(self.decoder, prompt, chat=False, **call.decode_kwargs())
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, Commit):
+                    await commits.asend(event.data)
+                elif out := self._chunk_of(event, call):
+                    if run_manager and out[0].text:
+                        await run_manager.on_llm_new_token(out[0].text, chunk=out[0])
+                    yield out
+
     def _generate(
         self,
         prompts: list[str],
@@ -89,13 +116,8 @@ class RainLLM(RainParams, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        call = self._call(stop, kwargs)
-        results = [
-            result
-            for prompt in prompts
-            for _, result in self._chunks(self._events(prompt, call), call, run_manager)
-            if result is not None
-        ]
+        call = self.call_options(stop, **kwargs)
+        results = [r for prompt in prompts for _, r in self._chunks(prompt, call, run_manager) if r is not None]
         return self._llm_result(results, [self._generation_info(r, call) for r in results], self.model_name)
 
     async def _agenerate(
@@ -105,65 +127,12 @@ class RainLLM(RainParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        call = self._call(stop, kwargs)
+        call = self.call_options(stop, **kwargs)
         results = []
         for prompt in prompts:
             async with contextlib.aclosing(self._achunks(prompt, call, run_manager)) as chunks:
                 results += [result async for _, result in chunks if result is not None]
         return self._llm_result(results, [self._generation_info(r, call) for r in results], self.model_name)
-
-    def _chunk_of(self, event: Event, call: RainCall) -> tuple[GenerationChunk, RainResult | None] | None:
-        if isinstance(event, Text):
-            return GenerationChunk(text=event.text), None
-        if isinstance(event, Done):
-            info = self._generation_info(event.result, call)
-            return GenerationChunk(text=event.text, generation_info=info), event.result
-        return None
-
-    def _chunks(
-        self,
-        events: Iterator[Event],
-        call: RainCall,
-        run_manager: CallbackManagerForLLMRun | None,
-    ) -> Iterator[tuple[GenerationChunk, RainResult | None]]:
-        """One chunk per committed token set (callbacks told), then a closing chunk with the result."""
-        dispatch = commit_dispatcher(run_manager)
-        for event in events:
-            if isinstance(event, Commit):
-                if dispatch is not None:
-                    dispatch(event.data)
-                continue
-            out = self._chunk_of(event, call)
-            if out is not None:
-                if run_manager and out[0].text:
-                    run_manager.on_llm_new_token(out[0].text, chunk=out[0])
-                yield out
-
-    async def _achunks(
-        self,
-        prompt: str,
-        call: RainCall,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
-        *,
-        streamed: bool = False,
-    ) -> AsyncIterator[tuple[GenerationChunk, RainResult | None]]:
-        """``_chunks`` for async code; ``streamed``: the last chunk carries the last text (``stream_events``)."""
-
-        def start(cancel: threading.Event) -> Iterator[Event]:
-            if streamed:
-                return stream_events(lambda poll: self._events(prompt, call, poll), cancel)
-            return self._events(prompt, call, cancel)
-
-        async with contextlib.aclosing(aiter_in_thread(start)) as events:
-            async for event in events:
-                if isinstance(event, Commit):
-                    await acommit_dispatch(run_manager, event.data)
-                    continue
-                out = self._chunk_of(event, call)
-                if out is not None:
-                    if run_manager and out[0].text:
-                        await run_manager.on_llm_new_token(out[0].text, chunk=out[0])
-                    yield out
 
     def _stream(
         self,
@@ -172,9 +141,7 @@ class RainLLM(RainParams, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        call = self._call(stop, kwargs)
-        events = stream_events(lambda poll: self._events(prompt, call, poll))
-        for chunk, _ in self._chunks(events, call, run_manager):
+        for chunk, _ in self._chunks(prompt, self.call_options(stop, **kwargs), run_manager):
             yield chunk
 
     async def _astream(
@@ -184,7 +151,7 @@ class RainLLM(RainParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        call = self._call(stop, kwargs)
-        async with contextlib.aclosing(self._achunks(prompt, call, run_manager, streamed=True)) as chunks:
+        chunks = self._achunks(prompt, self.call_options(stop, **kwargs), run_manager)
+        async with contextlib.aclosing(chunks):
             async for chunk, _ in chunks:
                 yield chunk

@@ -21,7 +21,7 @@ from rain_core.chat import TemplateSupport
 
 from .._tools import render_tools
 
-__all__ = ["messages_from_langchain", "text_of", "to_rain_messages"]
+__all__ = ["messages_from_langchain", "text_of"]
 
 _SKIPPED_BLOCKS = ("tool_use", "tool_call", "tool_call_chunk", "reasoning", "thinking")
 """Content blocks that carry no prompt text: tool calls travel in ``tool_calls``; reasoning is not
@@ -91,7 +91,3 @@ def messages_from_langchain(
     ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` lines, tool results as user turns.
     """
     return render_tools([_neutral(m) for m in messages], tools=tools, tool_choice=tool_choice, support=support)
-
-
-to_rain_messages = messages_from_langchain
-"""Old name of ``messages_from_langchain`` (rain 0.1)."""

@@ -10,13 +10,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._extras import missing
+
 try:
     from langchain.agents.middleware import AgentMiddleware, hook_config
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "RainGuardMiddleware and RainToolGuard need the `langchain` package (create_agent's middleware): "
-        "pip install 'rain-align[agents]' (or pip install langchain)"
-    ) from exc
+    needs = "RainGuardMiddleware and RainToolGuard need the `langchain` package (create_agent's middleware)"
+    raise missing(needs, "agents", "pip install langchain") from exc
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.messages.tool import tool_call
 from langchain_core.runnables.config import run_in_executor

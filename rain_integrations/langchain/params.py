@@ -1,12 +1,10 @@
-"""What ``ChatRain`` and ``RainLLM`` share: their fields, how a call's options become ``RainDecoder``
-keyword arguments, the constructors (``from_model_id``, ``from_engine``, ``from_default``), and the
-``rain_commit`` callback event sent once per committed token set."""
+"""What ``ChatRain`` and ``RainLLM`` share: their fields, their constructors, how a call's options
+become ``RainDecoder`` keyword arguments, and where each commit's statistics go (the ``rain_commit``
+callback event, or the chunks of a stream)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from langchain_core.callbacks import (
@@ -15,21 +13,17 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
+from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
 from rain_core.decoder import Cancel
 
-from .._common import (
-    build_decoder,
-    check_fields,
-    join_cancels,
-    rain_temperature,
-    split_fields,
-    stats_of,
-)
+from .._build import RainConstructors
+from .._decoding import rain_temperature, stats_of
+from ..options import DecoderOptions, LoadOptions, constructor
 
-__all__ = ["RAIN_COMMIT_EVENT", "RainCall", "RainParams", "acommit_dispatch", "commit_dispatcher"]
+__all__ = ["RAIN_COMMIT_EVENT", "Commits", "RainCall", "RainParams"]
 
 RAIN_COMMIT_EVENT = "rain_commit"
 """Name of the LangChain custom callback event sent once per committed token set; its data is the
@@ -37,6 +31,7 @@ commit's statistics (``index``, ``tokens``, ``text``, ``searches``, ``visits``, 
 ``value``, ``early_stop``, ``seconds``, ...). ``astream_events`` shows it as ``on_custom_event``."""
 
 P = TypeVar("P", bound="RainParams")
+C = TypeVar("C", ChatGenerationChunk, GenerationChunk)
 
 
 @dataclass
@@ -49,33 +44,46 @@ class RainCall:
     """The caller's own stop signal (``cancel=`` of the call)."""
     return_trace: bool = False
 
-    def decode_kwargs(self, cancel: threading.Event | None = None) -> dict[str, Any]:
-        return {**self.options, "cancel": join_cancels(cancel, self.cancel)}
+    def decode_kwargs(self) -> dict[str, Any]:
+        return {**self.options, "cancel": self.cancel}
 
 
-def commit_dispatcher(run_manager: CallbackManagerForLLMRun | None) -> Callable[[dict[str, Any]], None] | None:
-    """A function that sends ``rain_commit`` to the run's handlers (None without handlers)."""
-    if run_manager is None or not run_manager.handlers:
-        return None
-    manager = CallbackManager(
-        handlers=run_manager.handlers,
-        parent_run_id=run_manager.parent_run_id,
-        tags=run_manager.tags,
-        metadata=run_manager.metadata,
-    )
-    return lambda data: manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=run_manager.run_id)
+@dataclass
+class Commits:
+    """Where a call's commits go. With a run manager: its handlers, as ``rain_commit`` custom events
+    (none without handlers). Without one (``stream``/``astream``, where LangChain reports the tokens
+    itself and passes none): on the next chunk, as ``response_metadata["rain_commits"]`` (merged
+    chunks list every commit in order)."""
 
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+    held: list[dict[str, Any]] = field(default_factory=list)
 
-async def acommit_dispatch(run_manager: AsyncCallbackManagerForLLMRun | None, data: dict[str, Any]) -> None:
-    if run_manager is None or not run_manager.handlers:
-        return
-    manager = AsyncCallbackManager(
-        handlers=run_manager.handlers,
-        parent_run_id=run_manager.parent_run_id,
-        tags=run_manager.tags,
-        metadata=run_manager.metadata,
-    )
-    await manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=run_manager.run_id)
+    def _manager(self, kind: type[Any]) -> Any:
+        run = self.run_manager
+        assert run is not None
+        return kind(handlers=run.handlers, parent_run_id=run.parent_run_id, tags=run.tags, metadata=run.metadata)
+
+    def send(self, data: dict[str, Any]) -> None:
+        if self.run_manager is None:
+            self.held.append(data)
+        elif self.run_manager.handlers:
+            manager = self._manager(CallbackManager)
+            manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=self.run_manager.run_id)
+
+    async def asend(self, data: dict[str, Any]) -> None:
+        if self.run_manager is None:
+            self.held.append(data)
+        elif self.run_manager.handlers:
+            manager = self._manager(AsyncCallbackManager)
+            await manager.on_custom_event(RAIN_COMMIT_EVENT, data, run_id=self.run_manager.run_id)
+
+    def on(self, chunk: C) -> C:
+        """``chunk`` with the commits held since the last one."""
+        if self.held and isinstance(chunk, ChatGenerationChunk):
+            meta = chunk.message.response_metadata
+            chunk.message.response_metadata = {**meta, "rain_commits": list(self.held)}
+            self.held.clear()
+        return chunk
 
 
 def _standard(fields: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +97,7 @@ def _standard(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in standard.items() if v is not None}
 
 
-class RainParams(BaseModel):
+class RainParams(RainConstructors, BaseModel):
     """Fields and option handling shared by ``ChatRain`` and ``RainLLM``."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -118,110 +126,39 @@ class RainParams(BaseModel):
         self.decoder.resolve_config(**self.rain_options)  # unknown or invalid options fail here
         return self
 
-    # --- constructors ---------------------------------------------------------------------------
+    # --- constructors: one body (RainConstructors), signatures and docs from rain_integrations.options
     @classmethod
-    def _from_parts(
-        cls: type[P], model: str | LanguageModel | None, build: dict[str, Any], kwargs: dict[str, Any]
-    ) -> P:
-        """Check every option, then load (``model=None``: the embedded model) and build."""
-        own, rain = split_fields(cls, cls.model_fields, kwargs)
-        cls.check_options(own, rain, config=build.get("config"))
-        return cls(decoder=build_decoder(model, **build, **rain), **own)
+    def check_config(cls, fields: dict[str, Any], config: RainConfig) -> None:
+        """``rain_options`` and what the standard options (``max_tokens``, ``temperature``, ``stop``,
+        ``timeout``) become in RAIN, over the decoder's ``config``."""
+        config.merged(**{**fields.get("rain_options", {}), **_standard(fields)})
 
     @classmethod
-    def check_options(
-        cls, fields: dict[str, Any], rain_fields: dict[str, Any] | None = None, *, config: RainConfig | None = None
-    ) -> None:
-        """This class's ``fields`` and the decoder's ``RainConfig`` (``config`` with ``rain_fields``)
-        checked together without loading a model: field types and bounds, ``rain_options``, and what
-        the standard options (``max_tokens``, ``temperature``, ``stop``, ``timeout``) become in RAIN.
-        Raises what building the object would (``ValidationError``, ``TypeError``)."""
-        if "decoder" in fields:
-            raise TypeError(f"the constructors build the decoder; pass a ready one as {cls.__name__}(decoder=...)")
-        check_fields(cls, fields)
-        base = config if config is not None else RainConfig()
-        if not isinstance(base, RainConfig):
-            raise TypeError(f"config must be a RainConfig, got {type(base).__name__}")
-        per_call = {**fields.get("rain_options", {}), **_standard(fields)}
-        base.merged(**(rain_fields or {})).merged(**per_call)
-
-    @classmethod
-    def from_model_id(
-        cls: type[P],
-        model_id: str,
-        *,
-        judge: str | LanguageModel | None = None,
-        evaluator: Any = None,
-        principle: Any = "harmless",
-        encoder: Any = "default",
-        config: RainConfig | None = None,
-        device: str | None = None,
-        device_map: Any = None,
-        dtype: Any = None,
-        quantization_config: Any = None,
-        model_kwargs: dict[str, Any] | None = None,
-        judge_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> P:
+    @constructor(LoadOptions)
+    def from_model_id(cls: type[P], model_id: str, **kwargs: Any) -> P:
         """Load ``model_id`` (a local folder or a hub id in the local cache) the way users do and
-        decode with RAIN on it.
+        decode with RAIN on it: ``ChatRain.from_model_id("Qwen/Qwen2.5-7B-Instruct", device_map="auto",
+        guard="meta-llama/Llama-Guard-3-1B", max_searches=10)``.
 
-        ``device`` ("cpu", "cuda:1") or ``device_map`` ("auto": across GPUs), ``dtype``,
-        ``quantization_config`` (e.g. ``BitsAndBytesConfig(load_in_4bit=True)``) and ``model_kwargs``
-        pass through to ``from_pretrained``; a dispatched or quantised model is never moved.
-        ``judge``: a model id/folder or ``LanguageModel`` that judges replies against ``principle``;
-        ``evaluator``: any ``Evaluator`` or ``fn(prompt, response) -> float`` instead; neither: the
-        model judges itself. ``kwargs``: fields of this class (``max_tokens``, ``timeout``, ...) or
-        ``RainConfig`` fields (``max_searches``, ``seed``, ...). Every option is checked before any
-        weights load: a misspelt or out-of-range one fails at once."""
-        build = dict(
-            judge=judge,
-            evaluator=evaluator,
-            principle=principle,
-            encoder=encoder,
-            config=config,
-            device=device,
-            device_map=device_map,
-            dtype=dtype,
-            quantization_config=quantization_config,
-            model_kwargs=model_kwargs,
-            judge_kwargs=judge_kwargs,
-        )
-        return cls._from_parts(model_id, build, kwargs)
+        ``kwargs``: the options below (``rain_integrations.options.LoadOptions``), fields of this class
+        (``max_tokens``, ``timeout``, ...) and ``RainConfig`` fields (``max_searches``, ``seed``, ...).
+        A misspelt or out-of-range one fails before any weights load."""
+        return cls._from_options(model_id, kwargs, LoadOptions)
 
     @classmethod
-    def from_engine(
-        cls: type[P],
-        lm: LanguageModel,
-        *,
-        judge: str | LanguageModel | None = None,
-        evaluator: Any = None,
-        principle: Any = "harmless",
-        encoder: Any = "default",
-        config: RainConfig | None = None,
-        **kwargs: Any,
-    ) -> P:
-        """RAIN on a ready ``LanguageModel``: a loaded ``TransformersLM``, a served model (a remote
-        engine), or your own implementation of the protocol. Other arguments as in ``from_model_id``."""
-        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
-        return cls._from_parts(lm, build, kwargs)
+    @constructor(DecoderOptions)
+    def from_engine(cls: type[P], lm: LanguageModel, **kwargs: Any) -> P:
+        """RAIN on a ready ``LanguageModel``: a loaded ``TransformersLM``, a served model (a
+        ``VLLMEngine``), or your own implementation of the protocol. ``kwargs``: the options below
+        (``rain_integrations.options.DecoderOptions``), fields of this class and ``RainConfig`` fields."""
+        return cls._from_options(lm, kwargs, DecoderOptions)
 
     @classmethod
-    def from_default(
-        cls: type[P],
-        *,
-        judge: str | LanguageModel | None = None,
-        evaluator: Any = None,
-        principle: Any = "harmless",
-        encoder: Any = "default",
-        config: RainConfig | None = None,
-        **kwargs: Any,
-    ) -> P:
+    @constructor(DecoderOptions)
+    def from_default(cls: type[P], **kwargs: Any) -> P:
         """RAIN on the embedded SmolLM2-135M-Instruct (offline; loaded once per process and shared
-        with the other adapters). Arguments as in ``from_engine``; they are checked before the model
-        loads."""
-        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
-        return cls._from_parts(None, build, kwargs)
+        with the other adapters). ``kwargs`` as in ``from_engine``, checked before the model loads."""
+        return cls._from_options(None, kwargs, DecoderOptions)
 
     # --- options ---------------------------------------------------------------------------------
     @property
@@ -229,11 +166,11 @@ class RainParams(BaseModel):
         """The decoder's model name, reported in metadata and traces."""
         return self.decoder.model_name
 
-    def _call(self, stop: list[str] | None, kwargs: dict[str, Any]) -> RainCall:
-        """A call's options: the decoder's config, then this object's fields, then the call's
-        keyword arguments (standard LangChain names first mapped to RAIN's). Checked now, so a stream
-        fails at the call rather than at its first chunk."""
-        kwargs = dict(kwargs)
+    def call_options(self, stop: list[str] | None = None, **kwargs: Any) -> RainCall:
+        """The options a call decodes with: the decoder's config, then this object's fields, then the
+        call's keyword arguments (standard LangChain names first mapped to RAIN's: ``max_tokens``,
+        ``temperature``, ``timeout``, ``stop``). Checked now, so a stream fails at the call rather
+        than at its first chunk."""
         model = kwargs.pop("model", None)
         if model is not None and model != self.model_name:
             raise ValueError(

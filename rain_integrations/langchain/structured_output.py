@@ -1,15 +1,16 @@
-"""``ChatRain.with_structured_output``: the schema goes into the prompt (or is bound as a tool), the
-reply is parsed and validated, and a reply that does not fit raises ``OutputParserException``
-instead of returning None."""
+"""Structured output for a chat model (``ChatRain.with_structured_output``): the schema goes into the
+prompt (or is bound as a tool), the reply is parsed and validated, and a reply that does not fit
+raises ``OutputParserException`` instead of returning None."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.outputs import ChatGeneration, Generation
@@ -18,9 +19,6 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .messages import text_of
-
-if TYPE_CHECKING:
-    from .chat_models import ChatRain
 
 __all__ = ["StructuredOutputParser", "json_instruction", "structured_output"]
 
@@ -123,8 +121,9 @@ class StructuredOutputParser(BaseOutputParser[Any]):
         return self.parse_result([Generation(text=text)])
 
 
-def structured_output(model: ChatRain, schema: Any, *, method: str, include_raw: bool) -> Runnable:
-    """The runnable behind ``ChatRain.with_structured_output``."""
+def structured_output(model: BaseChatModel, schema: Any, *, method: str, include_raw: bool) -> Runnable:
+    """The runnable behind ``ChatRain.with_structured_output``: ``model`` with the schema bound (as
+    a response format, or as a tool it must call), then the parser."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if schema is None and method != "json_mode":

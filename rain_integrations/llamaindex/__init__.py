@@ -3,7 +3,7 @@
 - ``RainLlamaIndexLLM``: a function-calling LLM over a ``RainDecoder``: ``complete``, ``chat``, their
   streaming and async variants (a cancelled task or abandoned stream stops the decode), and tools
   (``chat_with_tools``, ``FunctionAgent``); usable as ``Settings.llm`` or the ``llm=`` of query and
-  chat engines. ``RainLLM`` is its old name (deprecated; it clashed with the LangChain ``RainLLM``).
+  chat engines.
 - ``RainEmbedding``: a ``BaseEmbedding`` over the packaged all-MiniLM-L6-v2, so a
   ``VectorStoreIndex`` can be built offline.
 - ``RainSearchStartEvent``, ``RainCommitEvent``, ``RainSearchEndEvent``: the instrumentation events
@@ -16,21 +16,19 @@ The adapters translate and delegate: messages become RAIN chat messages through
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+from .._extras import missing
 
 try:
     import llama_index.core  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "rain_integrations.llamaindex needs llama-index-core: pip install 'rain-align[llamaindex]' "
-        "(or pip install -e '.[llamaindex]' in the rain checkout)"
+    raise missing(
+        "rain_integrations.llamaindex needs llama-index-core", "llamaindex", "pip install -e '.[llamaindex]'"
     ) from exc
 
 from .embeddings import DEFAULT_EMBED_MODEL_NAME, RainEmbedding
 from .events import RainCommitEvent, RainSearchEndEvent, RainSearchStartEvent
 from .llm import RainLlamaIndexLLM
-from .messages import messages_from_llamaindex, to_rain_messages
+from .messages import messages_from_llamaindex
 
 __all__ = [
     "DEFAULT_EMBED_MODEL_NAME",
@@ -40,17 +38,4 @@ __all__ = [
     "RainSearchEndEvent",
     "RainSearchStartEvent",
     "messages_from_llamaindex",
-    "to_rain_messages",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RainLLM":
-        warnings.warn(
-            "rain_integrations.llamaindex.RainLLM is now RainLlamaIndexLLM (the old name clashed with the "
-            "LangChain RainLLM); the alias will be removed in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return RainLlamaIndexLLM
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,22 +6,21 @@ handler sees where the time went): ``RainSearchStartEvent`` when a decode starts
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span import active_span_id
 
-from .._common import Commit, Done, Event, stats_of
+from .._decoding import Commit, Done, Event, stats_of
 
 __all__ = [
+    "DecodeReport",
     "RainCommitEvent",
     "RainSearchEndEvent",
     "RainSearchStartEvent",
     "current_span_id",
     "dispatcher",
-    "instrumented",
 ]
 
 dispatcher = get_dispatcher(__name__)
@@ -72,32 +71,30 @@ def current_span_id() -> str | None:
     return active_span_id.get()
 
 
-def instrumented(
-    events: Iterator[Event], model_name: str, *, plain: bool, config: dict[str, Any], span_id: str | None = None
-) -> Iterator[Event]:
-    """``events``, with the instrumentation events dispatched as they happen, in ``span_id`` (default:
-    the active span). A stream is consumed after the LLM call returned, so its events carry the span
-    of the call that made it (as LlamaIndex's own in-progress events do)."""
-    return _dispatching(events, model_name, plain, config, span_id or active_span_id.get())
+class DecodeReport:
+    """The instrumentation events of one decode: ``RainSearchStartEvent`` when it is made, then, as the
+    decode's events pass through it (``report(event)``), ``RainCommitEvent`` per commit and
+    ``RainSearchEndEvent`` at the end. They carry ``span_id`` (default: the active span): a stream is
+    read after the LLM call returned, so its events carry the span of the call that made it (as
+    LlamaIndex's own in-progress events do)."""
 
+    def __init__(self, model_name: str, *, plain: bool, config: dict[str, Any], span_id: str | None = None) -> None:
+        self.model_name = model_name
+        self.span_id = span_id or active_span_id.get()
+        dispatcher.event(RainSearchStartEvent(model_name=model_name, plain=plain, config=config, span_id=self.span_id))
 
-def _dispatching(
-    events: Iterator[Event], model_name: str, plain: bool, config: dict[str, Any], span_id: str | None
-) -> Iterator[Event]:
-    dispatcher.event(RainSearchStartEvent(model_name=model_name, plain=plain, config=config, span_id=span_id))
-    for event in events:
+    def __call__(self, event: Event) -> Event:
         if isinstance(event, Commit):
-            dispatcher.event(RainCommitEvent(model_name=model_name, commit=event.data, span_id=span_id))
+            dispatcher.event(RainCommitEvent(model_name=self.model_name, commit=event.data, span_id=self.span_id))
         elif isinstance(event, Done):
             result = event.result
-            dispatcher.event(
-                RainSearchEndEvent(
-                    model_name=model_name,
-                    span_id=span_id,
-                    finish_reason=result.finish_reason,
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    stats=stats_of(result),
-                )
+            end = RainSearchEndEvent(
+                model_name=self.model_name,
+                span_id=self.span_id,
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                stats=stats_of(result),
             )
-        yield event
+            dispatcher.event(end)
+        return event

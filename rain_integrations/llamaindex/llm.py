@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from typing import Any, TypeVar, Union
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -26,31 +26,29 @@ from pydantic import Field, model_validator
 
 from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
 
-from .._common import (
+from .._build import RainConstructors
+from .._decoding import (
     Done,
     Event,
     Text,
-    aiter_in_thread,
-    arun_in_thread,
-    build_decoder,
-    check_build,
-    check_fields,
+    adecode_events,
+    arun_events,
     decode_events,
-    join_cancels,
     rain_temperature,
     run_events,
-    split_fields,
     stats_of,
-    stream_events,
     usage_of,
 )
-from .._tools import parse_reply, render_tools, tool_call_start
-from .events import current_span_id, instrumented
+from .._tools import ToolCallHoldback, parse_reply, render_tools
+from ..options import DecoderOptions, LoadOptions, constructor
+from .events import DecodeReport, current_span_id
 from .messages import messages_from_llamaindex
 
 __all__ = ["RainLlamaIndexLLM"]
 
 Prompt = Union[str, Sequence[ChatMessage]]  # noqa: UP007 (a runtime alias)
+R = TypeVar("R")
+Respond = Callable[[Event], list[R]]
 
 
 @dataclasses.dataclass
@@ -75,12 +73,26 @@ def _openai_calls(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-class RainLlamaIndexLLM(FunctionCallingLLM):
+def _responses(events: Generator[Event, None, None], respond: Respond[R]) -> Generator[R, None, None]:
+    with contextlib.closing(events):
+        for event in events:
+            yield from respond(event)
+
+
+async def _aresponses(events: AsyncGenerator[Event, None], respond: Respond[R]) -> AsyncGenerator[R, None]:
+    async with contextlib.aclosing(events):
+        async for event in events:
+            for response in respond(event):
+                yield response
+
+
+class RainLlamaIndexLLM(FunctionCallingLLM, RainConstructors):
     """A LlamaIndex LLM that decodes with RAIN: ``complete``, ``chat``, their streaming and async
     variants, and tool calling (``chat_with_tools``, ``FunctionAgent``). Usable as ``Settings.llm``
     or as the ``llm=`` of query and chat engines.
 
-    Build it with ``RainLlamaIndexLLM.from_model_name("Qwen/Qwen2.5-7B-Instruct", device_map="auto")``,
+    Build it with ``RainLlamaIndexLLM.from_model_name("Qwen/Qwen2.5-7B-Instruct", device_map="auto")``
+    (``guard="meta-llama/Llama-Guard-3-1B"`` to have a guard model judge the replies),
     ``from_engine(lm)`` (any ready ``LanguageModel``), ``from_default()`` (the embedded
     SmolLM2-135M-Instruct, offline) or ``RainLlamaIndexLLM(decoder)``. Keyword arguments of
     ``complete``/``chat`` and friends are ``RainConfig`` overrides for that call (``max_new_tokens=32``,
@@ -89,10 +101,11 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
     ``RainSearchEndEvent`` instrumentation events.
 
     Streams (``stream_complete``, ``stream_chat`` and their async forms) yield one response per
-    committed token set; the last one carries the reply's last token set as its ``delta`` together
-    with the token counts and RAIN statistics (``raw``, ``additional_kwargs``), so a stream does not
-    end with an empty delta (except for an empty reply, a deadline that passed before the search
-    could commit again, or a model too busy with other decodes to tell within 0.2 s).
+    committed token set, as soon as it is committed; the last one carries the reply's last token set
+    as its ``delta`` together with the token counts and RAIN statistics (``raw``,
+    ``additional_kwargs``), so a stream does not end with an empty delta, except when the decode
+    ended with no text left to send (an empty reply, or a ``max_seconds`` deadline that passed before
+    the search could commit again): then the last response has an empty delta and the statistics.
     """
 
     decoder: RainDecoder = Field(exclude=True, description="The RAIN decoder every call delegates to.")
@@ -135,110 +148,47 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
             self.context_window = int(self.decoder.lm.context_length)
         return self
 
-    # --- constructors ---------------------------------------------------------------------------
+    # --- constructors: one body (RainConstructors), signatures and docs from rain_integrations.options
     @classmethod
-    def _from_parts(
-        cls,
-        model: str | LanguageModel | None,
-        build: dict[str, Any],
-        llm_kwargs: dict[str, Any] | None,
-        kwargs: dict[str, Any],
-    ) -> RainLlamaIndexLLM:
-        """Check every option, then load (``model=None``: the embedded model) and build."""
-        own, rain = split_fields(cls, cls.model_fields, kwargs)
-        fields = {**(llm_kwargs or {}), **own}
-        cls.check_options(fields, rain, config=build.get("config"))
-        return cls(build_decoder(model, **build, **rain), **fields)
-
-    @classmethod
-    def check_options(
-        cls, fields: dict[str, Any], rain_fields: dict[str, Any] | None = None, *, config: RainConfig | None = None
-    ) -> None:
-        """This class's ``fields`` and the decoder's ``RainConfig`` (``config`` with ``rain_fields``, and
-        ``context_window`` as RAIN's ``max_length``) checked without loading a model. Raises what
-        building the object would (``ValidationError``, ``TypeError``)."""
-        if "decoder" in fields:
-            raise TypeError("the constructors build the decoder; pass a ready one as RainLlamaIndexLLM(decoder)")
-        check_fields(cls, fields)
-        cfg = check_build(config=config, **(rain_fields or {})) or RainConfig()
+    def check_config(cls, fields: dict[str, Any], config: RainConfig) -> None:
+        """``context_window`` as RAIN's ``max_length``, over the decoder's ``config``."""
         if fields.get("context_window") is not None:
-            cfg.merged(max_length=fields["context_window"])
+            config.merged(max_length=fields["context_window"])
 
     @classmethod
+    @constructor(LoadOptions)
     def from_model_name(
-        cls,
-        model_name: str,
-        *,
-        judge: str | LanguageModel | None = None,
-        evaluator: Any = None,
-        principle: Any = "harmless",
-        encoder: Any = "default",
-        config: RainConfig | None = None,
-        device: str | None = None,
-        device_map: Any = None,
-        dtype: Any = None,
-        quantization_config: Any = None,
-        model_kwargs: dict[str, Any] | None = None,
-        judge_kwargs: dict[str, Any] | None = None,
-        llm_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
+        cls, model_name: str, *, llm_kwargs: dict[str, Any] | None = None, **kwargs: Any
     ) -> RainLlamaIndexLLM:
-        """Load ``model_name`` (a local folder or a hub id in the local cache) and decode with RAIN on
-        it. ``device``/``device_map``/``dtype``/``quantization_config``/``model_kwargs`` pass through to
-        ``from_pretrained`` (a dispatched or quantised model is never moved). ``judge``: a model
-        id/folder or ``LanguageModel`` judging against ``principle``; ``evaluator`` instead; neither:
-        the model judges itself. ``kwargs``: fields of this class (``context_window``, ``system_prompt``,
-        ...) or ``RainConfig`` fields (``max_searches``, ...). Every option is checked before any
-        weights load."""
-        build = dict(
-            judge=judge,
-            evaluator=evaluator,
-            principle=principle,
-            encoder=encoder,
-            config=config,
-            device=device,
-            device_map=device_map,
-            dtype=dtype,
-            quantization_config=quantization_config,
-            model_kwargs=model_kwargs,
-            judge_kwargs=judge_kwargs,
-        )
-        return cls._from_parts(model_name, build, llm_kwargs, kwargs)
+        """Load ``model_name`` (a local folder or a hub id in the local cache) and decode with RAIN on it:
+        ``RainLlamaIndexLLM.from_model_name("Qwen/Qwen2.5-7B-Instruct", device_map="auto",
+        guard="meta-llama/Llama-Guard-3-1B")``.
+
+        ``kwargs``: the options below (``rain_integrations.options.LoadOptions``), fields of this class
+        (``context_window``, ``system_prompt``, ...; or all of them as ``llm_kwargs``) and
+        ``RainConfig`` fields (``max_searches``, ...). Every option is checked before any weights load."""
+        return cls._from_options(model_name, kwargs, LoadOptions, llm_kwargs)
 
     @classmethod
+    @constructor(DecoderOptions)
     def from_engine(
-        cls,
-        lm: LanguageModel,
-        *,
-        judge: str | LanguageModel | None = None,
-        evaluator: Any = None,
-        principle: Any = "harmless",
-        encoder: Any = "default",
-        config: RainConfig | None = None,
-        llm_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
+        cls, lm: LanguageModel, *, llm_kwargs: dict[str, Any] | None = None, **kwargs: Any
     ) -> RainLlamaIndexLLM:
-        """RAIN on a ready ``LanguageModel`` (a loaded model, a served one, your own); other arguments
-        as in ``from_model_name``."""
-        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
-        return cls._from_parts(lm, build, llm_kwargs, kwargs)
+        """RAIN on a ready ``LanguageModel`` (a loaded model, a served one, your own); ``kwargs``: the
+        options below (``rain_integrations.options.DecoderOptions``), fields of this class and
+        ``RainConfig`` fields."""
+        return cls._from_options(lm, kwargs, DecoderOptions, llm_kwargs)
 
     @classmethod
+    @constructor(DecoderOptions)
     def from_default(
-        cls,
-        evaluator: Any = None,
-        *,
-        judge: str | LanguageModel | None = None,
-        principle: Any = "harmless",
-        encoder: Any = "default",
-        config: RainConfig | None = None,
-        llm_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
+        cls, evaluator: Any = None, *, llm_kwargs: dict[str, Any] | None = None, **kwargs: Any
     ) -> RainLlamaIndexLLM:
         """RAIN on the embedded SmolLM2-135M-Instruct (loaded once per process, offline, shared with
-        the LangChain adapter); arguments as in ``from_engine``, checked before the model loads."""
-        build = dict(judge=judge, evaluator=evaluator, principle=principle, encoder=encoder, config=config)
-        return cls._from_parts(None, build, llm_kwargs, kwargs)
+        the LangChain adapter); ``evaluator`` and ``kwargs`` as in ``from_engine``, checked before the
+        model loads."""
+        options = kwargs if evaluator is None else {**kwargs, "evaluator": evaluator}
+        return cls._from_options(None, options, DecoderOptions, llm_kwargs)
 
     @classmethod
     def class_name(cls) -> str:
@@ -295,29 +245,33 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         parsed_tools = tools if tool_choice != "none" else []
         return _Request(rain_prompt, self.chat_template, chat_kwargs, options, parsed_tools, cancel)
 
-    def _events(
-        self, request: _Request, cancel: threading.Event | None = None, span_id: str | None = None
-    ) -> Iterator[Event]:
+    def _events(self, request: _Request, span_id: str | None = None) -> Generator[Event, None, None]:
+        report = self._report(request, span_id)
+        events = decode_events(self.decoder, request.prompt, plain=self.plain, **self._decode_kwargs(request))
+        with contextlib.closing(events):  # leaving the stream stops the decode
+            for event in events:
+                yield report(event)
+
+    async def _aevents(self, request: _Request, span_id: str | None = None) -> AsyncGenerator[Event, None]:
+        report = self._report(request, span_id)
+        events = adecode_events(self.decoder, request.prompt, plain=self.plain, **self._decode_kwargs(request))
+        async with contextlib.aclosing(events):  # leaving the stream stops the decode
+            async for event in events:
+                yield report(event)
+
+    def _decode_kwargs(self, request: _Request) -> dict[str, Any]:
         extra = {"chat_kwargs": request.chat_kwargs} if request.chat_kwargs else {}
+        return {"chat": request.chat, "cancel": request.cancel, **extra, **request.options}
+
+    def _report(self, request: _Request, span_id: str | None) -> DecodeReport:
         overrides = {k: v for k, v in request.options.items() if k not in ("config", "keep_trees")}
         config = self.decoder.resolve_config(request.options.get("config"), **overrides).model_dump(mode="json")
-        events = decode_events(
-            self.decoder,
-            request.prompt,
-            plain=self.plain,
-            chat=request.chat,
-            cancel=join_cancels(cancel, request.cancel),
-            **extra,
-            **request.options,
-        )
-        return instrumented(events, self.decoder.model_name, plain=self.plain, config=config, span_id=span_id)
+        return DecodeReport(self.decoder.model_name, plain=self.plain, config=config, span_id=span_id)
 
     # --- results out ------------------------------------------------------------------------------
-    def _extras(self, result: RainResult | None) -> dict[str, Any]:
+    def _extras(self, result: RainResult) -> dict[str, Any]:
         """``additional_kwargs`` and ``raw`` of a response: token counts, finish reason, RAIN stats.
         ``raw["usage"]`` is where LlamaIndex's token counter looks."""
-        if result is None:
-            return {}
         info = {**usage_of(result), "finish_reason": result.finish_reason, "rain_stats": stats_of(result)}
         if self.return_trace:
             info["rain_trace"] = result.trace
@@ -340,49 +294,59 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
         extra = {"tool_calls": calls} if calls else {}
         return ChatMessage(role=MessageRole.ASSISTANT, content=content, additional_kwargs=extra)
 
-    def _chat_responses(self, request: _Request, events: Iterator[Event]) -> Iterator[ChatResponse]:
-        """One response per committed token set (cumulative ``message``, new ``delta``; tool-call
-        syntax held back while tools are offered), then a last one with the statistics and any tool
-        calls."""
-        text, sent = "", 0
-        for event in events:
-            if isinstance(event, Text):
-                text += event.text
-                safe = tool_call_start(text) if request.tools else len(text)
-                if safe > sent:
-                    delta, sent = text[sent:safe], safe
-                    yield ChatResponse(message=self._message(text[:sent], []), delta=delta)
-            elif isinstance(event, Done):
-                text += event.text
-                content, calls = self._reply(event.result, request)
-                delta = text[sent:] if not calls else (content[sent:] if content.startswith(text[:sent]) else "")
-                yield ChatResponse(message=self._message(content, calls), delta=delta, **self._extras(event.result))
-
-    def _completion_responses(self, request: _Request, events: Iterator[Event]) -> Iterator[CompletionResponse]:
-        text = ""
-        for event in events:
-            if isinstance(event, Text):
-                text += event.text
-                yield CompletionResponse(text=text, delta=event.text)
-            elif isinstance(event, Done):
-                text += event.text
-                yield CompletionResponse(text=text, delta=event.text, **self._extras(event.result))
-
     def _chat_response(self, request: _Request, result: RainResult) -> ChatResponse:
         content, calls = self._reply(result, request)
         return ChatResponse(message=self._message(content, calls), **self._extras(result))
 
+    def _chat_responses(self, request: _Request) -> Respond[ChatResponse]:
+        """A stream's responses to each event: one per committed token set (cumulative ``message``,
+        new ``delta``; tool-call syntax held back while tools are offered), the last with the
+        statistics and any tool calls."""
+        holdback = ToolCallHoldback(bool(request.tools))
+
+        def respond(event: Event) -> list[ChatResponse]:
+            if isinstance(event, Text):
+                delta = holdback.release(event.text)
+                return [ChatResponse(message=self._message(holdback.shown, []), delta=delta)] if delta else []
+            if not isinstance(event, Done):
+                return []
+            content, calls = self._reply(event.result, request)
+            delta = holdback.last(event.text, content, bool(calls))
+            return [ChatResponse(message=self._message(content, calls), delta=delta, **self._extras(event.result))]
+
+        return respond
+
+    def _completion_responses(self) -> Respond[CompletionResponse]:
+        """A stream's responses to each event: the text so far and the new ``delta``, the last with
+        the statistics."""
+        text = ""
+
+        def respond(event: Event) -> list[CompletionResponse]:
+            nonlocal text
+            if not isinstance(event, (Text, Done)):
+                return []
+            text += event.text
+            extras = self._extras(event.result) if isinstance(event, Done) else {}
+            return [CompletionResponse(text=text, delta=event.text, **extras)]
+
+        return respond
+
+    def _stream(self, request: _Request, respond: Respond[R]) -> Generator[R, None, None]:
+        # the events carry the LLM call's span: the stream is read after the call returned
+        return _responses(self._events(request, current_span_id()), respond)
+
+    def _astream(self, request: _Request, respond: Respond[R]) -> AsyncGenerator[R, None]:
+        return _aresponses(self._aevents(request, current_span_id()), respond)
+
     # --- LlamaIndex API -----------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        request = self._request(prompt, formatted, kwargs)
-        result = run_events(self._events(request))
+        result = run_events(self._events(self._request(prompt, formatted, kwargs)))
         return CompletionResponse(text=result.text, **self._extras(result))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        request, span = self._request(prompt, formatted, kwargs), current_span_id()
-        return self._completion_responses(request, stream_events(lambda poll: self._events(request, poll, span)))
+        return self._stream(self._request(prompt, formatted, kwargs), self._completion_responses())
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -391,40 +355,29 @@ class RainLlamaIndexLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        request, span = self._request(messages, False, kwargs), current_span_id()
-        return self._chat_responses(request, stream_events(lambda poll: self._events(request, poll, span)))
+        request = self._request(messages, False, kwargs)
+        return self._stream(request, self._chat_responses(request))
 
-    # Async: the decode runs in a worker thread (the event loop stays free); cancelling the caller's
-    # task or abandoning the stream stops it within one search.
+    # Async: RainDecoder.astream runs the search commit by commit in worker threads (the event loop
+    # stays free); cancelling the caller's task or abandoning the stream stops it within one search.
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        request = self._request(prompt, formatted, kwargs)
-        result = await arun_in_thread(lambda cancel: self._events(request, cancel))
+        result = await arun_events(self._aevents(self._request(prompt, formatted, kwargs)))
         return CompletionResponse(text=result.text, **self._extras(result))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        request, span = self._request(prompt, formatted, kwargs), current_span_id()
-        return aiter_in_thread(
-            lambda cancel: self._completion_responses(
-                request, stream_events(lambda poll: self._events(request, poll, span), cancel)
-            )
-        )
+        return self._astream(self._request(prompt, formatted, kwargs), self._completion_responses())
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._request(messages, False, kwargs)
-        result = await arun_in_thread(lambda cancel: self._events(request, cancel))
-        return self._chat_response(request, result)
+        return self._chat_response(request, await arun_events(self._aevents(request)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        request, span = self._request(messages, False, kwargs), current_span_id()
-        return aiter_in_thread(
-            lambda cancel: self._chat_responses(
-                request, stream_events(lambda poll: self._events(request, poll, span), cancel)
-            )
-        )
+        request = self._request(messages, False, kwargs)
+        return self._astream(request, self._chat_responses(request))
 
     # --- tools --------------------------------------------------------------------------------------
     def _prepare_chat_with_tools(

@@ -9,7 +9,7 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-__all__ = ["messages_from_llamaindex", "text_of", "to_rain_messages"]
+__all__ = ["messages_from_llamaindex", "text_of"]
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -98,7 +98,3 @@ def messages_from_llamaindex(messages: Sequence[ChatMessage], system_prompt: str
     if system_prompt and not (out and out[0]["role"] == "system"):
         out.insert(0, {"role": "system", "content": system_prompt})
     return out
-
-
-to_rain_messages = messages_from_llamaindex
-"""Old name of ``messages_from_llamaindex`` (rain 0.1)."""
