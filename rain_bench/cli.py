@@ -1,4 +1,5 @@
-"""The ``rain bench ...`` and ``rain demo`` commands (``rain_core.cli`` hands their arguments here).
+"""The ``rain bench ...`` and ``rain demo`` commands, added to ``rain`` through the entry points
+``rain.commands`` (``add_bench_command``, ``add_demo_command``: ``rain_core`` never imports this package).
 
     rain bench speed [--quick] [--out DIR]
     rain bench evaluator [--quick] [--evaluator self|judge|guard|embedding|keyword|MODULE:FN ...] [--judge MODEL]
@@ -321,3 +322,23 @@ def demo_main(argv: Sequence[str] = ()) -> int:
     from .demo import main
 
     return main(list(argv))
+
+
+def add_bench_command(sub: Any, name: str = "bench") -> None:
+    """Add ``rain bench WHICH ...`` to the ``rain`` command's subparsers (entry point ``rain.commands``);
+    the benchmark's own options are parsed by ``bench_main`` when it runs."""
+    bench = sub.add_parser(name, help=f"benchmarks: {', '.join(BENCHMARKS)} (`rain bench WHICH --help`)")
+    bench.add_argument("which", choices=BENCHMARKS, help="the benchmark to run")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options (see `rain bench WHICH --help`)")
+    bench.set_defaults(run=lambda args: bench_main(args.which, args.args))
+
+
+def add_demo_command(sub: Any, name: str = "demo") -> None:
+    """Add ``rain demo`` to the ``rain`` command's subparsers (entry point ``rain.commands``)."""
+    demo = sub.add_parser(
+        name,
+        help="what RAIN does and cannot do with the embedded model (a few minutes)",
+        description="The embedded model's measured self-evaluation accuracy, the lock-picking prompt "
+        "with plain decoding and RAIN, and RAIN steering the model with a scoring function.",
+    )
+    demo.set_defaults(run=lambda args: demo_main())

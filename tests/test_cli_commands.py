@@ -1,0 +1,92 @@
+"""The ``rain`` command's parts: plug-in subcommands come from the entry-point group ``rain.commands``
+(``rain bench`` and ``rain demo`` from ``rain_bench``; the core names neither), a plug-in that cannot
+load is reported and left out, and ``rain generate --guard FOLDER`` decodes with the guard model as
+the evaluator, its format inferred from the folder's name and its score continuous. Failures are
+one line each (``test_cli_errors.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_guard_evaluator import tiny_model
+from tiny_models import save_tiny_llama
+
+import rain_core.cli as cli
+import rain_core.guard_evaluator as guard_evaluator
+from rain_core import Scoring
+from rain_core.guard_evaluator import LLAMA_GUARD_3
+
+
+def help_of(capsys: Any, *argv: str) -> str:
+    """``rain *argv --help``: its text (argparse exits with 0)."""
+    with pytest.raises(SystemExit) as done:
+        cli.main([*argv, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_bench_and_demo_are_subcommands_from_entry_points(capsys):
+    names = {e.name: e.value for e in cli.entry_points(group=cli.COMMANDS_GROUP)}
+    assert names == {"bench": "rain_bench.cli:add_bench_command", "demo": "rain_bench.cli:add_demo_command"}
+    top = help_of(capsys)
+    assert "bench" in top and "demo" in top and "generate" in top
+    assert help_of(capsys, "bench", "speed").startswith("usage: rain bench speed")
+    assert help_of(capsys, "demo").startswith("usage: rain demo")
+
+
+def test_a_plugin_that_cannot_load_is_reported_and_left_out(capsys, monkeypatch, caplog):
+    real = list(cli.entry_points(group=cli.COMMANDS_GROUP))
+    broken = EntryPoint(name="broken", value="rain_no_such_package.cli:add", group=cli.COMMANDS_GROUP)
+    monkeypatch.setattr(cli, "entry_points", lambda group: [*real, broken])
+    with caplog.at_level(logging.WARNING, logger="rain"):
+        top = help_of(capsys)
+    assert "bench" in top and "broken" not in top
+    assert any("`rain broken`" in r.getMessage() and "rain_no_such_package" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def guard_folder(tmp_path: Path) -> Path:
+    """A tiny random model in Llama Guard 3's shape, in a folder whose name names the family."""
+    lm = tiny_model("llama-guard-3")
+    folder = tmp_path / "Llama-Guard-3-tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_generate_with_a_guard_folder_judges_with_the_guard(capsys, monkeypatch, tmp_path, guard_folder):
+    built: list[Any] = []
+    load_guard = guard_evaluator.load_guard
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        built.append(load_guard(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(guard_evaluator, "load_guard", recording)
+    generator = save_tiny_llama(tmp_path / "generator")
+    budget = ["--max-new-tokens", "3", "--max-searches", "2", "--extra-searches", "1", "--seed", "0"]
+    status = cli.main(
+        [
+            "generate",
+            "--model",
+            str(generator),
+            "--guard",
+            str(guard_folder),
+            "--device",
+            "cpu",
+            *budget,
+            "--json",
+            "hello",
+        ]
+    )
+    assert status == 0
+    out = json.loads(capsys.readouterr().out)
+    (guard,) = built
+    assert guard.preset is LLAMA_GUARD_3 and guard.scoring is Scoring.CONTINUOUS
+    assert guard.lm.engine_stats()["forward_calls"] > 0  # the search asked the guard
+    assert out["stats"]["evaluations"] > 0
