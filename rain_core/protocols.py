@@ -132,9 +132,14 @@ class LanguageModel(Protocol):
     ``EngineError`` when the engine itself fails.
     """
 
-    name: str
-    context_length: int
-    eos_token_ids: frozenset[int]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]: ...
 
     # --- text ----------------------------------------------------------------------------------
     def encode(self, text: str, *, parse_special: bool = True) -> list[int]:

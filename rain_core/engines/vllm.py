@@ -201,27 +201,15 @@ class VLLMEngine:
         """The served model's name."""
         return self._plans.model.name
 
-    @name.setter
-    def name(self, value: str) -> None:  # the protocol declares a variable; the engine's is fixed
-        raise AttributeError("VLLMEngine.name is read-only: it is the served name chosen when the engine is made")
-
     @property
     def context_length(self) -> int:
         """The server's ``--max-model-len`` for the model: prompt plus new tokens."""
         return self._plans.model.context_length
 
-    @context_length.setter
-    def context_length(self, value: int) -> None:
-        raise AttributeError("VLLMEngine.context_length is read-only: it is the server's --max-model-len")
-
     @property
     def eos_token_ids(self) -> frozenset[int]:
         """The EOS ids: given or read from the tokenizer, plus those the server was seen to end rows with."""
         return self._plans.facts.eos_token_ids
-
-    @eos_token_ids.setter
-    def eos_token_ids(self, value: frozenset[int]) -> None:
-        raise AttributeError("VLLMEngine.eos_token_ids is read-only: pass eos_token_ids= when making the engine")
 
     @property
     def option_scoring(self) -> OptionScoring:
