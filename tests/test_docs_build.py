@@ -27,10 +27,13 @@ API = [
     ("langchain", "rain_integrations.langchain.embeddings.RainEmbeddings"),
     ("langchain", "rain_integrations.langchain.guards.RainGuard"),
     ("langchain", "rain_integrations.langchain.middleware.RainGuardMiddleware"),
+    ("langchain", "rain_integrations.options.DecoderOptions"),
+    ("langchain", "rain_integrations.options.LoadOptions"),
     ("llamaindex", "rain_integrations.llamaindex.llm.RainLlamaIndexLLM"),
     ("llamaindex", "rain_integrations.llamaindex.embeddings.RainEmbedding"),
     ("core", "rain_core.decoder.RainDecoder"),
     ("core", "rain_core.config.RainConfig"),
+    ("core", "rain_core.streams.RainStream"),
     ("evaluators", "rain_core.evaluators.SelfEvaluator"),
     ("evaluators", "rain_core.evaluators.JudgeEvaluator"),
     ("evaluators", "rain_core.evaluators.CallableEvaluator"),
@@ -81,6 +84,7 @@ def test_pydantic_fields_are_listed_with_their_descriptions(site):
     langchain = page_text(site / "api" / "langchain" / "index.html")
     assert "Most new tokens per call (RAIN's max_new_tokens)" in langchain
     assert "Texts per forward pass in embed_documents" in langchain
+    assert "guard_preset" in langchain and "judges replies by its own policy" in langchain  # DecoderOptions
 
 
 def test_every_guide_is_in_the_nav():
