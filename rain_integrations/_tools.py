@@ -1,5 +1,6 @@
-"""Tools for any framework: how bound tools and tool calls reach a model's prompt, and how tool calls
-are read back out of its reply. Plain dicts in, plain dicts out; each adapter converts them to its
+"""Tools for any framework: how bound tools and tool calls reach a model's prompt, how tool calls are
+read back out of its reply, and what a streamed reply may show while a call may be coming
+(``ToolCallHoldback``). Plain dicts in, plain dicts out; each adapter converts them to its
 framework's types (LangChain ``ToolCall``, LlamaIndex ``ToolSelection``).
 
 Neutral shapes:

@@ -80,6 +80,16 @@ class ChatRain(RainParams, BaseChatModel):
     completes streamed tool calls). So a stream does not end with an empty chunk, except when the
     decode ended with no text left to send: an empty reply, or a deadline (``timeout``) that passed
     before the search could commit again. Then the last chunk is empty and carries the metadata.
+
+    Example, on the embedded model with tiny budgets and an evaluator that likes every reply:
+
+    >>> from rain_integrations.langchain import ChatRain
+    >>> small = dict(max_searches=2, extra_searches=1, num_candidates=3, max_simulation_tokens=4)
+    >>> chat = ChatRain.from_default(evaluator=lambda prompt, reply: 1.0, encoder=None, max_tokens=8, **small)
+    >>> chunks = list(chat.stream("Name a fruit."))
+    >>> last = chunks[-1]  # the last token set, with the usage and RAIN's statistics
+    >>> last.chunk_position, bool(last.content), last.response_metadata["rain"]["commits"] > 0
+    ('last', True, True)
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())

@@ -106,6 +106,15 @@ class RainLlamaIndexLLM(FunctionCallingLLM, RainConstructors):
     ``additional_kwargs``), so a stream does not end with an empty delta, except when the decode
     ended with no text left to send (an empty reply, or a ``max_seconds`` deadline that passed before
     the search could commit again): then the last response has an empty delta and the statistics.
+
+    Example, on the embedded model with tiny budgets and an evaluator that likes every reply:
+
+    >>> from rain_integrations.llamaindex import RainLlamaIndexLLM
+    >>> small = dict(max_searches=2, extra_searches=1, num_candidates=3, max_simulation_tokens=4)
+    >>> llm = RainLlamaIndexLLM.from_default(lambda prompt, reply: 1.0, encoder=None, max_new_tokens=8, **small)
+    >>> responses = list(llm.stream_complete("Name a fruit."))
+    >>> "".join(r.delta for r in responses) == responses[-1].text, "rain_stats" in responses[-1].additional_kwargs
+    (True, True)
     """
 
     decoder: RainDecoder = Field(exclude=True, description="The RAIN decoder every call delegates to.")
