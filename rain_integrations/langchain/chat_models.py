@@ -88,8 +88,8 @@ class ChatRain(RainParams, BaseChatModel):
     >>> chat = ChatRain.from_default(evaluator=lambda prompt, reply: 1.0, encoder=None, max_tokens=8, **small)
     >>> chunks = list(chat.stream("Name a fruit."))
     >>> last = chunks[-1]  # the last token set, with the usage and RAIN's statistics
-    >>> last.chunk_position, bool(last.content), last.response_metadata["rain"]["commits"] > 0
-    ('last', True, True)
+    >>> last.chunk_position, bool(last.content), "rain" in last.response_metadata, bool(last.usage_metadata)
+    ('last', True, True, True)
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
