@@ -44,7 +44,7 @@ from .protocols import (
     SampleRequest,
     TopTokensRequest,
 )
-from .tree import ROOT_INDEX, Tree, best_child, early_stop, mark_in_flight, reroot
+from .tree import ROOT_INDEX, Tree, best_child, early_stop, mark_in_flight, reroot, searches_before_early_stop
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,10 @@ class RainSearch:
             try:
                 if self._interrupted():
                     raise _DeadlinePassed
-                n = min(cfg.parallel_searches, target - i) if d.tree.children[ROOT_INDEX] else 1
+                # no wider than the searches the early stop needs before it could hold: it is then
+                # checked where one search at a time would first be stopped
+                room = searches_before_early_stop(d.tree, cfg.min_visits, cfg.value_threshold)
+                n = min(cfg.parallel_searches, target - i, room) if d.tree.children[ROOT_INDEX] else 1
                 done = yield from self._round(max(n, 1))
             except _DeadlinePassed:
                 self.finished_by = "time"

@@ -314,6 +314,25 @@ def mark_in_flight(tree: Tree, leaf: int, count: int) -> None:
 
 
 # --- the outer loop's choices ------------------------------------------------------------------
+def searches_before_early_stop(tree: Tree, min_visits: int, value_threshold: float) -> int:
+    """The fewest further searches after which ``early_stop`` could hold: a lower bound, so a round
+    of searches side by side no wider than this is checked exactly where one search at a time would
+    first be stopped. Each search adds one real visit to one root child and pulls one child's value
+    towards at most 1 with weight at most 1 (a backup, or a similarity update of weight < 1)."""
+    kids = tree.children[ROOT_INDEX]
+    if not kids:
+        return 1
+    if value_threshold >= 1.0:
+        return 2**31 - 1  # no value exceeds 1
+    fewest = 2**31 - 1
+    for k in kids:
+        visits_needed = max(0, min_visits + 1 - tree.real_visits[k])
+        n, q = tree.visits[k], tree.value[k]
+        value_needed = 0 if q > value_threshold else math.floor(n * (value_threshold - q) / (1.0 - value_threshold)) + 1
+        fewest = min(fewest, max(1, visits_needed, value_needed))
+    return fewest
+
+
 def early_stop(tree: Tree, min_visits: int, value_threshold: float) -> bool:
     """The most-visited root child (ties: higher value) has more than ``min_visits`` (T_min) real
     visits and a value above ``value_threshold`` (V)."""

@@ -23,6 +23,7 @@ from rain_core.tree import (
     normalize,
     puct_scores,
     reroot,
+    searches_before_early_stop,
     select_child,
     set_child_priors,
     should_add_nodes,
@@ -299,3 +300,33 @@ def test_reroot_keeps_subtree_frees_rest_and_remixes_priors():
     assert new.prior[1] == pytest.approx(0.75 * 0.9 + 0.125)
     assert new.prior[2] == pytest.approx(0.75 * 0.1 + 0.125)
     assert new.to_dict()["children"] == [[1, 2], [3], [], []]
+
+
+def test_no_search_sooner_than_the_bound_can_make_the_early_stop_hold():
+    # random root children, then the most favourable searches for stopping (value 1 through one child,
+    # or through its siblings while it gets similarity updates): none stops before the bound says
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 5))
+        t = _root_with_children(list(rng.uniform(-1, 1, n)), [int(v) for v in rng.integers(0, 9, n)], [1.0 / n] * n)
+        for k in t.children[ROOT_INDEX]:
+            t.real_visits[k] = int(t.visits[k])
+        min_visits, threshold = int(rng.integers(0, 8)), float(rng.choice([0.5, 0.8, 0.95]))
+        if early_stop(t, min_visits, threshold):
+            continue
+        bound = searches_before_early_stop(t, min_visits, threshold)
+        target = int(rng.choice(t.children[ROOT_INDEX]))
+        for done in range(1, bound + 1):
+            backup(t, target, 1.0)
+            if done < bound:
+                assert not early_stop(t, min_visits, threshold), (done, bound)
+
+
+def test_the_bound_is_wide_where_every_branch_is_bad_and_narrow_near_a_good_stop():
+    bad = _root_with_children([-1.0, -1.0], [7, 7], [0.5, 0.5])
+    for k in bad.children[ROOT_INDEX]:
+        bad.real_visits[k] = 7
+    assert searches_before_early_stop(bad, 6, 0.8) > 50  # value -1 needs many searches to pass 0.8
+    good = _root_with_children([0.9, 0.0], [5, 1], [0.5, 0.5])
+    good.real_visits[1], good.real_visits[2] = 5, 1
+    assert searches_before_early_stop(good, 6, 0.8) == 2  # two more real visits to the good child
