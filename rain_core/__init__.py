@@ -14,7 +14,7 @@ from .chat import TemplateSupport, template_support, transcript
 from .config import RainConfig, Scoring
 from .decoder import RainDecoder
 from .evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
-from .guard_evaluator import GUARD_PRESETS, GuardEvaluator, GuardPreset, load_guard, served_guard
+from .guard_evaluator import GUARD_PRESETS, GuardEvaluator, GuardPreset
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
 from .protocols import (
     ContextTooLongError,
@@ -29,7 +29,15 @@ from .protocols import (
 from .results import RainResult
 from .streams import AsyncRainStream, RainStream
 
-_ENGINES = {"TransformersLM", "VLLMEngine", "load_model", "load_default_model", "shared_default_model"}
+_ENGINES = {
+    "TransformersLM",
+    "VLLMEngine",
+    "load_model",
+    "load_default_model",
+    "shared_default_model",
+    "load_guard",
+    "served_guard",
+}
 
 __all__ = [
     "BUILTIN_PRINCIPLES",

@@ -248,13 +248,14 @@ def _check_guard(args: argparse.Namespace) -> None:
 def _guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
     """The guard as the evaluator; its score is continuous (its verdict probability) unless
     ``--scoring`` says otherwise."""
-    from . import Scoring, guard_evaluator
+    from . import Scoring
+    from .engines import guards
 
     scoring = args.scoring or Scoring.CONTINUOUS
     if args.guard:
-        return guard_evaluator.load_guard(args.guard, args.guard_preset, scoring=scoring, **load_options)
+        return guards.load_guard(args.guard, args.guard_preset, scoring=scoring, **load_options)
     url = args.guard_base_url or args.base_url
-    return guard_evaluator.served_guard(url, args.guard_model, args.guard_preset, scoring=scoring, api_key=args.api_key)
+    return guards.served_guard(url, args.guard_model, args.guard_preset, scoring=scoring, api_key=args.api_key)
 
 
 def _load(args: argparse.Namespace, config: Any) -> Any:

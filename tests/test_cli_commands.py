@@ -17,7 +17,7 @@ from test_guard_evaluator import tiny_model
 from tiny_models import save_tiny_llama
 
 import rain_core.cli as cli
-import rain_core.guard_evaluator as guard_evaluator
+import rain_core.engines.guards as guards
 from rain_core import Scoring
 from rain_core.guard_evaluator import LLAMA_GUARD_3
 
@@ -61,13 +61,13 @@ def guard_folder(tmp_path: Path) -> Path:
 
 def test_generate_with_a_guard_folder_judges_with_the_guard(capsys, monkeypatch, tmp_path, guard_folder):
     built: list[Any] = []
-    load_guard = guard_evaluator.load_guard
+    load_guard = guards.load_guard
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         built.append(load_guard(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(guard_evaluator, "load_guard", recording)
+    monkeypatch.setattr(guards, "load_guard", recording)
     generator = save_tiny_llama(tmp_path / "generator")
     budget = ["--max-new-tokens", "3", "--max-searches", "2", "--extra-searches", "1", "--seed", "0"]
     status = cli.main(

@@ -6,7 +6,8 @@
   the server's automatic prefix caching as the KV cache.
 - ``load_model`` / ``load_default_model`` / ``shared_default_model`` (``rain_core.engines.loading``),
   the embedded default model (``rain_core.engines.embedded``) and the sentence encoder
-  (``rain_core.engines.encoder``).
+  (``rain_core.engines.encoder``); ``load_guard`` / ``served_guard`` (``rain_core.engines.guards``),
+  guard evaluators over a model loaded here or served by vLLM.
 
 Names are imported lazily, so importing this package does not import torch.
 """
@@ -26,6 +27,8 @@ _LAZY = {
     "SentenceEncoder": "encoder",
     "load_default_encoder": "encoder",
     "VLLMEngine": "vllm",
+    "load_guard": "guards",
+    "served_guard": "guards",
 }
 
 __all__ = sorted(_LAZY)
