@@ -120,3 +120,74 @@ def test_the_core_decodes_on_a_fake_model_without_torch_or_engines():
     assert out.returncode == 0, out.stderr
     assert "loaded: []" in out.stdout
     assert "engine blocked: blocked: rain_core.engines" in out.stdout  # engines load only on demand
+
+
+PACKAGES = ("rain_core", "rain_integrations")
+MAX_LINES = 450
+
+
+def _modules(package: str) -> dict[str, Path]:
+    """Dotted name -> path of every module of ``package``."""
+    base = ROOT / package
+    out = {}
+    for path in base.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _absolute_imports(name: str, path: Path) -> set[str]:
+    """Every module ``name`` imports, as absolute dotted names (relative imports resolved)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            target = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names)
+    return found
+
+
+def test_no_module_is_longer_than_450_lines():
+    long = {
+        name: n
+        for package in PACKAGES
+        for name, path in _modules(package).items()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
+def test_rain_core_never_imports_the_benchmarks():
+    for name, path in _modules("rain_core").items():
+        bad = [m for m in _absolute_imports(name, path) if m.split(".")[0] == "rain_bench"]
+        assert not bad, f"{name} imports {bad}: rain bench is a plug-in (entry point rain.commands)"
+
+
+def test_no_import_circle_among_the_modules():
+    modules = {name: path for package in PACKAGES for name, path in _modules(package).items()}
+    graph = {
+        name: {m for m in _absolute_imports(name, path) if m in modules and m != name} for name, path in modules.items()
+    }
+    # a package's __init__ importing its own submodules is how a package exports; not a circle
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not (name in modules and m.startswith(name + "."))}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import circle: " + " -> ".join(trail[trail.index(nxt) :] + [nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
