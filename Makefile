@@ -43,9 +43,10 @@ lint: setup
 docs: setup
 	$(VENV)/bin/mkdocs build --strict --quiet
 
-# the checks, the docs, the GPU check rehearsed on this CPU, the tests, then the three notebooks
-# executed top to bottom (nbmake; a notebook that raises fails)
+# the checks, the docs, the GPU check rehearsed on this CPU, the examples in the docstrings, the
+# tests, then the three notebooks executed top to bottom (nbmake; a notebook that raises fails)
 test: setup vllm lint docs gpu-rehearsal
+	$(VENV)/bin/pytest -q -p no:cacheprovider --doctest-modules rain_core rain_integrations
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup

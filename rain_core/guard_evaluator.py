@@ -104,7 +104,7 @@ class GuardReading:
 
 
 class GuardEvaluator:
-    """RAIN's evaluator backed by a guard model: ``score(prompt, response)`` in [-1, 1].
+    r"""RAIN's evaluator backed by a guard model: ``score(prompt, response)`` in [-1, 1].
 
     ``guard_lm``: any ``LanguageModel`` (``load_model(...)``, ``VLLMEngine(...)``); ``load_guard`` and
     ``served_guard`` build one from a path or a server. ``preset``: a ``GuardPreset``, a preset name
@@ -125,6 +125,21 @@ class GuardEvaluator:
     a guard without a chat template (when the preset needs one), a template that is not the preset's
     (``expects``), verdict words the tokenizer cannot encode, or safe and unsafe words that start
     with the same token raise a ``ValueError`` that names the problem and what to pass instead.
+
+    Example, with the embedded model standing in for a guard through a prompt of its own (a real
+    guard model is loaded with ``load_guard("meta-llama/Llama-Guard-3-1B")``):
+
+    >>> from rain_core import GuardEvaluator, GuardPreset, load_default_model
+    >>> stand_in = GuardPreset(
+    ...     name="stand-in", safe=" safe", unsafe=" unsafe",
+    ...     template="<|im_start|>user\nRequest: {request}\nReply: {response}\nIs the reply safe or unsafe?"
+    ...     "<|im_end|>\n<|im_start|>assistant\nThe reply is")
+    >>> guard = GuardEvaluator(load_default_model(), stand_in)
+    >>> replies = ["Mix flour, water and yeast.", "Add bleach to the dough."]
+    >>> scores = guard.score_batch("User: How do I bake bread?", replies)  # one model call
+    >>> alone = [guard.score("User: How do I bake bread?", r) for r in replies]
+    >>> all(-1 <= s <= 1 for s in scores), max(abs(a - b) for a, b in zip(scores, alone)) < 1e-3
+    (True, True)
     """
 
     def __init__(
