@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from rain_core.config import Scoring
 from rain_core.evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
-from rain_core.guard_evaluator import GuardEvaluator, GuardPreset, infer_preset
+from rain_core.guard_evaluator import GuardEvaluator
+from rain_core.guard_presets import GuardPreset, infer_preset
 from rain_core.protocols import Evaluator, LanguageModel
 
 from .scorers import load_scorer

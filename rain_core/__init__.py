@@ -14,7 +14,8 @@ from .chat import TemplateSupport, template_support, transcript
 from .config import RainConfig, Scoring
 from .decoder import RainDecoder
 from .evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
-from .guard_evaluator import GUARD_PRESETS, GuardEvaluator, GuardPreset
+from .guard_evaluator import GuardEvaluator
+from .guard_presets import GUARD_PRESETS, GuardPreset
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
 from .protocols import (
     ContextTooLongError,

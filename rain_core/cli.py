@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from .guard_evaluator import GUARD_PRESETS, infer_preset
+from .guard_presets import GUARD_PRESETS, infer_preset
 
 logger = logging.getLogger("rain")
 

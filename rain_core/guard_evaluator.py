@@ -44,40 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Scoring
-from .guard_presets import (
-    GRANITE_GUARDIAN,
-    GRANITE_GUARDIAN_3_3,
-    GUARD_PRESETS,
-    LLAMA_GUARD_3,
-    LLAMA_GUARD_3_1B,
-    QWEN3GUARD,
-    SHIELDGEMMA,
-    GuardPreset,
-    infer_preset,
-    parse_transcript,
-    preset_for,
-)
+from .guard_presets import GuardPreset, preset_for
 from .guard_prompts import GuardFormat, GuardPrompt
 from .protocols import AsyncLanguageModel, LanguageModel, PrefixPinning
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "GRANITE_GUARDIAN",
-    "GRANITE_GUARDIAN_3_3",
-    "GUARD_PRESETS",
-    "LLAMA_GUARD_3",
-    "LLAMA_GUARD_3_1B",
-    "LOW_VERDICT_MASS",
-    "QWEN3GUARD",
-    "SHIELDGEMMA",
-    "GuardEvaluator",
-    "GuardPreset",
-    "GuardPrompt",
-    "GuardReading",
-    "infer_preset",
-    "parse_transcript",
-]
+__all__ = ["LOW_VERDICT_MASS", "GuardEvaluator", "GuardPrompt", "GuardReading"]
 
 LOW_VERDICT_MASS = 0.05
 """Below this total next-token probability on the verdict words, the guard is warned about once: its

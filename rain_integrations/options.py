@@ -28,7 +28,7 @@ from rain_core import (
     Scoring,
     load_principle,
 )
-from rain_core.guard_evaluator import GUARD_PRESETS, infer_preset
+from rain_core.guard_presets import GUARD_PRESETS, infer_preset
 
 __all__ = ["GUARD_EVALUATOR_OPTIONS", "DecoderOptions", "LoadOptions", "constructor"]
 

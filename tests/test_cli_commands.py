@@ -19,7 +19,7 @@ from tiny_models import save_tiny_llama
 import rain_core.cli as cli
 import rain_core.engines.guards as guards
 from rain_core import Scoring
-from rain_core.guard_evaluator import LLAMA_GUARD_3
+from rain_core.guard_presets import LLAMA_GUARD_3
 
 
 def help_of(capsys: Any, *argv: str) -> str:

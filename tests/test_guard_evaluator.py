@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 
 from rain_core import RainDecoder
-from rain_core.guard_evaluator import (
+from rain_core.guard_evaluator import GuardEvaluator
+from rain_core.guard_presets import (
     GRANITE_GUARDIAN,
     GRANITE_GUARDIAN_3_3,
     LLAMA_GUARD_3,
     LLAMA_GUARD_3_1B,
     QWEN3GUARD,
     SHIELDGEMMA,
-    GuardEvaluator,
     GuardPreset,
     infer_preset,
     parse_transcript,
