@@ -20,7 +20,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,14 +125,26 @@ class FakeLM:
         return int(order[j]), float(logq[j])
 
     # --- protocol requests ----------------------------------------------------------------------
-    def top_tokens(self, prefix, k, temperature=1.0, exclude=()):
+    def top_tokens(
+        self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
+    ) -> list[Continuation]:
         self.requests.append(("top_tokens", len(prefix), (k, tuple(exclude))))
         lp = self.logprobs(prefix, temperature)
         skip = set(exclude)
         order = [i for i in np.argsort(-lp, kind="stable") if self.vocab[i] not in skip][:k]
         return [Continuation((self.vocab[i],), float(lp[i])) for i in order]
 
-    def sample(self, prefix, n, length, *, top_k, temperature, seed, greedy_first=True):
+    def sample(
+        self,
+        prefix: Sequence[int],
+        n: int,
+        length: int,
+        *,
+        top_k: int,
+        temperature: float,
+        seed: int,
+        greedy_first: bool = True,
+    ) -> list[Continuation]:
         self.requests.append(("sample", len(prefix), (n, length)))
         out = []
         for row in range(n):
@@ -148,7 +160,17 @@ class FakeLM:
             out.append(Continuation(tuple(toks), total))
         return out
 
-    def generate(self, prefix, max_tokens, *, top_k, temperature, seed, stop=(), stop_token_ids=()):
+    def generate(
+        self,
+        prefix: Sequence[int],
+        max_tokens: int,
+        *,
+        top_k: int | None,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        stop_token_ids: Collection[int] = (),
+    ) -> list[int]:
         self.requests.append(("generate", len(prefix), (max_tokens, top_k)))
         rng = np.random.default_rng(seed)
         ids, out = list(prefix), []
@@ -161,7 +183,7 @@ class FakeLM:
                 break
         return out
 
-    def next_token_logprobs(self, prompts, candidates):
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> list[list[float]]:
         self.requests.append(("next_token_logprobs", len(prompts), tuple(candidates)))
         rows = []
         for p in prompts:

@@ -66,7 +66,7 @@ def test_it_is_a_language_model(lm):
 
 def test_official_candidate_logprob_is_under_the_top_k_renormalised_distribution(lm, prefix):
     # The official raw prior of a candidate multiplies, token by token, its probability in the top-15
-    # distribution it was drawn from, renormalised (rain 0.1 used the full-vocabulary probability).
+    # distribution it was drawn from, renormalised (not its probability in the full vocabulary).
     rows = lm.sample(prefix, 4, 5, top_k=15, temperature=1.0, seed=11)
     for row, cand in enumerate(rows):
         ids, expected = list(prefix), 0.0

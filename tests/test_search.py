@@ -1,6 +1,6 @@
 """Deterministic search tests: the one fake model of ``fakes.py``, scripted evaluators, expected trees
 worked out by hand from the authors' code (docs/algorithm.md). Tests named ``test_official_*`` pin a
-point where rain 0.1 differed from the official code; each fails on that old behaviour."""
+point of the authors' code that a simpler reading gets wrong; each fails on that reading."""
 
 import zlib
 
@@ -14,6 +14,20 @@ from rain_core.search import RainSearch
 from rain_core.tree import ROOT_INDEX, added_prior
 
 A, B, C = ord("a"), ord("b"), ord("c")
+
+
+def make_search(lm, evaluator, config, *, encoder=None, prompt="user: hi\nassistant:", seed=0, keep_trees=False):
+    """A RainSearch over ``lm`` with a scoring function: the one way these tests build a search."""
+    return RainSearch(
+        lm,
+        CallableEvaluator(evaluator),
+        encoder,
+        config,
+        lm.encode(prompt),
+        "User: " + prompt.split("user: ", 1)[-1].split("\n", 1)[0],
+        seed=seed,
+        keep_trees=keep_trees,
+    )
 
 
 def table():
@@ -36,9 +50,7 @@ def _search(lm, evaluator, encoder, **cfg):
         clause_boundaries=("a", "b", "c", "d"),
         **cfg,
     )
-    return RainSearch(
-        lm, CallableEvaluator(evaluator), encoder, config, lm.encode("qd"), "User: x", seed=0, keep_trees=True
-    )
+    return make_search(lm, evaluator, config, encoder=encoder, prompt="qd", keep_trees=True)
 
 
 def test_two_commits_match_the_hand_worked_trees():
@@ -124,7 +136,7 @@ def test_official_one_candidate_per_addition_and_sibling_priors_untouched():
         max_new_tokens=4,
         clause_boundaries=("a", "b", "c", "d"),
     )
-    s = RainSearch(lm, CallableEvaluator(lambda p, t: -1.0), SameEncoder(), cfg, lm.encode("qd"), "x", seed=1)
+    s = make_search(lm, lambda p, t: -1.0, cfg, encoder=SameEncoder(), prompt="qd", seed=1)
     additions = 0
     for _ in range(40):
         before = {k: s.tree.prior[k] for k in range(len(s.tree))}
@@ -149,17 +161,9 @@ def test_official_one_candidate_per_addition_and_sibling_priors_untouched():
 
 def test_official_token_set_length_counts_from_the_original_prompt():
     # The official token-set length reads a node's step from the original prompt, never reset at a
-    # commit: after the 1-, 2- and 4-token commits every new set is 10 tokens (rain 0.1 restarted at 1).
+    # commit: after the 1-, 2- and 4-token commits every new set is 10 tokens (not 1 again).
     lm = CharLM()
-    s = RainSearch(
-        lm,
-        CallableEvaluator(lambda p, r: 1.0),
-        None,
-        RainConfig(max_new_tokens=60, min_visits=1),
-        lm.encode("user: hi\nassistant:"),
-        "User: hi",
-        seed=0,
-    )
+    s = make_search(lm, lambda p, r: 1.0, RainConfig(max_new_tokens=60, min_visits=1))
     lengths = [len(s.next_commit()) for _ in range(3)]
     assert lengths == [1, 2, 4]
     assert s.tree.depth_from_prompt[ROOT_INDEX] == 3
@@ -182,9 +186,7 @@ def test_official_simulation_samples_the_full_distribution():
 def _sim_search(script, **cfg):
     lm = ScriptedLM(script)
     config = RainConfig(max_new_tokens=80, **cfg)
-    return RainSearch(
-        lm, CallableEvaluator(lambda p, r: 1.0), None, config, lm.encode("user: go\nassistant:"), "User: go", seed=0
-    )
+    return make_search(lm, lambda p, r: 1.0, config, prompt="user: go\nassistant:")
 
 
 def _simulate(search, node):
@@ -193,7 +195,7 @@ def _simulate(search, node):
 
 def test_official_leaf_ending_a_clause_is_judged_without_simulation():
     s = _sim_search("one, two, three.")
-    # the prompt ends with ":" so the root is judged as it is (rain 0.1 always sampled a token)
+    # the prompt ends with ":" so the root is judged as it is, without a simulated token
     assert _simulate(s, ROOT_INDEX) == []
     ends = s.tree.add_child(ROOT_INDEX, s.lm.encode("one,"))
     assert _simulate(s, ends) == []
@@ -205,7 +207,7 @@ def test_official_simulation_has_no_length_cap_by_default():
     s = _sim_search("a" * 40 + " b.")
     leaf = s.tree.add_child(ROOT_INDEX, s.lm.encode("a"))
     sim = _simulate(s, leaf)
-    assert s.lm.decode(sim) == "a" * 39 + " b."  # 42 tokens: rain 0.1 stopped at 32
+    assert s.lm.decode(sim) == "a" * 39 + " b."  # 42 tokens: no cap but max_length
     capped = _sim_search("a" * 40 + " b.", max_simulation_tokens=32)
     assert len(_simulate(capped, capped.tree.add_child(ROOT_INDEX, capped.lm.encode("a")))) == 32
 
@@ -224,15 +226,7 @@ def test_official_reused_visits_are_real_visits():
 
 def test_early_stop_when_everything_is_good():
     lm = CharLM()
-    s = RainSearch(
-        lm,
-        CallableEvaluator(lambda p, r: 1.0),
-        None,
-        RainConfig(max_new_tokens=12),
-        lm.encode("user: hi\nassistant:"),
-        "User: hi",
-        seed=0,
-    )
+    s = make_search(lm, lambda p, r: 1.0, RainConfig(max_new_tokens=12))
     tokens = s.next_commit()
     # value 1 > V=0.8 everywhere: stop as soon as the best child has more than T_min = 6 real visits
     assert s.stats.early_stops == 1
@@ -243,15 +237,7 @@ def test_early_stop_when_everything_is_good():
 
 def test_full_budget_when_nothing_is_good():
     lm = CharLM()
-    s = RainSearch(
-        lm,
-        CallableEvaluator(lambda p, r: -1.0),
-        None,
-        RainConfig(max_new_tokens=12),
-        lm.encode("user: hi\nassistant:"),
-        "User: hi",
-        seed=0,
-    )
+    s = make_search(lm, lambda p, r: -1.0, RainConfig(max_new_tokens=12))
     s.next_commit()
     assert s.stats.searches == 50 and s.stats.early_stops == 0
 
@@ -306,9 +292,9 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
     # prefix of the expansion's first sampled row that ends a clause, or all of it and more (asked for
     # from its end). Official (False): the simulation is sampled on its own from the leaf.
     lm = CharLM()
-    prompt = lm.encode("user: hi\nassistant")  # does not end a clause: the root is simulated too
     cfg = RainConfig(token_set_lengths=(6,), max_new_tokens=40, simulate_from_candidate=from_candidate)
-    s = RainSearch(lm, CallableEvaluator(lambda p, r: 1.0), None, cfg, prompt, "User: hi", seed=5)
+    # the prompt does not end a clause: the root is simulated too
+    s = make_search(lm, lambda p, r: 1.0, cfg, prompt="user: hi\nassistant", seed=5)
     sampled, generated = [], []
     real_sample, real_generate = lm.sample, lm.generate
     lm.sample = lambda *a, **k: sampled.append(real_sample(*a, **k)) or sampled[-1]
@@ -353,9 +339,7 @@ def test_simulation_starts_with_the_first_sampled_candidate(from_candidate):
 def test_lazy_expansion_follows_the_greedy_path_when_everything_is_good():
     lm = CharLM()
     prompt = lm.encode("user: hi\nassistant:")
-    s = RainSearch(
-        lm, CallableEvaluator(lambda p, r: 1.0), None, RainConfig.fast(max_new_tokens=30), prompt, "User: hi", seed=0
-    )
+    s = make_search(lm, lambda p, r: 1.0, RainConfig.fast(max_new_tokens=30))
     list(s.run())
     # every expansion drew one row (the greedy continuation); no node was completed
     assert all(r[2][0] == 1 for r in lm.requests if r[0] == "sample")
@@ -383,7 +367,7 @@ def test_lazy_node_is_completed_with_official_priors_once_its_greedy_child_is_ju
         max_new_tokens=4,
         clause_boundaries=("a", "b", "c", "d"),
     )
-    s = RainSearch(lm, CallableEvaluator(lambda p, t: 0.5), None, cfg, lm.encode("qd"), "x", seed=2)
+    s = make_search(lm, lambda p, t: 0.5, cfg, prompt="qd", seed=2)
     s.search_once()  # expands the root lazily: the greedy "aa" only
     assert [s.tree.tokens[k] for k in s.tree.children[ROOT_INDEX]] == [(A, A)]
     assert s.tree.pending[ROOT_INDEX] and s.tree.prior[1] == 1.0

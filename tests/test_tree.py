@@ -1,7 +1,7 @@
 """Pure tests of the tree arithmetic on hand-made numbers; each rule as the authors' code has it.
 
-The tests named ``test_official_*`` pin a point where rain 0.1 differed from the official code
-(docs/algorithm.md, "Fidelity"); each fails on that old behaviour."""
+The tests named ``test_official_*`` pin a point of the authors' code that a simpler reading gets
+wrong (docs/algorithm.md, "Fidelity"); each fails on that reading."""
 
 import math
 
@@ -60,7 +60,7 @@ def test_greedy_between_bounds_is_kept_and_alone_is_untouched():
 def test_official_greedy_clamp_order_lower_bound_wins_where_bounds_cross():
     # One distinct sample s: the bounds are sum = s and max + min = 2s. The official code applies
     # min(g, sum) first and max(., max + min) last, so the greedy prior becomes 2s: priors 2/3, 1/3
-    # (rain 0.1 let the upper bound win: 1/2, 1/2).
+    # (not the upper bound: 1/2, 1/2).
     g = clamp_greedy(0.9, [0.2])
     assert g == pytest.approx(0.4)
     assert normalize([g, 0.2]) == pytest.approx([2 / 3, 1 / 3])
@@ -184,7 +184,7 @@ def test_similarity_weight_scales_with_similarity():
 def test_official_similarity_compares_mean_embeddings():
     # The node's earlier embedding e1 = (1, 0); this visit's path embedding e2 = (.85, .527) is only
     # 0.85-similar to the sibling's mean (1, 0), but the node's new MEAN (.925, .2635) is 0.962-similar:
-    # the official code compares means, so the sibling is updated (rain 0.1 compared e2: no update).
+    # the official code compares means, so the sibling is updated (comparing e2 alone would not).
     t = Tree()
     a = t.add_child(ROOT_INDEX, (1,))
     b = t.add_child(ROOT_INDEX, (2,))
@@ -233,7 +233,7 @@ def test_dynamic_addition_trigger():
 def test_official_variance_is_unbiased():
     # Two children 0.2 apart in one dimension: population variance 0.01, unbiased 0.02. With the
     # threshold 0.03 * 1 = 0.03 both are below; with factor 0.015 (threshold 0.015) only the biased one
-    # is, so the official (unbiased, as torch.var) rule does not fire where rain 0.1 (np.var) did.
+    # is, so the official (unbiased, as torch.var) rule does not fire where the biased np.var would.
     t = _bad_children([[0.0, 0.0], [0.2, 0.0]])
     assert embedding_variance_norm([np.zeros(2), np.array([0.2, 0.0])]) == pytest.approx(0.02)
     assert should_add_nodes(t, ROOT_INDEX, 20, 0.03)
@@ -241,7 +241,7 @@ def test_official_variance_is_unbiased():
 
 
 def test_official_single_child_never_triggers_addition():
-    # One child has no variance (torch.var of one sample is NaN): never "all alike" (rain 0.1: always).
+    # One child has no variance (torch.var of one sample is NaN): never "all alike".
     t = _bad_children([[1.0, 0.0]])
     assert embedding_variance_norm([np.array([1.0, 0.0])]) is None
     assert not should_add_nodes(t, ROOT_INDEX, 20, 0.03)
@@ -269,7 +269,7 @@ def test_early_stop_rule():
 
 def test_official_early_stop_counts_real_visits():
     # 7.2 visits, of which 6 real and 1.2 from the similarity update: the official rule reads the real
-    # visits (fn), 6 is not more than T_min = 6 (rain 0.1 read 7.2 and stopped).
+    # visits (fn), 6 is not more than T_min = 6 (7.2 visits with the fractional ones would stop).
     cfg = RainConfig(min_visits=6, value_threshold=0.8)
     t = _root_with_children([0.9, 0.0], [7.2, 1], [0.5, 0.5], real=[6, 1])
     assert not _stops(t, cfg)
