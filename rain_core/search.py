@@ -270,10 +270,7 @@ class RainSearch:
             try:
                 if self._interrupted():
                     raise _DeadlinePassed
-                # no wider than the searches the early stop needs before it could hold: it is then
-                # checked where one search at a time would first be stopped
-                room = searches_before_early_stop(d.tree, cfg.min_visits, cfg.value_threshold)
-                n = min(cfg.parallel_searches, target - i, room) if d.tree.children[ROOT_INDEX] else 1
+                n = self._round_width(target - i)
                 done = yield from self._round(max(n, 1))
             except _DeadlinePassed:
                 self.finished_by = "time"
@@ -289,6 +286,21 @@ class RainSearch:
                 d.stats.early_stops += 1
                 break
         return self._commit(searches, i0, stopped_early, time.perf_counter() - t0)
+
+    def _round_width(self, left: int) -> int:
+        """How many searches the next round runs: ``parallel_searches`` while the search has to
+        work, never past the budget (``left``), never past the searches the early stop needs before
+        it could hold (so it is checked where one search at a time would first be stopped), and one
+        at a time once a root child looks good enough to stop (its value above ``value_threshold``),
+        where searches side by side would only spread over branches the search no longer needs."""
+        tree, cfg = self.decode.tree, self.cfg
+        kids = tree.children[ROOT_INDEX]
+        if not kids or cfg.parallel_searches == 1:
+            return 1
+        if any(tree.value[k] > cfg.value_threshold for k in kids):
+            return 1
+        room = searches_before_early_stop(tree, cfg.min_visits, cfg.value_threshold)
+        return max(1, min(cfg.parallel_searches, left, room))
 
     def _commit(self, searches: int, reused: int, stopped_early: bool, seconds: float) -> list[int]:
         d = self.decode

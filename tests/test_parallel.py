@@ -233,3 +233,14 @@ def test_parallel_searches_on_the_async_driver():
     sync = dec.generate("hi")
     result = asyncio.run(dec.agenerate("hi"))
     assert result.text == sync.text and result.stats["searches"] == sync.stats["searches"]
+
+
+def test_rounds_are_full_while_the_search_has_to_work_and_single_once_a_child_is_good_enough():
+    def decode(evaluator):
+        cfg = dict(parallel_searches=8, max_new_tokens=16, max_searches=12, extra_searches=6)
+        return RainDecoder(CharLM(), evaluator, encoder=None, **cfg).generate("hi").stats
+
+    rejected = decode(lambda p, r: -1.0)  # no child will ever look good enough to stop
+    content = decode(lambda p, r: 1.0)  # every child looks good: one search at a time, as officially
+    assert rejected["rounds"] * 4 <= rejected["searches"]
+    assert content["rounds"] >= content["searches"] - 8  # at most the first round side by side
