@@ -157,17 +157,15 @@ def _sample(d: Decode, node: int, n: int, rng: np.random.Generator, greedy_first
 # --- select -------------------------------------------------------------------------------------
 def select(
     d: Decode, rng: np.random.Generator, deferred: dict[int, tuple[str, np.random.Generator]] | None = None
-) -> Phase[int | None]:
+) -> Phase[int]:
     """From the root, while the node has children: complete a lazy expansion whose greedy child is
-    not good enough, try dynamic node addition, then step to the PUCT-best child. None when the
-    searches in flight have taken every leaf this selection could reach (the root included).
+    not good enough, try dynamic node addition, then step to the PUCT-best child (the searches in
+    flight count in its exploration term, ``tree.in_flight``).
 
     ``deferred`` (a round of searches side by side): instead of drawing a completion or an addition
     here, note it (``{node: (kind, rng)}``, once per node) and select among the children as they
     are; the round draws every noted one in one batch before its searches go on."""
     cfg, node = d.cfg, ROOT_INDEX
-    if d.tree.in_flight[node] and not d.tree.children[node]:
-        return None
     while d.tree.children[node]:
         if d.tree.pending[node] and greedy_not_good_enough(d, node):
             if deferred is None:
@@ -183,10 +181,7 @@ def select(
                 yield from add_node(d, node, rng)
             else:
                 deferred[node] = ("add", rng)
-        child = select_child(d.tree, node, cfg.c_puct, cfg.virtual_loss)
-        if child is None:
-            return None
-        node = child
+        node = select_child(d.tree, node, cfg.c_puct, cfg.virtual_loss)
     return node
 
 
@@ -355,21 +350,23 @@ def evaluate(d: Decode, node: int, simulation: Sequence[int]) -> Phase[float]:
     return value
 
 
-def leaf_value(d: Decode, leaf: int, rng: np.random.Generator) -> Phase[tuple[float, list[int]]]:
+def leaf_value(d: Decode, leaf: int, rng: np.random.Generator, expands: bool = True) -> Phase[tuple[float, list[int]]]:
     """The part of one search between its selection and its back-up: the leaf's value and the
     simulation it was judged with. Official order: simulate, evaluate, then expand the leaf; with
     ``simulate_from_candidate`` the expansion comes first and the simulation starts with its first
-    sampled candidate."""
+    sampled candidate. ``expands=False``: another search of the round, started earlier, expands this
+    leaf; this one only simulates and evaluates it (one more sample of its value)."""
     tree = d.tree
+    expands = expands and not tree.children[leaf]
     if tree.terminal[leaf]:
         simulation: list[int] = []
-    elif d.cfg.simulate_from_candidate:
+    elif d.cfg.simulate_from_candidate and expands:
         first = yield from expand(d, leaf, rng)
         simulation = yield from simulate(d, leaf, rng, first or ())
     else:
         simulation = yield from simulate(d, leaf, rng)
     value = yield from evaluate(d, leaf, simulation)
-    if not tree.terminal[leaf] and not tree.children[leaf]:
+    if expands and not tree.terminal[leaf] and not tree.children[leaf]:
         yield from expand(d, leaf, rng)
     return value, simulation
 

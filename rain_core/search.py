@@ -211,8 +211,9 @@ class RainSearch:
         return [results[i] for i in range(len(phases))]
 
     def _round(self, n: int) -> Round[int]:
-        """Up to ``n`` searches side by side; returns how many completed. A selection that finds
-        every reachable leaf taken by the searches in flight ends the round's selections."""
+        """``n`` searches side by side; returns how many completed. Two searches that select the same
+        leaf (as WU-UCT allows: the one in flight only lowered its exploration term) each sample its
+        value; the one that started first expands it."""
         d = self.decode
         flights: list[tuple[int, np.random.Generator]] = []
         deferred: dict[int, tuple[str, np.random.Generator]] | None = {} if self.cfg.parallel_searches > 1 else None
@@ -220,13 +221,17 @@ class RainSearch:
             for _ in range(n):
                 rng = self._search_rng()
                 leaf = yield from self._alone(select(d, rng, deferred))
-                if leaf is None:
-                    break
                 mark_in_flight(d.tree, leaf, 1)
                 flights.append((leaf, rng))
             if deferred:
                 yield from self._together(deferred_changes(d, deferred))
-            results = yield from self._together([leaf_value(d, leaf, rng) for leaf, rng in flights])
+            starts = [
+                i == next(j for j, (other, _) in enumerate(flights) if other == leaf)
+                for i, (leaf, _) in enumerate(flights)
+            ]
+            results = yield from self._together(
+                [leaf_value(d, leaf, rng, first) for (leaf, rng), first in zip(flights, starts)]
+            )
         finally:
             for leaf, _ in flights:
                 mark_in_flight(d.tree, leaf, -1)
@@ -253,7 +258,9 @@ class RainSearch:
 
     def _search_from(self, leaves: Sequence[int]) -> Round[int]:
         flights = [(leaf, self._search_rng()) for leaf in leaves]
-        results = yield from self._together([leaf_value(self.decode, leaf, rng) for leaf, rng in flights])
+        results = yield from self._together(
+            [leaf_value(self.decode, leaf, rng, leaf not in leaves[:i]) for i, (leaf, rng) in enumerate(flights)]
+        )
         yield from self._back_up_all(flights, results)
         return len(flights)
 

@@ -215,15 +215,10 @@ def puct_scores(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0)
     return out
 
 
-def select_child(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> int | None:
-    """The child maximising the PUCT score (ties: the earliest child). A leaf that a search of the
-    round in flight has selected is taken: None when every child is taken."""
-    kids = tree.children[node]
+def select_child(tree: Tree, node: int, c_puct: float, virtual_loss: float = 0.0) -> int:
+    """The child maximising the PUCT score (ties: the earliest child)."""
     scores = puct_scores(tree, node, c_puct, virtual_loss)
-    free = [j for j, k in enumerate(kids) if not (tree.in_flight[k] and not tree.children[k])]
-    if not free:
-        return None
-    return kids[max(free, key=lambda j: (scores[j], -j))]
+    return tree.children[node][int(np.argmax(scores))]
 
 
 # --- backup ------------------------------------------------------------------------------------

@@ -87,13 +87,14 @@ def test_a_round_builds_the_same_tree_as_its_searches_one_after_another(width, f
     together = _search(CharLM(), encoder=HashEncoder(), parallel_searches=width, **preset)
     apart = _search(CharLM(), encoder=HashEncoder(), parallel_searches=width, **preset)
     for s in (together, apart):
-        s.search_once()  # the root has no children yet: a round of one search expands it
+        s.search_from([ROOT_INDEX])  # one search expands the root
     assert together.tree.to_dict() == apart.tree.to_dict()
     searched = 1
-    for _ in range(3):
-        # the same leaves for both: the first `width` childless nodes, deepest first
+    for round_ in range(3):
+        # the same leaves for both: the first childless nodes, deepest first; in the second round one
+        # leaf twice (two searches on one leaf: the first expands it, the second samples it again)
         leaves = sorted((n for n in range(len(together.tree)) if not together.tree.children[n]), reverse=True)
-        leaves = leaves[:width]
+        leaves = leaves[: width - 1] + leaves[:1] if round_ == 1 else leaves[:width]
         searched += len(leaves)
         together.search_from(leaves)
         for leaf in leaves:
@@ -112,18 +113,21 @@ def test_requests_of_a_round_reach_the_engine_as_batches(width):
     for _ in range(4):
         s.search_once()
     sizes = [n for kind, n in lm.batches if kind in ("sample", "top_tokens")]
-    assert max(sizes) == width  # the expansions of a whole round in one call
-    assert s.stats.searches == s.tree.real_visits[ROOT_INDEX]
+    # the expansions of a round in one call (as many as the round's distinct leaves)
+    assert max(sizes) >= width // 2 and len(sizes) < sum(sizes)
+    assert s.stats.searches == s.tree.real_visits[ROOT_INDEX] == 4 * width
 
 
 def test_selections_of_a_round_see_the_searches_in_flight_and_none_outlives_it():
     s = _search(CharLM(), parallel_searches=8, dynamic_node_addition=False)
-    s.search_once()
+    s.search_from([ROOT_INDEX])
     before = [n for n in range(len(s.tree)) if not s.tree.children[n]]
+    visits = {n: s.tree.real_visits[n] for n in before}
     s.search_once()
-    # eight different leaves were searched: each selection saw the ones already in flight
-    expanded = [n for n in before if s.tree.children[n] or s.tree.terminal[n]]
-    assert len(expanded) == 8
+    # the in-flight counts spread the round over several leaves (without them, all eight searches
+    # would select the same leaf, the one with the best score), and none is left after the round
+    searched = [n for n in before if s.tree.real_visits[n] > visits[n]]
+    assert len(searched) >= 4
     assert s.stats.searches == 9
     assert set(s.tree.in_flight) == {0}
 
@@ -219,11 +223,17 @@ def test_cancel_stops_a_round_before_its_next_model_call(width):
     assert time.monotonic() - t0 < 0.8 + width * delay + 0.5
 
 
-@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
 def test_parallel_searches_still_avoid_a_penalised_word(width):
-    # "i like cats." is the model's preference; the evaluator penalises "cats"
+    # "i like cats." is the model's preference ("i like dogs." one token away); the evaluator
+    # penalises "cats". Over 20 seeds plain decoding writes it in 19; RAIN, whatever the width, in at
+    # most 60% (whether an expansion samples "dogs" at all is chance: one at a time writes it in 7)
+    seeds = range(20)
     dec = RainDecoder(two_way(), words_penalty("cats"), encoder=None, max_new_tokens=20, parallel_searches=width)
-    assert dec.generate("pets?").text == "i like dogs."
+    plain = sum("cats" in dec.vanilla("pets?", seed=s).text for s in seeds)
+    rain = [dec.generate("pets?", seed=s).text for s in seeds]
+    assert plain >= 18
+    assert sum("cats" in t for t in rain) <= 12 and all(t in ("i like cats.", "i like dogs.") for t in rain)
 
 
 def test_parallel_searches_on_the_async_driver():
