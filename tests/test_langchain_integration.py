@@ -58,7 +58,7 @@ NO_TOOL_CALLS = (
     "object is cut off by the 6-token test budget), so it produces no tool call or structured output; "
     "ChatRain's tool rendering, call parsing, streaming of calls, tool_choice and with_structured_output "
     "(all three methods, and the OutputParserException on a reply that does not parse) are tested with a "
-    "scripted model in test_langchain_unit.py"
+    "scripted model in test_langchain_tools.py and test_langchain_structured.py"
 )
 MODEL_PARAMS = pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
 SCHEMA_TYPES = pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
