@@ -126,12 +126,25 @@ def _build_parser() -> argparse.ArgumentParser:
         default="official",
         help="official: the authors' search (default); fast: RainConfig.fast() (docs/algorithm.md)",
     )
-    gen.add_argument("--max-searches", type=int, default=None, help="T_max, searches per commit (official 50)")
+    gen.add_argument(
+        "--max-searches",
+        type=int,
+        default=None,
+        help="T_max, searches per commit (official 50); below --extra-searches it lowers both, so a commit "
+        "runs this many new searches (docs/budgets.md)",
+    )
     gen.add_argument(
         "--extra-searches",
         type=int,
         default=None,
-        help="T_extra, at least this many new searches per commit (official 15)",
+        help="T_extra, at least this many new searches per commit (official 15; never more than --max-searches)",
+    )
+    gen.add_argument(
+        "--parallel-searches",
+        type=int,
+        default=None,
+        help="searches run side by side per round, their model calls batched (default 1: the authors' "
+        "one-at-a-time search; docs/algorithm.md)",
     )
     gen.add_argument(
         "--max-seconds",
@@ -166,6 +179,7 @@ _RAIN_OPTIONS = {
     "max_new_tokens": "--max-new-tokens",
     "max_searches": "--max-searches",
     "extra_searches": "--extra-searches",
+    "parallel_searches": "--parallel-searches",
     "max_seconds": "--max-seconds",
     "seed": "--seed",
     "temperature": "--temperature",

@@ -90,3 +90,24 @@ def test_generate_with_a_guard_folder_judges_with_the_guard(capsys, monkeypatch,
     assert guard.preset is LLAMA_GUARD_3 and guard.scoring is Scoring.CONTINUOUS
     assert guard.lm.engine_stats()["forward_calls"] > 0  # the search asked the guard
     assert out["stats"]["evaluations"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], {"max_searches": 50, "extra_searches": 15, "parallel_searches": 1}),
+        (["--max-searches", "4"], {"max_searches": 4, "extra_searches": 15, "parallel_searches": 1}),
+        (["--parallel-searches", "8", "--preset", "fast"], {"parallel_searches": 8, "lazy_expansion": True}),
+    ],
+)
+def test_generate_options_reach_the_config(argv, expected):
+    config = cli._config(cli._build_parser().parse_args(["generate", *argv, "hello"]))
+    assert {name: getattr(config, name) for name in expected} == expected
+    # the budget the user set is the one a commit runs (max_searches below extra_searches lowers both)
+    assert config.search_target(reused_visits=0) == config.max_searches
+
+
+def test_generate_help_says_a_low_max_searches_lowers_both(capsys):
+    text = " ".join(help_of(capsys, "generate").split())
+    assert "below --extra-searches it lowers both" in text
+    assert "--parallel-searches" in text

@@ -45,6 +45,10 @@ def no_loading(monkeypatch):
             "rain: error: --max-searches: Input should be greater than or equal to 1 (got 0); "
             "--max-new-tokens: Input should be greater than or equal to 1 (got 0)",
         ),
+        (
+            ["--parallel-searches", "0"],
+            "rain: error: --parallel-searches: Input should be greater than or equal to 1 (got 0)",
+        ),
         (["--temperature", "0"], "rain: error: --temperature: Input should be greater than 0 (got 0.0)"),
         (["--max-seconds", "-5"], "rain: error: --max-seconds: Input should be greater than 0 (got -5.0)"),
         (
