@@ -20,7 +20,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(materialize_default_model()))
 
 
-def tiny_model(vocab_size: int, seed: int = 0):
+def tiny_model(vocab_size: int, seed: int = 0, max_positions: int = 256):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -31,7 +31,7 @@ def tiny_model(vocab_size: int, seed: int = 0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         eos_token_id=2,
         bos_token_id=1,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fakes import PRINTABLE, FakeLM
+from test_engine import tiny_model
 
 from rain_core import JudgeEvaluator, Scoring, SelfEvaluator
 from rain_core.engines.embedded import materialize_default_model
@@ -61,25 +62,12 @@ def test_a_batch_scores_as_one_by_one_on_the_fake(scoring):
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> TransformersLM:
-    """A tiny random Llama with the embedded model's tokenizer, whose context holds a judge's prompt."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """test_engine's tiny random Llama with the embedded model's tokenizer, its context long enough
+    for a judge's prompt."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(materialize_default_model()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # logits spread wide enough that the two letters rarely tie
-        model.lm_head.weight.mul_(40.0)
-    return TransformersLM(model, tokenizer, name="tiny")
+    return TransformersLM(tiny_model(len(tokenizer), max_positions=4096), tokenizer, name="tiny")
 
 
 @pytest.mark.parametrize("scoring", [Scoring.DISCRETE, Scoring.CONTINUOUS])
