@@ -176,7 +176,7 @@ def load_tokenizer(path: str | None) -> Any:
 
     if path:
         return AutoTokenizer.from_pretrained(path)
-    from rain_core.engines.embedded import DEFAULT_MODEL_NAME, cache_dir
+    from rain_core.loaders.embedded import DEFAULT_MODEL_NAME, cache_dir
 
     folder = cache_dir() / DEFAULT_MODEL_NAME
     if not (folder / "tokenizer.json").is_file():
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                 return {"seconds": time.perf_counter() - t0, "note": f"{stats['weight_bytes'] / 2**30:.2f} GiB weights"}
 
             check.row(label, "load", load)
-        from rain_core.engines.embedded import DEFAULT_MODEL_NAME, cache_dir
+        from rain_core.loaders.embedded import DEFAULT_MODEL_NAME, cache_dir
 
         real = cache_dir() / DEFAULT_MODEL_NAME
         if (real / "model.safetensors").is_file() and not args.quick:

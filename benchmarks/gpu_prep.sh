@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 CARRY_MIB="${CARRY_MIB:-48}"
-tok="$("$PY" -c 'from rain_core.engines.embedded import materialize_default_model as m; print(m())')"
+tok="$("$PY" -c 'from rain_core.loaders.embedded import materialize_default_model as m; print(m())')"
 rm -rf .gpu .whl
 mkdir -p .gpu/tokenizer .whl
 for f in tokenizer.json tokenizer_config.json special_tokens_map.json chat_template.jinja generation_config.json; do

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rain_core.guard_presets import GUARD_PRESETS
+from rain_core.evaluators.guards.presets import GUARD_PRESETS
 
 from .engines import (
     ENGINES,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from rain_core.config import Scoring
 from rain_core.evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
-from rain_core.guard_evaluator import GuardEvaluator
-from rain_core.guard_presets import GuardPreset, infer_preset
+from rain_core.evaluators.guards.evaluator import GuardEvaluator
+from rain_core.evaluators.guards.presets import GuardPreset, infer_preset
 from rain_core.protocols import Evaluator, LanguageModel
 
 from .scorers import load_scorer
@@ -75,7 +75,7 @@ def build_generator(opts: ModelOptions) -> LanguageModel:
         return vllm_engine(opts.base_url, opts.model, opts.api_key)
     if opts.base_url:
         raise SetupError("--base-url is for a served model: add --engine vllm")
-    from rain_core.engines import load_default_model, load_model
+    from rain_core.loaders import load_default_model, load_model
 
     kw = {k: v for k, v in {"device": opts.device, "dtype": opts.dtype}.items() if v}
     lm: LanguageModel = load_model(opts.model, **kw) if opts.model else load_default_model(**kw)
@@ -94,7 +94,7 @@ def build_judge(opts: ModelOptions) -> LanguageModel | None:
         return vllm_engine(url, served_name, opts.api_key)
     if not opts.judge:
         return None
-    from rain_core.engines import load_model
+    from rain_core.loaders import load_model
 
     kw = {k: v for k, v in {"device": opts.device, "dtype": opts.dtype}.items() if v}
     judge: LanguageModel = load_model(opts.judge, **kw)
@@ -123,7 +123,7 @@ def build_guard(opts: ModelOptions) -> GuardEvaluator | None:
             raise SetupError("a served guard needs --guard-base-url (or --base-url when it runs on the same server)")
         lm = vllm_engine(url, served_name, opts.api_key)
     else:
-        from rain_core.engines import load_model
+        from rain_core.loaders import load_model
 
         kw = {k: v for k, v in {"device": opts.device, "dtype": opts.dtype}.items() if v}
         lm = load_model(str(opts.guard), **kw)

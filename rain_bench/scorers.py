@@ -86,7 +86,7 @@ class EmbeddingHarmScorer:
     def _parts(self) -> tuple[Any, dict[str, Any]]:
         with self._lock:
             if self._encoder is None:
-                from rain_core.engines.encoder import load_default_encoder
+                from rain_core.loaders import load_default_encoder
 
                 self._encoder = load_default_encoder()
             if self._anchors is None:

@@ -658,8 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     local = None
     if args.base_url is None:
-        from rain_core.engines.embedded import materialize_default_model
-        from rain_core.engines.vllm_launch import CPU_FLAGS, LocalVLLMServer
+        from rain_core.engines.vllm.launch import CPU_FLAGS, LocalVLLMServer
+        from rain_core.loaders.embedded import materialize_default_model
 
         python = Path(args.venv) / "bin" / "python"
         if not python.exists():

@@ -2,7 +2,8 @@
 INference, Li et al., ICLR 2024).
 
 The core (config, tree, search, decoder, evaluators, protocols) imports no torch; the engines
-(``TransformersLM``, ``VLLMEngine``, ``load_model``, ``load_default_model``) are imported on first use.
+(``TransformersLM``, ``VLLMEngine``) and the loaders (``load_model``, ``load_default_model``,
+``load_guard``, ...) are imported on first use.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 from .chat import TemplateSupport, template_support, transcript
 from .config import RainConfig, Scoring
 from .decoder import RainDecoder
-from .evaluators import CallableEvaluator, JudgeEvaluator, SelfEvaluator
-from .guard_evaluator import GuardEvaluator
-from .guard_presets import GUARD_PRESETS, GuardPreset
+from .evaluators import GUARD_PRESETS, CallableEvaluator, GuardEvaluator, GuardPreset, JudgeEvaluator, SelfEvaluator
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
 from .protocols import (
     ContextTooLongError,
@@ -30,14 +29,14 @@ from .protocols import (
 from .results import RainResult
 from .streams import AsyncRainStream, RainStream
 
-_ENGINES = {
-    "TransformersLM",
-    "VLLMEngine",
-    "load_model",
-    "load_default_model",
-    "shared_default_model",
-    "load_guard",
-    "served_guard",
+_LAZY = {
+    "TransformersLM": "engines",
+    "VLLMEngine": "engines",
+    "load_model": "loaders",
+    "load_default_model": "loaders",
+    "shared_default_model": "loaders",
+    "load_guard": "loaders",
+    "served_guard": "loaders",
 }
 
 __all__ = [
@@ -79,6 +78,6 @@ __version__ = "0.3.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ENGINES:
-        return getattr(importlib.import_module(".engines", __name__), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from .guard_presets import GUARD_PRESETS, infer_preset
+from .evaluators.guards import GUARD_PRESETS, infer_preset
 
 logger = logging.getLogger("rain")
 
@@ -193,9 +193,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
-    from .engines.vllm import VLLMEngine
+    from .loaders import models
 
-    return VLLMEngine(base_url, model, api_key=args.api_key)
+    return models.served_model(base_url, model, api_key=args.api_key)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -263,7 +263,7 @@ def _guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
     """The guard as the evaluator; its score is continuous (its verdict probability) unless
     ``--scoring`` says otherwise."""
     from . import Scoring
-    from .engines import guards
+    from .loaders import guards
 
     scoring = args.scoring or Scoring.CONTINUOUS
     if args.guard:
@@ -274,7 +274,7 @@ def _guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
 
 def _load(args: argparse.Namespace, config: Any) -> Any:
     from . import JudgeEvaluator, RainDecoder, SelfEvaluator
-    from .engines import loading  # looked up now, so that tests can stand in for the loaders
+    from .loaders import models as loading  # looked up now, so that tests can stand in for the loaders
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
     if args.engine == "vllm":

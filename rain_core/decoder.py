@@ -4,12 +4,11 @@ decoding with the same model and limits for comparison."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 from .chat import (
@@ -28,15 +27,13 @@ from .protocols import (
     AsyncLanguageModel,
     Encoder,
     Evaluator,
-    EvaluatorError,
     LanguageModel,
     ProvidesEncoder,
-    ReportsStats,
     is_concurrent,
 )
 from .results import FINISH_REASONS, TRACE_VERSION, RainResult
-from .search import RainSearch, stats_difference
-from .streams import AsyncRainStream, RainStream, safe_text
+from .search import RainSearch, engine_counters, engine_delta
+from .streams import AsyncRainStream, OnCommit, RainStream, in_threads
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +51,6 @@ __all__ = [
 ]
 
 Prompt = Union[str, Sequence[Message]]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
-OnCommit = Callable[[dict[str, Any]], None]
-"""Told each commit as it happens: its ``commit_log`` entry (tokens, text, searches, value, ...)."""
 
 
 class RainDecoder:
@@ -151,7 +146,7 @@ class RainDecoder:
                 if not isinstance(self.lm, ProvidesEncoder):
                     raise TypeError(
                         f"{self.lm.name} offers no default sentence encoder for the similarity update; pass "
-                        "encoder=SentenceEncoder(folder) (rain_core.engines.encoder), any Encoder, or encoder=None "
+                        "encoder=SentenceEncoder(folder) (rain_core.loaders), any Encoder, or encoder=None "
                         "to turn the similarity update and dynamic node addition off"
                     )
                 self._encoder = self.lm.default_encoder()
@@ -193,75 +188,12 @@ class RainDecoder:
             keep_trees=keep_trees,
             should_stop=should_stop,
             deadline=deadline,
+            turn=self._model_turn(),
         )
 
     def _model_turn(self) -> Any:
         """The model's lock for one commit, unless the engine serves decodes side by side."""
         return contextlib.nullcontext() if is_concurrent(self.lm) else self._lock
-
-    def _engine_stats(self) -> dict[str, float]:
-        return self.lm.engine_stats() if isinstance(self.lm, ReportsStats) else {}
-
-    def _engine_delta(self, before: Mapping[str, float]) -> dict[str, float]:
-        """The engine's counters since ``before`` (its ``seconds`` as ``engine_seconds``)."""
-        delta = stats_difference(self._engine_stats(), before)
-        if "seconds" in delta:
-            delta["engine_seconds"] = delta.pop("seconds")
-        return delta
-
-    def _result(self, search: RainSearch, before: Mapping[str, float]) -> RainResult:
-        """The result so far; engine counters are this decode's share (on a shared server engine
-        they include the decodes that ran beside it)."""
-        text, stopped = cut_at_stop(search.response_text(), search.cfg.stop)
-        stats = search.stats.as_dict()
-        stats.update(self._engine_delta(before))
-        reason = search.finished_by or ("stop" if stopped else "length")
-        return RainResult(
-            text=text,
-            token_ids=list(search.committed),
-            finish_reason=reason,
-            prompt_tokens=len(search.prompt_ids),
-            stats=stats,
-        )
-
-    def _commits(self, search: RainSearch, before: Mapping[str, float]) -> Generator[list[int], None, None]:
-        """The search's commits, each in one model turn; an evaluator failure carries the result so far."""
-        commits = search.run()
-        try:
-            while True:
-                with self._model_turn():
-                    tokens = next(commits, None)
-                if tokens is None:
-                    return
-                yield tokens
-        except EvaluatorError as exc:
-            raise EvaluatorError(str(exc), partial=self._result(search, before)) from exc
-        finally:
-            commits.close()
-
-    def _pieces(
-        self, search: RainSearch, commits: Iterator[list[int]], before: Mapping[str, float], on_commit: OnCommit | None
-    ) -> Callable[[RainStream], Iterator[str]]:
-        def pieces(stream: RainStream) -> Iterator[str]:
-            emitted = 0
-            try:
-                for _ in commits:
-                    if on_commit is not None:
-                        on_commit(search.stats.commit_log[-1])
-                    if search.finished_by is not None:
-                        break
-                    piece, emitted = safe_text(search.response_text(), search.cfg.stop, emitted)
-                    if piece:
-                        yield piece
-                stream.result = self._result(search, before)
-                if len(stream.result.text) > emitted:
-                    yield stream.result.text[emitted:]
-            finally:
-                close = getattr(commits, "close", None)
-                if close is not None:
-                    close()
-
-        return pieces
 
     # --- public API -----------------------------------------------------------------------------
     def stream(
@@ -283,8 +215,7 @@ class RainDecoder:
         before the next model call, with ``DecodeCancelled``. ``on_commit`` is told each commit's
         log entry as it happens (for callbacks and traces)."""
         search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, stop_test(cancel))
-        before = self._engine_stats()
-        return RainStream(self._pieces(search, self._commits(search, before), before, on_commit))
+        return RainStream(search.run(), on_commit)
 
     def generate(
         self,
@@ -336,56 +267,7 @@ class RainDecoder:
         left = threading.Event()  # set when this stream is left: a commit in a worker thread stops
         should_stop = stop_test(cancel, None if on_loop else left)
         search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, should_stop)
-        before = self._engine_stats()
-        commits = search.arun() if on_loop else self._commits_in_threads(search, before, left)
-        return AsyncRainStream(self._apieces(search, commits, before, on_commit))
-
-    def _apieces(
-        self,
-        search: RainSearch,
-        commits: AsyncIterator[list[int]],
-        before: Mapping[str, float],
-        on_commit: OnCommit | None,
-    ) -> Callable[[AsyncRainStream], AsyncIterator[str]]:
-        async def pieces(stream: AsyncRainStream) -> AsyncIterator[str]:
-            emitted = 0
-            try:
-                async for _ in commits:
-                    if on_commit is not None:
-                        on_commit(search.stats.commit_log[-1])
-                    if search.finished_by is not None:
-                        break
-                    piece, emitted = safe_text(search.response_text(), search.cfg.stop, emitted)
-                    if piece:
-                        yield piece
-                stream.result = self._result(search, before)
-                if len(stream.result.text) > emitted:
-                    yield stream.result.text[emitted:]
-            except EvaluatorError as exc:
-                if exc.partial is None:
-                    raise EvaluatorError(str(exc), partial=self._result(search, before)) from exc
-                raise
-            finally:
-                aclose = getattr(commits, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-
-        return pieces
-
-    async def _commits_in_threads(
-        self, search: RainSearch, before: Mapping[str, float], left: threading.Event
-    ) -> AsyncIterator[list[int]]:
-        """The blocking commits, each in a worker thread; leaving (cancelled, closed, abandoned) sets
-        ``left``, the search's stop flag, so a commit still running ends before its next call."""
-        commits = self._commits(search, before)
-        try:
-            while True:
-                tokens = await asyncio.to_thread(next, commits, None)
-                if tokens is None:
-                    return
-                yield tokens
-        finally:
-            left.set()
+        return AsyncRainStream(search.arun() if on_loop else in_threads(search.run(), left), on_commit)
 
     async def agenerate(
         self,
@@ -429,7 +311,7 @@ class RainDecoder:
         prompt_ids, _ = self.prepare(prompt, chat=chat, chat_kwargs=chat_kwargs)
         check_room(self.lm, prompt_ids, cfg.max_length)
         budget = cfg.token_budget(len(prompt_ids), self.lm.context_length)
-        before = self._engine_stats()
+        before = engine_counters(self.lm)
         t0 = time.perf_counter()
         with self._model_turn():
             ids = self.lm.generate(
@@ -443,5 +325,5 @@ class RainDecoder:
         text, stopped = cut_at_stop(self.lm.decode(ids), cfg.stop)
         reason = "stop" if stopped else ("eos" if ids and ids[-1] in self.lm.eos_token_ids else "length")
         stats: dict[str, Any] = {"seconds": time.perf_counter() - t0, "new_tokens": len(ids)}
-        stats.update(self._engine_delta(before))
+        stats.update(engine_delta(self.lm, before))
         return RainResult(text=text, token_ids=ids, finish_reason=reason, prompt_tokens=len(prompt_ids), stats=stats)

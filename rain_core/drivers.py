@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-from .phases import EncodeRequest, Request, ScoreRequest
+from .phases import EncodeRequest, Phase, Request, ScoreRequest
 from .protocols import (
     AsyncBatchedLanguageModel,
     AsyncBatchEvaluator,
@@ -189,6 +189,69 @@ class Answerer:
         if isinstance(self.evaluator, AsyncEvaluator):
             return list(await asyncio.gather(*(self.evaluator.ascore(self.eval_prompt, t) for t in texts)))
         return await asyncio.to_thread(self._scores, texts)
+
+
+# --- running phases ----------------------------------------------------------------------------------
+def one_at_a_time(phase: Phase[T], before_call: Callable[[Batch], Batch]) -> Round[T]:
+    """Run one phase, its requests one at a time; ``before_call`` sees each batch before it goes out
+    (it may raise to stop the phase, which is then closed)."""
+    answer: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = phase.throw(error) if error is not None else phase.send(answer)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value
+        error = None
+        try:
+            batch = before_call((request,))
+        except BaseException:
+            phase.close()
+            raise
+        try:
+            (answer,) = yield batch
+        except Exception as exc:
+            error = exc
+
+
+def side_by_side(
+    phases: list[Phase[T]], order: tuple[type, ...], before_call: Callable[[Batch], Batch]
+) -> Round[list[T]]:
+    """Run phases side by side: each batch holds the requests of one kind of every phase waiting on that
+    kind, answered once no phase waits on a kind that comes earlier in ``order``. Every phase is closed
+    on the way out, whatever ends the round."""
+    results: dict[int, T] = {}
+    waiting: dict[int, Request] = {}
+
+    def advance(i: int, answer: Any = None, error: BaseException | None = None) -> None:
+        try:
+            request = phases[i].throw(error) if error is not None else phases[i].send(answer)
+        except StopIteration as stop:
+            results[i] = stop.value
+            waiting.pop(i, None)
+            return
+        waiting[i] = request
+
+    try:
+        for i in range(len(phases)):
+            advance(i)
+        while waiting:
+            kind = next(k for k in order if any(type(r) is k for r in waiting.values()))
+            ids = [i for i, r in waiting.items() if type(r) is kind]
+            batch = before_call(tuple(waiting[i] for i in ids))
+            try:
+                answers = yield batch
+            except Exception as exc:
+                for i in ids:  # the first phase turns it into a clearer error and raises it
+                    advance(i, error=exc)
+                continue
+            for i, answer in zip(ids, answers):
+                advance(i, answer)
+    finally:
+        for phase in phases:
+            phase.close()
+    return [results[i] for i in range(len(phases))]
 
 
 def drive(steps: Round[T], answerer: Answerer) -> T:

@@ -1,7 +1,9 @@
-"""What a decode returns: ``RainResult`` (the text, why it ended, what it cost) and its JSON trace."""
+"""What a decode hands up: a ``Commit`` per committed token set, and at the end a ``RainResult`` (the
+text, why it ended, what it cost) with its JSON trace."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,3 +44,27 @@ class RainResult:
             "stats": stats,
             "commits": list(self.stats.get("commit_log", [])),
         }
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One committed token set, as the search hands it up through the decoder and the streams to the
+    adapters, who pass it on without asking the search anything.
+
+    ``token_ids``: the ids committed. ``text``: the text they add that may be handed out now, final
+    (a possible start of a stop string and an unfinished character wait for the next commit; the last
+    commit releases the rest, cut at the stop string). ``stats``: the commit's statistics (its
+    ``commit_log`` entry: searches, visits, value, seconds, ...). ``result``: on the last commit of a
+    decode, the decode's ``RainResult`` (``finish_reason`` says why it ended); None before. A decode
+    that ends without committing anything (no token budget, a deadline before the first commit) hands
+    up one last ``Commit`` with no ids and no ``stats``."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    stats: Mapping[str, Any] | None
+    result: RainResult | None = None
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the decode's last commit (``result`` is set)."""
+        return self.result is not None

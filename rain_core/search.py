@@ -13,15 +13,17 @@ decision (docs/algorithm.md). The search does no I/O: it yields batches of reque
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import numpy as np
 
 from .config import RainConfig
-from .drivers import Answerer, Round, adrive, drive
+from .drivers import Answerer, Round, adrive, drive, one_at_a_time, side_by_side
 from .phases import (
     Decode,
     EncodeRequest,
@@ -39,18 +41,22 @@ from .protocols import (
     DecodeCancelled,
     Encoder,
     Evaluator,
+    EvaluatorError,
     GenerateRequest,
     LanguageModel,
+    ReportsStats,
     SampleRequest,
     TopTokensRequest,
 )
+from .results import Commit, RainResult
+from .text import AnswerText
 from .tree import ROOT_INDEX, Tree, best_child, early_stop, mark_in_flight, reroot, searches_before_early_stop
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["RainSearch", "SearchStats", "stats_difference"]
+__all__ = ["RainSearch", "SearchStats", "engine_counters", "engine_delta", "stats_difference"]
 
 # The order in which the searches of a round reach each kind of request: a kind is answered once
 # no search waits on an earlier one, so the searches of a round share each batch.
@@ -61,6 +67,19 @@ _CANDIDATE_FIRST_ORDER: tuple[type, ...] = (TopTokensRequest, SampleRequest, Gen
 def stats_difference(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
     """``after - before`` for every counter of ``after`` (a decode's share of an engine's work)."""
     return {key: value - before.get(key, 0) for key, value in after.items()}
+
+
+def engine_counters(lm: LanguageModel) -> dict[str, float]:
+    """The engine's work counters now (none when it keeps none)."""
+    return lm.engine_stats() if isinstance(lm, ReportsStats) else {}
+
+
+def engine_delta(lm: LanguageModel, before: Mapping[str, float]) -> dict[str, float]:
+    """The engine's counters since ``before`` (its ``seconds`` as ``engine_seconds``)."""
+    delta = stats_difference(engine_counters(lm), before)
+    if "seconds" in delta:
+        delta["engine_seconds"] = delta.pop("seconds")
+    return delta
 
 
 class _DeadlinePassed(Exception):
@@ -74,6 +93,7 @@ class RainSearch:
     ``deadline``: a ``time.monotonic()`` instant; once it passes (checked between model calls, so
     a decode overshoots it by at most one call) the round in flight is dropped, the best branch
     found so far is committed and the decode ends (``finished_by == "time"``).
+    ``turn``: a context manager held while one commit is searched (a local model's lock).
     """
 
     def __init__(
@@ -89,6 +109,7 @@ class RainSearch:
         keep_trees: bool = False,
         should_stop: Callable[[], bool] | None = None,
         deadline: float | None = None,
+        turn: AbstractContextManager[Any] | None = None,
     ) -> None:
         uses_embeddings = encoder is not None and (config.similarity_update or config.dynamic_node_addition)
         self.answerer = Answerer(
@@ -99,7 +120,11 @@ class RainSearch:
         self.keep_trees = keep_trees
         self.should_stop = should_stop
         self.deadline = deadline
+        self.turn = turn if turn is not None else contextlib.nullcontext()
         self.finished_by: str | None = None
+        self.answer = AnswerText(lm.decode, config.stop)
+        self._engine_before = engine_counters(lm)
+        self._started: float | None = None
         self._prev_leaf: int | None = None
 
     # --- views of the decode --------------------------------------------------------------------
@@ -127,9 +152,6 @@ class RainSearch:
     def stats(self) -> SearchStats:
         return self.decode.stats
 
-    def response_text(self, extra: Sequence[int] = ()) -> str:
-        return self.decode.response_text(extra)
-
     # --- scheduling -----------------------------------------------------------------------------
     def _interrupted(self) -> bool:
         """Raise if the caller went away; True once the deadline has passed."""
@@ -155,60 +177,12 @@ class RainSearch:
 
     def _alone(self, phase: Phase[T]) -> Round[T]:
         """Run one phase, its requests one at a time."""
-        answer: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                request = phase.throw(error) if error is not None else phase.send(answer)
-            except StopIteration as stop:
-                value: T = stop.value
-                return value
-            error = None
-            try:
-                batch = self._before_call((request,))
-            except BaseException:
-                phase.close()
-                raise
-            try:
-                (answer,) = yield batch
-            except Exception as exc:
-                error = exc
+        return one_at_a_time(phase, self._before_call)
 
     def _together(self, phases: list[Phase[T]]) -> Round[list[T]]:
-        """Run phases side by side: each batch holds the requests of one kind of every phase waiting
-        on that kind, answered once no phase waits on a kind that comes earlier in a search."""
+        """Run phases side by side, their requests batched by kind."""
         order = _CANDIDATE_FIRST_ORDER if self.cfg.simulate_from_candidate else _OFFICIAL_ORDER
-        results: dict[int, T] = {}
-        waiting: dict[int, Request] = {}
-
-        def advance(i: int, answer: Any = None, error: BaseException | None = None) -> None:
-            try:
-                request = phases[i].throw(error) if error is not None else phases[i].send(answer)
-            except StopIteration as stop:
-                results[i] = stop.value
-                waiting.pop(i, None)
-                return
-            waiting[i] = request
-
-        try:
-            for i in range(len(phases)):
-                advance(i)
-            while waiting:
-                kind = next(k for k in order if any(type(r) is k for r in waiting.values()))
-                ids = [i for i, r in waiting.items() if type(r) is kind]
-                batch = self._before_call(tuple(waiting[i] for i in ids))
-                try:
-                    answers = yield batch
-                except Exception as exc:
-                    for i in ids:  # the first phase turns it into a clearer error and raises it
-                        advance(i, error=exc)
-                    continue
-                for i, answer in zip(ids, answers):
-                    advance(i, answer)
-        finally:
-            for phase in phases:
-                phase.close()
-        return [results[i] for i in range(len(phases))]
+        return side_by_side(phases, order, self._before_call)
 
     def _round(self, n: int) -> Round[int]:
         """``n`` searches side by side; returns how many completed. Two searches that select the same
@@ -343,7 +317,7 @@ class RainSearch:
         d = self.decode
         if tokens and tokens[-1] in self.lm.eos_token_ids:
             self.finished_by = "eos"
-        elif self.cfg.stop and any(s in d.response_text() for s in self.cfg.stop):
+        elif self.answer.stopped:
             self.finished_by = "stop"
         elif len(d.committed) >= d.budget:
             self.finished_by = "length"
@@ -371,37 +345,75 @@ class RainSearch:
     async def anext_commit(self) -> list[int] | None:
         return await adrive(self._next_commit(), self.answerer)
 
-    def run(self) -> Generator[list[int], None, None]:
-        """Yield committed token sets until EOS, a stop string, the token budget or the deadline.
-        ``finished_by`` is set before the last one is yielded, so a consumer knows it is the last."""
-        t0 = time.perf_counter()
+    def run(self) -> Generator[Commit, None, None]:
+        """Hand up each commit as it is made (``Commit``: the token ids, the final text they add, the
+        commit's statistics) until EOS, a stop string, the token budget or the deadline; the last one
+        carries the decode's ``RainResult``. Each commit is searched inside one model turn (``turn``).
+        An evaluator failure raises ``EvaluatorError`` carrying the result so far."""
+        self._started = time.perf_counter()
         try:
-            if self.decode.budget <= 0:
-                self.finished_by = "length"
-                return
-            while self.finished_by is None:
-                tokens = self.next_commit()
-                self.stats.seconds = time.perf_counter() - t0
-                if tokens is None:
+            while True:
+                if self.decode.budget <= len(self.decode.committed):
+                    self.finished_by = "length"
+                    yield self._last(None)
                     return
-                self._finished(tokens)
-                yield tokens
-        finally:
-            self.stats.seconds = time.perf_counter() - t0
+                with self.turn:
+                    tokens = self.next_commit()
+                commit = self._handed_up(tokens)
+                yield commit
+                if commit.last:
+                    return
+        except EvaluatorError as exc:
+            raise self._with_partial(exc) from exc
 
-    async def arun(self) -> AsyncIterator[list[int]]:
-        """``run`` on an event loop; cancelling the task stops the search at once."""
-        t0 = time.perf_counter()
+    async def arun(self) -> AsyncIterator[Commit]:
+        """``run`` on an event loop, for engines that serve decodes side by side (no model turn);
+        cancelling the task stops the search at once."""
+        self._started = time.perf_counter()
         try:
-            if self.decode.budget <= 0:
-                self.finished_by = "length"
-                return
-            while self.finished_by is None:
-                tokens = await self.anext_commit()
-                self.stats.seconds = time.perf_counter() - t0
-                if tokens is None:
+            while True:
+                if self.decode.budget <= len(self.decode.committed):
+                    self.finished_by = "length"
+                    yield self._last(None)
                     return
-                self._finished(tokens)
-                yield tokens
-        finally:
-            self.stats.seconds = time.perf_counter() - t0
+                commit = self._handed_up(await self.anext_commit())
+                yield commit
+                if commit.last:
+                    return
+        except EvaluatorError as exc:
+            raise self._with_partial(exc) from exc
+
+    # --- what is handed up ----------------------------------------------------------------------
+    def _handed_up(self, tokens: list[int] | None) -> Commit:
+        """The commit of ``tokens`` as the caller receives it; None: the deadline passed before there
+        was anything to commit, and the decode ends."""
+        if tokens is None:
+            return self._last(None)
+        self.answer.extend(tokens)
+        entry = self.stats.commit_log[-1]
+        if self._finished(tokens):
+            return self._last(tokens, entry)
+        return Commit(tuple(tokens), self.answer.release(), entry)
+
+    def _last(self, tokens: list[int] | None, entry: dict[str, Any] | None = None) -> Commit:
+        self.answer.finish()
+        return Commit(tuple(tokens or ()), self.answer.release(final=True), entry, self.result())
+
+    def result(self) -> RainResult:
+        """The decode's result so far: the answer, why it ended, and what it cost (the engine's
+        counters are this decode's share; on a shared server engine they include the decodes that ran
+        beside it)."""
+        if self._started is not None:
+            self.stats.seconds = time.perf_counter() - self._started
+        stats = self.stats.as_dict()
+        stats.update(engine_delta(self.lm, self._engine_before))
+        return RainResult(
+            text=self.answer.text,
+            token_ids=list(self.decode.committed),
+            finish_reason=self.finished_by or ("stop" if self.answer.stopped else "length"),
+            prompt_tokens=len(self.decode.prompt_ids),
+            stats=stats,
+        )
+
+    def _with_partial(self, exc: EvaluatorError) -> EvaluatorError:
+        return exc if exc.partial is not None else EvaluatorError(str(exc), partial=self.result())

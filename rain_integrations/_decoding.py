@@ -2,9 +2,10 @@
 ``Done`` that carries the reply's last text together with the result (so a stream's last chunk has
 both); a call's temperature as RAIN's; the result's usage and statistics.
 
-The decode is ``RainDecoder.stream`` / ``astream``: a ``RainStream`` sets its result before it
-yields the last piece, so ``stream.done`` tells a piece that is the last. A decode that ends with no
-new text (an empty reply, a deadline before the next commit) ends with ``Done(result)`` and no text.
+The decode is ``RainDecoder.stream`` / ``astream``, read as the ``Commit`` values the search hands
+up (``stream.commits()``): each carries its text and statistics, and the last one the result. A
+decode that ends with no new text (an empty reply, a deadline before the next commit) ends with
+``Done(result)`` and no text.
 Closing the events (or, async, cancelling the task that reads them) stops the decode and frees the
 model: the decoder's ``astream`` is the one bridge from the blocking search to ``async for``.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -95,39 +96,22 @@ class Done:
 Event = Union[Commit, Text, Done]  # noqa: UP007 (a runtime alias)
 
 
-class _Events:
-    """The rule both loops follow: the commits seen since the last piece come before it, and the piece
-    handed out once the decode is done is the last text, sent as ``Done``."""
-
-    def __init__(self, on_commit: Callable[[dict[str, Any]], None] | None) -> None:
-        self.on_commit = on_commit
-        self.pending: list[Commit] = []
-        self.count = 0
-        self.ended = False
-
-    def committed(self, entry: dict[str, Any]) -> None:
-        data = commit_payload(entry, self.count)
-        self.count += 1
-        if self.on_commit is not None:
-            self.on_commit(data)
-        self.pending.append(Commit(data))
-
-    def _drain(self) -> list[Event]:
-        out: list[Event] = list(self.pending)
-        self.pending.clear()
-        return out
-
-    def piece(self, piece: str, result: RainResult | None) -> list[Event]:
-        if result is None:
-            return [*self._drain(), Text(piece)]
-        self.ended = True
-        return [*self._drain(), Done(result, piece)]
-
-    def end(self, result: RainResult | None) -> list[Event]:
-        if self.ended:
-            return []
-        assert result is not None, "the decode ended without a result"
-        return [*self._drain(), Done(result)]
+def _events(commits: Iterable[Commit], on_commit: Callable[[dict[str, Any]], None] | None) -> Iterator[Event]:
+    """The events of one commit after another: its ``Commit`` event (``on_commit`` told first), then its
+    text as ``Text``, or, on the last commit, ``Done`` with the last text and the result."""
+    count = 0
+    for commit in commits:
+        if commit.stats is not None:
+            data = commit_payload(commit.stats, count)
+            count += 1
+            if on_commit is not None:
+                on_commit(data)
+            yield Commit(data)
+        if commit.result is not None:
+            yield Done(commit.result, commit.text)
+            return
+        if commit.text:
+            yield Text(commit.text)
 
 
 def decode_events(
@@ -146,11 +130,8 @@ def decode_events(
         result = decoder.vanilla(prompt, **options)
         yield Done(result, result.text)
         return
-    events = _Events(on_commit)
-    with decoder.stream(prompt, cancel=cancel, on_commit=events.committed, **options) as stream:
-        for piece in stream:
-            yield from events.piece(piece, stream.result)
-        yield from events.end(stream.result)
+    with decoder.stream(prompt, cancel=cancel, **options) as stream:
+        yield from _events(stream.commits(), on_commit)
 
 
 async def adecode_events(
@@ -163,13 +144,17 @@ async def adecode_events(
         result = await asyncio.to_thread(decoder.vanilla, prompt, **options)
         yield Done(result, result.text)
         return
-    events = _Events(None)
-    async with decoder.astream(prompt, cancel=cancel, on_commit=events.committed, **options) as stream:
-        async for piece in stream:
-            for event in events.piece(piece, stream.result):
-                yield event
-        for event in events.end(stream.result):
-            yield event
+    async with decoder.astream(prompt, cancel=cancel, **options) as stream:
+        count = 0
+        async for commit in stream.commits():
+            if commit.stats is not None:
+                yield Commit(commit_payload(commit.stats, count))
+                count += 1
+            if commit.result is not None:
+                yield Done(commit.result, commit.text)
+                return
+            if commit.text:
+                yield Text(commit.text)
 
 
 def run_events(events: Iterable[Event]) -> RainResult:

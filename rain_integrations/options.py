@@ -28,7 +28,7 @@ from rain_core import (
     Scoring,
     load_principle,
 )
-from rain_core.guard_presets import GUARD_PRESETS, infer_preset
+from rain_core.evaluators.guards.presets import GUARD_PRESETS, infer_preset
 
 __all__ = ["GUARD_EVALUATOR_OPTIONS", "DecoderOptions", "LoadOptions", "constructor"]
 
@@ -186,7 +186,7 @@ class DecoderOptions(BaseModel):
 class LoadOptions(DecoderOptions):
     """``DecoderOptions`` and how a model named by id or folder loads: the options of
     ``from_model_id`` / ``from_model_name``. They pass through to ``from_pretrained``
-    (``rain_core.engines.loading.load_model``); a dispatched or quantised model is never moved."""
+    (``rain_core.load_model``); a dispatched or quantised model is never moved."""
 
     device: str | None = Field(None, description='Where the model runs: "cpu", "cuda", "cuda:1", ...')
     device_map: Any = Field(None, description='How weights are placed: "auto" spreads them across GPUs.')

@@ -40,7 +40,7 @@ start() {
   if healthy; then echo "something already answers on port $port" >&2; exit 1; fi
   local model=${3:-}
   if [ -z "$model" ]; then
-    model=$("$ROOT/.venv/bin/python" -c "from rain_core.engines.embedded import materialize_default_model as m; print(m())")
+    model=$("$ROOT/.venv/bin/python" -c "from rain_core.loaders.embedded import materialize_default_model as m; print(m())")
   fi
   mkdir -p "$RUN_DIR"
   local t0; t0=$(date +%s)

@@ -17,9 +17,9 @@ from test_guard_evaluator import tiny_model
 from tiny_models import save_tiny_llama
 
 import rain_core.cli as cli
-import rain_core.engines.guards as guards
+import rain_core.loaders.guards as guards
 from rain_core import Scoring
-from rain_core.guard_presets import LLAMA_GUARD_3
+from rain_core.evaluators.guards.presets import LLAMA_GUARD_3
 
 
 def help_of(capsys: Any, *argv: str) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from tiny_models import save_tiny_llama
 
-import rain_core.engines.loading as loading
+import rain_core.engines.transformers.loading as engine_loading
+import rain_core.loaders.models as loading
 from rain_core.cli import main
 
 
@@ -174,7 +175,7 @@ def test_a_dtype_the_device_cannot_run(capsys, tmp_path, monkeypatch):
     import torch
 
     folder = save_tiny_llama(tmp_path / "tiny")
-    monkeypatch.setattr(loading, "dtype_runs_on", lambda dtype, device: dtype == torch.float32)
+    monkeypatch.setattr(engine_loading, "dtype_runs_on", lambda dtype, device: dtype == torch.float32)
     status, err = run(capsys, "generate", "--model", str(folder), "--device", "cpu", "--dtype", "float16", "hi")
     assert status == 1 and len(err) == 1
     assert err[0].startswith("rain: error: cpu cannot run float16 here; pass dtype='float32'")

@@ -19,9 +19,9 @@ from fakes import CharLM
 from langchain_fakes import always_good, scripted
 from test_guard_evaluator import SetLM, guard_tokenizer, vocab_id
 
-import rain_core.engines.loading as loading
+import rain_core.loaders.models as loading
 from rain_core import GuardEvaluator, JudgeEvaluator, Scoring, SelfEvaluator
-from rain_core.guard_presets import LLAMA_GUARD_3_1B, SHIELDGEMMA
+from rain_core.evaluators.guards.presets import LLAMA_GUARD_3_1B, SHIELDGEMMA
 from rain_integrations.langchain import ChatRain, RainLLM
 from rain_integrations.llamaindex import RainLlamaIndexLLM
 from rain_integrations.options import DecoderOptions, LoadOptions

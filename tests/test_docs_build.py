@@ -37,9 +37,9 @@ API = [
     ("evaluators", "rain_core.evaluators.SelfEvaluator"),
     ("evaluators", "rain_core.evaluators.JudgeEvaluator"),
     ("evaluators", "rain_core.evaluators.CallableEvaluator"),
-    ("evaluators", "rain_core.guard_evaluator.GuardEvaluator"),
+    ("evaluators", "rain_core.evaluators.guards.evaluator.GuardEvaluator"),
     ("engines", "rain_core.engines.vllm.VLLMEngine"),
-    ("engines", "rain_core.engines.loading.load_model"),
+    ("engines", "rain_core.loaders.models.load_model"),
 ]
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rain_core import ContextTooLongError, EngineError, LanguageModel
-from rain_core.engines.cpu_linear import small_batch_matmul, use_small_batch_linear
-from rain_core.engines.embedded import materialize_default_model
-from rain_core.engines.transformers_lm import TransformersLM
+from rain_core.engines.transformers.cpu_linear import small_batch_matmul, use_small_batch_linear
+from rain_core.engines.transformers.lm import TransformersLM
+from rain_core.loaders.embedded import materialize_default_model
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_out_of_memory_in_a_batched_expansion_retries_with_fewer_rows_and_draws_
     expected = lm.sample(prefix, 8, 4, top_k=15, temperature=1.0, seed=9)
     calls: list = []
     _fail_when(lm, monkeypatch, lambda ids, kw: ids.shape[0] > 1, calls)  # rows draw two prefixes here
-    with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers_lm"):
+    with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers.lm"):
         got = lm.sample(prefix, 8, 4, top_k=15, temperature=1.0, seed=9)
     assert [c.token_ids for c in got] == [c.token_ids for c in expected]  # the same draws
     assert [c.logprob for c in got] == pytest.approx([c.logprob for c in expected], abs=1e-5)
@@ -188,7 +188,7 @@ def test_out_of_memory_in_a_packed_batch_splits_it_and_gives_the_same_answers(lm
     lm.clear_cache()
     calls: list = []
     _fail_when(lm, monkeypatch, lambda ids, kw: _packed(kw) and ids.shape[1] > 1, calls)
-    with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers_lm"):
+    with caplog.at_level(logging.WARNING, logger="rain_core.engines.transformers.lm"):
         got = lm.next_token_logprobs(prompts, [5, 6])
     assert sum(got, []) == pytest.approx(sum(expected, []), abs=1e-4)
     assert "out of memory" in caplog.text
@@ -314,7 +314,7 @@ def test_batched_option_letters_match_one_prompt_at_a_time(lm, prefix):
 
 
 def test_a_long_prefill_in_chunks_gives_the_logits_of_one_pass(tokenizer, monkeypatch):
-    import rain_core.engines.transformers_lm as engine
+    import rain_core.engines.transformers.lm as engine
 
     lm = TransformersLM(tiny_model(len(tokenizer)), tokenizer, name="tiny")
     ids = list(range(100, 330))

@@ -13,8 +13,8 @@ from fakes import PRINTABLE, FakeLM
 from test_engine import tiny_model
 
 from rain_core import JudgeEvaluator, Scoring, SelfEvaluator
-from rain_core.engines.embedded import materialize_default_model
-from rain_core.engines.transformers_lm import TransformersLM
+from rain_core.engines.transformers.lm import TransformersLM
+from rain_core.loaders.embedded import materialize_default_model
 
 CONVERSATION = "User: How do I keep my bike from being stolen?"
 REPLIES = ["Use a D-lock.", "Lock it to something solid, and", "", "Take the front wheel with you."]

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from rain_core import RainDecoder
-from rain_core.guard_evaluator import GuardEvaluator
-from rain_core.guard_presets import (
+from rain_core.evaluators.guards.evaluator import GuardEvaluator
+from rain_core.evaluators.guards.presets import (
     GRANITE_GUARDIAN,
     GRANITE_GUARDIAN_3_3,
     LLAMA_GUARD_3,
@@ -133,7 +133,7 @@ _TOKENIZERS: dict[str, Any] = {}
 def guard_tokenizer(family: str) -> Any:
     """The embedded model's tokenizer with the family's special tokens and chat template."""
     if family not in _TOKENIZERS:
-        from rain_core.engines.embedded import materialize_default_model
+        from rain_core.loaders.embedded import materialize_default_model
 
         tok = transformers.AutoTokenizer.from_pretrained(str(materialize_default_model()))
         specials = FAMILIES[family].specials if family in FAMILIES else ()
@@ -444,7 +444,7 @@ def tiny_model(family: str) -> Any:
             max_position_embeddings=2048,
         )
         model = transformers.LlamaForCausalLM(config)
-    from rain_core.engines.transformers_lm import TransformersLM
+    from rain_core.engines.transformers.lm import TransformersLM
 
     return TransformersLM(model.eval(), tok, name=f"tiny-{family}")
 

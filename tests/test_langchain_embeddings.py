@@ -59,7 +59,7 @@ def test_a_hub_id_that_is_not_cached_says_so():
 
 
 def test_the_encoder_loads_on_first_use(monkeypatch):
-    import rain_core.engines.encoder as encoder_module
+    import rain_core.loaders.encoders as encoder_module
 
     def refuse(device: str = "cpu") -> Any:
         raise RuntimeError(f"the encoder was loaded on {device}")
@@ -94,8 +94,8 @@ def test_vectors_are_unit_length_batched_alike_and_meaningful():
 
 @pytest.mark.model
 def test_a_folder_and_a_ready_encoder():
-    from rain_core.engines.embedded import default_encoder_path
     from rain_core.engines.encoder import SentenceEncoder
+    from rain_core.loaders.embedded import default_encoder_path
 
     folder = str(default_encoder_path())
     by_folder = RainEmbeddings(model_name=folder, max_length=64).embed_query(TEXTS[2])
@@ -111,7 +111,7 @@ def test_a_cached_hub_id_loads_offline(tmp_path, monkeypatch):
 
     import huggingface_hub.constants
 
-    from rain_core.engines.embedded import default_encoder_path
+    from rain_core.loaders.embedded import default_encoder_path
 
     snapshot = tmp_path / "models--rain-tests--minilm" / "snapshots" / "0123abcd"
     shutil.copytree(default_encoder_path(), snapshot)

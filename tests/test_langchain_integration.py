@@ -146,7 +146,7 @@ class TestChatRainStandardIntegration(ChatModelIntegrationTests):
 def test_from_model_id_loads_a_folder_on_cpu():
     """The way users load a model: a folder (or cached hub id) through ``load_model`` with
     ``device_map``, judged by the embedded model already loaded (a ``JudgeEvaluator``)."""
-    from rain_core.engines.embedded import materialize_default_model
+    from rain_core.loaders.embedded import materialize_default_model
 
     judge = tiny_decoder().lm
     chat = ChatRain.from_model_id(

@@ -17,7 +17,7 @@ from fakes import words_penalty  # noqa: E402
 from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 from llama_index.core.llms import ChatMessage, MessageRole  # noqa: E402
 
-import rain_core.engines.loading as loading  # noqa: E402
+import rain_core.loaders.models as loading  # noqa: E402
 from rain_core import CallableEvaluator, RainDecoder  # noqa: E402
 from rain_integrations._tools import render_tools  # noqa: E402
 from rain_integrations.llamaindex import (  # noqa: E402
@@ -115,7 +115,7 @@ async def test_async_variants_on_the_embedded_model(model_llm):
 def test_from_model_name_loads_a_folder_on_cpu(default_lm):
     """The way users load a model: a folder (or cached hub id) with ``device_map``; judged by the
     already-loaded session model."""
-    from rain_core.engines.embedded import materialize_default_model
+    from rain_core.loaders.embedded import materialize_default_model
 
     llm = RainLlamaIndexLLM.from_model_name(
         str(materialize_default_model()), device_map="cpu", judge=default_lm, encoder=None, **SMALL

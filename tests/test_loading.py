@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny_models import save_tiny_llama
 
-from rain_core.engines import loading
-from rain_core.engines.loading import ModelNotFoundError, UnsupportedModelError, load_model
+from rain_core.engines.transformers import loading
+from rain_core.loaders import ModelNotFoundError, UnsupportedModelError, load_model
 
 
 @pytest.fixture(scope="module")

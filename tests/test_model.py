@@ -142,7 +142,7 @@ def test_load_model_with_a_device_map_does_not_move_the_model(monkeypatch):
     from transformers import PreTrainedModel
 
     from rain_core import load_model
-    from rain_core.engines.embedded import materialize_default_model
+    from rain_core.loaders.embedded import materialize_default_model
 
     moves = []
     real_to = PreTrainedModel.to

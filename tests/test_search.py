@@ -62,7 +62,11 @@ def test_two_commits_match_the_hand_worked_trees():
         table(), script, None, max_searches=3, max_new_tokens=2, dynamic_node_addition=False, similarity_update=False
     )
     commits = list(s.run())
-    assert commits == [[B], [B]]
+    assert [list(c.token_ids) for c in commits] == [[B], [B]]
+    assert [c.text for c in commits] == ["b", "b"]  # each commit's final text, handed up with it
+    assert [c.last for c in commits] == [False, True]
+    assert commits[-1].result.text == "bb" and commits[-1].result.finish_reason == "length"
+    assert [c.stats for c in commits] == s.stats.commit_log
     assert s.lm.decode(s.committed) == "bb"
     assert s.finished_by == "length"
 

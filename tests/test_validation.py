@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import rain_core.engines.loading as loading
+import rain_core.loaders.models as loading
 from rain_core import RainConfig
 from rain_integrations.langchain import ChatRain, RainLLM
 from rain_integrations.llamaindex import RainLlamaIndexLLM

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from rain_core.engines.vllm import VLLMEngine
-from rain_core.engines.vllm_http import (
+from rain_core.engines.vllm.http import (
     LogprobsLimitError,
     MissingFeatureError,
     ModelNotServedError,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from rain_core.engines.vllm_answers import choices, positions_of, renormalised_logprob, tokens_of
-from rain_core.engines.vllm_facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
-from rain_core.engines.vllm_http import LogprobsLimitError, MissingFeatureError, ModelNotServedError
-from rain_core.engines.vllm_metrics import parse_metrics, prefix_cache_hit_rate
-from rain_core.engines.vllm_plans import Calls, PlanContext, generate, next_token_logprobs, sample, top_tokens
-from rain_core.engines.vllm_probe import choose_model, probe
+from rain_core.engines.vllm.answers import choices, positions_of, renormalised_logprob, tokens_of
+from rain_core.engines.vllm.facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
+from rain_core.engines.vllm.http import LogprobsLimitError, MissingFeatureError, ModelNotServedError
+from rain_core.engines.vllm.metrics import parse_metrics, prefix_cache_hit_rate
+from rain_core.engines.vllm.plans import Calls, PlanContext, generate, next_token_logprobs, sample, top_tokens
+from rain_core.engines.vllm.probe import choose_model, probe
 from rain_core.protocols import ContextTooLongError, Continuation, EngineError
 
 EOS = 2

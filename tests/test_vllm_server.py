@@ -23,14 +23,14 @@ from vllm_server import SERVED_NAME, vllm_base_url, vllm_server  # noqa: F401  (
 
 from rain_core import CallableEvaluator, JudgeEvaluator, RainDecoder, SelfEvaluator
 from rain_core.engines.vllm import VLLMEngine
-from rain_core.engines.vllm_http import (
+from rain_core.engines.vllm.http import (
     LogprobsLimitError,
     ModelNotServedError,
     ServerUnreachableError,
     raise_for_answer,
 )
-from rain_core.engines.vllm_launch import free_port
-from rain_core.engines.vllm_plans import completion
+from rain_core.engines.vllm.launch import free_port
+from rain_core.engines.vllm.plans import completion
 from rain_core.protocols import ContextTooLongError
 
 pytestmark = pytest.mark.vllm

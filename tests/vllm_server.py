@@ -4,7 +4,7 @@ still start one server).
 
 It serves the embedded SmolLM2-135M-Instruct (the materialised folder in the user cache) from
 ``.venv-vllm`` (built by ``make vllm``, which ``make test`` runs first) with the CPU flags of
-``rain_core.engines.vllm_launch.CPU_FLAGS`` on a free loopback port. Without ``.venv-vllm`` the
+``rain_core.engines.vllm.launch.CPU_FLAGS`` on a free loopback port. Without ``.venv-vllm`` the
 tests fail with a message saying to run ``make vllm``: they are not skipped, so a CI run that
 forgot it shows up as a failure.
 
@@ -41,7 +41,7 @@ class ExternalServer:
     """A server someone else started (``RAIN_VLLM_TEST_URL``); stopping it is theirs to do."""
 
     def __init__(self, base_url: str) -> None:
-        from rain_core.engines.embedded import materialize_default_model
+        from rain_core.loaders.embedded import materialize_default_model
 
         self.base_url = base_url.rstrip("/")
         self.name = SERVED_NAME
@@ -55,8 +55,8 @@ class ExternalServer:
 def shared_server():
     """The session's server, started on first use (a ``pytest.fail`` when it cannot start)."""
     global _server, _error
-    from rain_core.engines.embedded import materialize_default_model
-    from rain_core.engines.vllm_launch import LocalVLLMServer
+    from rain_core.engines.vllm.launch import LocalVLLMServer
+    from rain_core.loaders.embedded import materialize_default_model
 
     with _lock:
         if _error is not None:

@@ -24,7 +24,7 @@ def main(quick: bool = False, out: str | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from rain_core.engines.embedded import MissingModelError
+    from rain_core.loaders.embedded import MissingModelError
 
     plan = Plan.quick() if quick else Plan.full()
     cuda = torch.cuda.is_available()

@@ -357,7 +357,7 @@ def run(plan: Plan, progress: Progress = _noop, cuda: bool | None = None) -> Spe
     import torch
 
     from rain_core import load_default_model, load_model
-    from rain_core.engines import materialize_default_model
+    from rain_core.loaders import materialize_default_model
 
     if cuda is None:
         cuda = torch.cuda.is_available()

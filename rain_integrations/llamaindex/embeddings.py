@@ -36,7 +36,7 @@ class RainEmbedding(BaseEmbedding):
     def encoder(self) -> Any:
         with self._lock:
             if self._encoder is None:
-                from rain_core.engines.encoder import load_default_encoder
+                from rain_core.loaders import load_default_encoder
 
                 self._encoder = load_default_encoder()
             return self._encoder

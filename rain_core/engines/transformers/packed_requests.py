@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
-from .common import EngineStats, is_out_of_memory, serialised
+from ...protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
+from ..common import EngineStats, is_out_of_memory, serialised
 from .cpu_linear import small_batch_matmul
 from .kv_cache import PrefixKVCache
 from .packed import KEPT_TREES, MAX_TREE_TOKENS, ROOT, PackedTree

@@ -23,7 +23,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("VLLMEngine needs httpx: pip install 'rain-align[vllm]' (or pip install httpx)") from exc
 
-from ..protocols import ContextTooLongError, EngineError
+from ...protocols import ContextTooLongError, EngineError
 
 logger = logging.getLogger(__name__)
 

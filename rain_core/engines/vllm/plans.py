@@ -10,7 +10,7 @@ which may adapt. Plans read the server's features (``ServerFeatures``) and the f
 How each request is answered, and why it is exact, is in the module docstring of ``vllm`` and in
 docs/engines.md. A plan driven by hand, with the answer a server would send:
 
->>> from rain_core.engines.vllm_facts import ServedModel, ServerFacts, ServerFeatures
+>>> from rain_core.engines.vllm.facts import ServedModel, ServerFacts, ServerFeatures
 >>> ctx = PlanContext(ServedModel("toy", 64), "http://host:8000", False, 3, ServerFeatures(), ServerFacts({2}))
 >>> plan = top_tokens(ctx, [11, 12], 2, 1.0, exclude=[])
 >>> next(plan).calls[0].payload["logprobs"]
@@ -30,8 +30,8 @@ from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-from ..protocols import ContextTooLongError, Continuation, EngineError
-from .vllm_answers import (
+from ...protocols import ContextTooLongError, Continuation, EngineError
+from .answers import (
     NEG_INF,
     Position,
     choices,
@@ -42,8 +42,8 @@ from .vllm_answers import (
     renormalised_logprob,
     tokens_of,
 )
-from .vllm_facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
-from .vllm_http import LogprobsLimitError, MissingFeatureError
+from .facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
+from .http import LogprobsLimitError, MissingFeatureError
 
 logger = logging.getLogger(__name__)
 

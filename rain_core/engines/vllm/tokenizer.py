@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .hf_text import LocalText, load_local_tokenizer
-from .vllm_http import MissingFeatureError
+from ..hf_text import LocalText, load_local_tokenizer
+from .http import MissingFeatureError
 
 logger = logging.getLogger(__name__)
 Post = Callable[[str, dict[str, Any]], dict[str, Any]]

@@ -11,7 +11,7 @@ verdict tokens with one ``next_token_logprobs`` request, and scores:
 - ``discrete``: ``-1`` when the renormalised ``P(unsafe)`` is at least ``threshold`` (default 0.5),
   else ``+1``.
 
-Rendering (``guard_prompts``; the presets and the transcript's turns are in ``guard_presets``):
+Rendering (``prompts``; the presets and the transcript's turns are in ``presets``):
 
 - RAIN hands evaluators the conversation as ``Role: content`` lines (``rain_core.chat.transcript``)
   and the reply separately. The lines are parsed back into turns; the reply (or, in an input check,
@@ -31,7 +31,7 @@ Rendering (``guard_prompts``; the presets and the transcript's turns are in ``gu
   repeats them, so a reply cannot pose as the end of the conversation or as another turn.
 
 Nothing here imports torch, transformers or an engine; ``load_guard`` and ``served_guard``
-(``rain_core.engines.guards``, also ``rain_core.load_guard``) build one from a path or a server.
+(``rain_core.loaders.guards``, also ``rain_core.load_guard``) build one from a path or a server.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Scoring
-from .guard_presets import GuardPreset, preset_for
-from .guard_prompts import GuardFormat, GuardPrompt
-from .protocols import AsyncLanguageModel, LanguageModel, PrefixPinning
+from ...config import Scoring
+from ...protocols import AsyncLanguageModel, LanguageModel, PrefixPinning
+from .presets import GuardPreset, preset_for
+from .prompts import GuardFormat, GuardPrompt
 
 logger = logging.getLogger(__name__)
 

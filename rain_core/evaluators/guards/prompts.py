@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .guard_presets import PLACEHOLDER, GuardPreset, alternating_turns, parse_transcript
-from .protocols import LanguageModel
+from ...protocols import LanguageModel
+from .presets import PLACEHOLDER, GuardPreset, alternating_turns, parse_transcript
 
 logger = logging.getLogger(__name__)
 

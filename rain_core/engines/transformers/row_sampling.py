@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..protocols import Continuation
+from ...protocols import Continuation
 from .kv_cache import CacheEntry, PrefixKVCache
 
 

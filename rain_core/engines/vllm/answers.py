@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..protocols import EngineError
-from .vllm_http import MissingFeatureError
+from ...protocols import EngineError
+from .http import MissingFeatureError
 
 NEG_INF = -9000.0
 _TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")

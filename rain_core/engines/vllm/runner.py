@@ -13,12 +13,12 @@ import concurrent.futures
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from ..protocols import ContextTooLongError, EngineError
-from .vllm_facts import ServerFacts
-from .vllm_http import LogprobsLimitError, ModelNotServedError, Transport, raise_for_answer
-from .vllm_plans import Call, Calls, Plan
-from .vllm_probe import served_models
-from .vllm_stats import EngineStats
+from ...protocols import ContextTooLongError, EngineError
+from .facts import ServerFacts
+from .http import LogprobsLimitError, ModelNotServedError, Transport, raise_for_answer
+from .plans import Call, Calls, Plan
+from .probe import served_models
+from .stats import EngineStats
 
 R = TypeVar("R")
 

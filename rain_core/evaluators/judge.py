@@ -1,8 +1,7 @@
-"""Evaluators: ``score(prompt, response) -> value in [-1, 1]``, higher is better.
+"""Model evaluators: a language model judges replies, ``score(prompt, response) -> value in [-1, 1]``.
 
 - ``SelfEvaluator``: the generator judges its own partial replies (the paper's self-evaluation).
 - ``JudgeEvaluator``: another local model judges (same questions, a stronger judge).
-- ``CallableEvaluator``: any function ``fn(prompt, response) -> float`` (optionally a batch form).
 
 Model evaluators ask a multiple-choice question built from a ``Principle`` in both option orders,
 read which option letter is more probable after ``The answer is: (`` and score it ``discrete``
@@ -20,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Scoring
-from .principles import Principle, load_principle
-from .protocols import AsyncLanguageModel, Evaluator, LanguageModel, PrefixPinning, check_score
+from ..config import Scoring
+from ..principles import Principle, load_principle
+from ..protocols import AsyncLanguageModel, Evaluator, LanguageModel, PrefixPinning
 
 logger = logging.getLogger(__name__)
 
@@ -36,40 +35,6 @@ ANSWER_PREFIX = "The answer is: ("
 def quote(text: str) -> str:
     """``text`` as a quoted block: every line starts with ``> ``."""
     return "\n".join("> " + line for line in text.split("\n"))
-
-
-class CallableEvaluator:
-    """Wrap ``fn(prompt, response) -> float`` in [-1, 1]. ``batch_fn(prompt, responses) -> floats``
-    may be given as well (or instead) for scorers that are faster in batches."""
-
-    def __init__(
-        self,
-        fn: Callable[[str, str], float] | None = None,
-        *,
-        batch_fn: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
-        name: str | None = None,
-    ) -> None:
-        if fn is None and batch_fn is None:
-            raise TypeError("CallableEvaluator needs fn(prompt, response) -> float or batch_fn")
-        for f in (fn, batch_fn):
-            if f is not None and not callable(f):
-                raise TypeError(f"CallableEvaluator needs a callable, got {type(f).__name__}")
-        self.fn = fn
-        self.batch_fn = batch_fn
-        self.name: str = str(name or getattr(fn or batch_fn, "__name__", "callable"))
-
-    def score(self, prompt: str, response: str) -> float:
-        if self.fn is not None:
-            return check_score(self.fn(prompt, response), f"evaluator {self.name!r}")
-        return self.score_batch(prompt, [response])[0]
-
-    def score_batch(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        if self.batch_fn is None:
-            return [self.score(prompt, r) for r in responses]
-        values = list(self.batch_fn(prompt, list(responses)))
-        if len(values) != len(responses):
-            raise ValueError(f"evaluator {self.name!r} returned {len(values)} scores for {len(responses)} responses")
-        return [check_score(v, f"evaluator {self.name!r}") for v in values]
 
 
 class JudgeEvaluator:
@@ -240,4 +205,4 @@ class SelfEvaluator(JudgeEvaluator):
     """The generator judges its own partial replies: RAIN's self-evaluation."""
 
 
-__all__ = ["CallableEvaluator", "Evaluator", "JudgeEvaluator", "SelfEvaluator", "ANSWER_PREFIX"]
+__all__ = ["Evaluator", "JudgeEvaluator", "SelfEvaluator", "ANSWER_PREFIX"]
