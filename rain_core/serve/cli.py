@@ -184,7 +184,7 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Any]:
         n=args.limit_n,
     )
     limits.resolved(config)
-    concurrent = args.max_concurrent or (16 if args.engine == "vllm" else 1)
+    concurrent = args.max_concurrent if args.max_concurrent is not None else (16 if args.engine == "vllm" else 1)
     if concurrent < 1 or args.max_queue < 0 or args.max_body_bytes < 1024:
         raise rain_cli.UsageError("--max-concurrent must be >= 1, --max-queue >= 0 and --max-body-bytes >= 1024")
     if not 0 < args.port < 65536:

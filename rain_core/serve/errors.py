@@ -67,7 +67,7 @@ def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
     return out
 
 
-_LABEL = re.compile(r"^(function-\w+|str|int|float|bool|dict|list|none|[\w.]*\[.*\]|[A-Z]\w*)$")
+_LABEL = re.compile(r"^(function-.*|str|int|float|bool|dict|list|none|.*\[.*\]|[A-Z]\w*)$")
 
 
 def _shown(value: Any) -> str:
@@ -79,9 +79,12 @@ def from_validation(exc: ValidationError, prefix: str = "") -> APIError:
     """A pydantic error (the request's schema, or ``RainConfig``'s own rules) as a 400 naming the
     first field at fault and what it must be."""
     errors = exc.errors()
-    first = errors[0]
-    where = field_path(tuple(first["loc"]), prefix)
-    others = {field_path(tuple(e["loc"]), prefix) for e in errors} - {where}
+    paths = [field_path(tuple(e["loc"]), prefix) for e in errors]
+    # a union's branches each report; the deepest says most (a list's bad item, not "not a string")
+    depth = [p.count(".") + p.count("[") for p in paths]
+    pick = depth.index(max(depth))
+    first, where = errors[pick], paths[pick]
+    others = {p for p in paths if not where.startswith(p)}
     msg = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "missing":
         text = f"{where} is required"

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..results import RainResult
 
@@ -146,6 +146,13 @@ class CompletionRequest(_Sampling):
     suffix: Text | None = None
     best_of: int | None = None
     logprobs: int | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(x, (int, list)) for x in value):
+            raise ValueError("token-id prompts are not supported by rain serve; send the prompt as text")
+        return value
 
     def unsupported(self) -> tuple[str, str] | None:
         found = super().unsupported()
