@@ -497,3 +497,24 @@ def test_rain_serve_is_a_subcommand_from_the_entry_points():
     args = parser.parse_args(["serve", "--port", "9000", "--preset", "fast", "--api-key", "k"])
     assert args.run is serve_cli._run and (args.port, args.preset, args.server_key, args.host) == (
         9000, "fast", "k", "127.0.0.1")  # fmt: skip
+
+
+def test_each_client_can_send_rain_settings_in_the_body(server):
+    """The ``rain`` field through each client's own way to add to the body: the openai client's
+    ``extra_body``, ``ChatOpenAI(extra_body=...)``, ``OpenAILike(additional_kwargs={"extra_body": ...})``."""
+    import openai
+    from langchain_openai import ChatOpenAI
+    from llama_index.llms.openai_like import OpenAILike
+
+    base, too_many = f"{server.url}/v1", {"rain": {"max_searches": 999}}
+    client = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match=r"rain.max_searches=999 is above"):
+        client.chat.completions.create(model="fake", messages=HI, extra_body=too_many)
+    with pytest.raises(openai.BadRequestError, match=r"rain.max_searches=999 is above"):
+        ChatOpenAI(model="fake", base_url=base, api_key="none", max_retries=0, extra_body=too_many).invoke("hi")
+    llm = OpenAILike(model="fake", api_base=base, api_key="none", max_retries=0, is_chat_model=True,
+                     additional_kwargs={"extra_body": too_many})  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match=r"rain.max_searches=999 is above"):
+        llm.complete("hi")
+    ok = ChatOpenAI(model="fake", base_url=base, api_key="none", max_tokens=3, extra_body={"rain": {"max_searches": 1}})
+    assert ok.invoke("hi").response_metadata["token_usage"]["rain"]["searches"] >= 1
