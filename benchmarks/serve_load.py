@@ -14,7 +14,7 @@ the served requests (queueing included) and of the first streamed piece, and the
 model). Target: no errors other than 429s and no broken streams.
 
 It prints the table and, with ``--report``, writes ``benchmarks/results/serve-load.md`` and ``.json``
-(``serve-load-quick.*`` with ``--quick``: 4 clients for 20 s), each atomically.
+(``serve-load-quick.*`` with ``--quick``: 4 clients for 20 s, smaller budgets), each atomically.
 
     python benchmarks/serve_load.py --report          # the full run (2 minutes, machine otherwise idle)
     python benchmarks/serve_load.py --quick           # a smoke run (about a minute with the start)
@@ -48,6 +48,9 @@ SERVER_OPTIONS = (
     "--max-new-tokens", "16", "--max-searches", "4", "--extra-searches", "2",
     "--set", "min_visits=2", "--set", "num_candidates=4", "--set", "max_simulation_tokens=8",
 )  # fmt: skip
+# --quick: smaller still, so that a smoke run takes about a minute with the server's start
+QUICK_OPTIONS = ("--max-new-tokens", "8", "--max-searches", "2", "--extra-searches", "1",
+                 "--set", "min_visits=1", "--set", "num_candidates=3", "--set", "max_simulation_tokens=4")  # fmt: skip
 PROMPTS = (
     "Name three fruits.",
     "How do I boil an egg?",
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (20.0 if args.quick else 120.0)
     machine = _machine()
     server = None
-    options = [*SERVER_OPTIONS, "--max-queue", str(args.max_queue)]
+    options = [*(QUICK_OPTIONS if args.quick else SERVER_OPTIONS), "--max-queue", str(args.max_queue)]
     if args.url is None:
         sys.path.insert(0, str(ROOT))
         from rain_core.serve.launch import LocalRainServer
