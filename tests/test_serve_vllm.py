@@ -1,7 +1,8 @@
 """``rain serve`` in front of a real vLLM server (``.venv-vllm``, as ``vllm_server.py`` starts one): a
-``kill -9`` of the vLLM server mid-stream reaches the client as an error event within 10 seconds,
-requests while it is down get 503 with the engine's own message, and once vLLM is back on its port,
-``rain serve`` (still running, never restarted) serves again.
+client that disconnects mid-stream has its decode cancelled at once; a ``kill -9`` of the vLLM server
+mid-stream reaches the client as an error event within 10 seconds; requests while it is down get 503
+with the engine's own message; and once vLLM is back on its port, ``rain serve`` (still running,
+never restarted) serves again.
 
 This module starts a vLLM server of its own (it kills it), not the session's shared one."""
 
@@ -14,6 +15,7 @@ import time
 
 import httpx
 import pytest
+from serve_helpers import metrics, wait_for
 from vllm_server import PYTHON, SERVED_NAME
 
 from rain_core.serve.launch import LocalRainServer
@@ -57,6 +59,18 @@ def test_a_killed_engine_ends_the_stream_with_an_error_and_rain_serve_serves_aga
     vllm, rain = stack
     first = _chat(rain, messages=STORY, max_tokens=8)
     assert first.status_code == 200 and first.json()["choices"][0]["message"]["content"]
+
+    # a client that leaves mid-stream: its decode's task is cancelled, its requests to vLLM closed
+    with httpx.Client(timeout=120) as http:
+        body = {"model": SERVED_NAME, "messages": STORY, "max_tokens": 300, "stream": True}
+        with http.stream("POST", f"{rain.base_url}/chat/completions", json=body) as response:
+            lines = response.iter_lines()  # kept: dropping a half-read iterator closes the connection
+            for line in lines:
+                if '"content": "' in line and '"content": ""' not in line:
+                    break
+            assert metrics(rain.url)["rain_decodes_in_flight"] == 1
+    wait_for(lambda: metrics(rain.url)["rain_decodes_in_flight"] == 0, 5)
+    assert metrics(rain.url)["rain_decodes_cancelled_total"] == 1
 
     body = {"model": SERVED_NAME, "messages": STORY, "max_tokens": 300, "stream": True}
     events = []
