@@ -518,3 +518,24 @@ def test_each_client_can_send_rain_settings_in_the_body(server):
         llm.complete("hi")
     ok = ChatOpenAI(model="fake", base_url=base, api_key="none", max_tokens=3, extra_body={"rain": {"max_searches": 1}})
     assert ok.invoke("hi").response_metadata["token_usage"]["rain"]["searches"] >= 1
+
+
+def test_an_engine_that_cannot_answer_is_a_503_or_an_error_event_and_a_bug_a_500():
+    from rain_core import EngineError
+
+    def unreachable(prompt, reply):
+        raise EngineError("cannot reach the judge's server at http://judge:8000")
+
+    with ThreadServer(parts(evaluator=CallableEvaluator(unreachable))) as s:
+        r = post(s, GOOD)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable_error"
+        assert "cannot reach the judge's server" in r.json()["error"]["message"]
+        with httpx.stream("POST", s.url + CHAT, json={**GOOD, "stream": True}, timeout=60) as stream:
+            got = list(events(stream))
+        assert got[-1] == "[DONE]" and got[-2]["error"]["status"] == 503
+        assert "cannot reach the judge's server" in got[-2]["error"]["message"]
+        assert metrics(s.url)['rain_decodes_failed_total{error="EvaluatorError"}'] == 2
+        assert httpx.get(s.url + "/health").status_code == 200
+    with ThreadServer(parts(evaluator=CallableEvaluator(lambda p, r: 1 / 0))) as s:
+        r = post(s, GOOD)
+        assert r.status_code == 500 and "ZeroDivisionError" in r.json()["error"]["message"]

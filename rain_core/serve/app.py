@@ -153,7 +153,9 @@ class _Events(StreamingResponse):
     failed, the client gone, or never started."""
 
     def __init__(self, content: AsyncIterator[str], close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._content = content
         self._on_close = [close]
 

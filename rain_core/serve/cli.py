@@ -119,7 +119,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         ("extra-searches", int, "rain.extra_searches"),
         ("num-candidates", int, "rain.num_candidates"),
         ("parallel-searches", int, "rain.parallel_searches"),
-        ("max-simulation-tokens", float, "rain.max_simulation_tokens (also given to requests that set none)"),
+        ("max-simulation-tokens", int, "rain.max_simulation_tokens (also given to requests that set none)"),
         ("max-seconds", float, "rain.max_seconds, the deadline (also given to requests that set none)"),
     ):
         lim.add_argument(f"--limit-{name}", type=kind, default=None, help=f"the highest {what}")
@@ -177,9 +177,7 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Any]:
         extra_searches=args.limit_extra_searches,
         num_candidates=args.limit_num_candidates,
         parallel_searches=args.limit_parallel_searches,
-        max_simulation_tokens=None
-        if args.limit_max_simulation_tokens is None
-        else int(args.limit_max_simulation_tokens),
+        max_simulation_tokens=args.limit_max_simulation_tokens,
         max_seconds=args.limit_max_seconds,
         n=args.limit_n,
     )

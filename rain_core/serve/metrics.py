@@ -36,7 +36,7 @@ class Metrics:
         self.draining = Gauge("rain_draining", "1 once SIGTERM was received: new requests get 503", registry=r)
         self.decodes = Counter("rain_decodes", "Decodes that ended, by why", ["finish_reason"], registry=r)
         self.cancelled = Counter("rain_decodes_cancelled", "Decodes stopped because the client left", registry=r)
-        self.failed = Counter("rain_decodes_failed", "Decodes that failed, by HTTP status", ["status"], registry=r)
+        self.failed = Counter("rain_decodes_failed", "Decodes that failed, by error", ["error"], registry=r)
         self.searches = Counter("rain_searches", "Searches run", registry=r)
         self.commits = Counter("rain_commits", "Token sets committed", registry=r)
         self.model_calls = Counter("rain_model_calls", "Model calls (a batched call counts once)", registry=r)

@@ -150,6 +150,7 @@ class Runtime:
             raise
         except BaseException as exc:  # handed to the request, which answers with it
             ended = True
+            self.metrics.failed.labels(type(exc).__name__).inc()
             queue.put_nowait((index, "error", exc))
         finally:
             if not ended:
@@ -186,6 +187,7 @@ class Runtime:
                 self.metrics.cancelled.inc()
                 post(index, "error", DecodeCancelled("the client left"))
             except BaseException as exc:  # handed to the request, which answers with it
+                self.metrics.failed.labels(type(exc).__name__).inc()
                 post(index, "error", exc)
             finally:
                 try:
