@@ -488,10 +488,25 @@ def test_every_option_is_checked_before_anything_loads(monkeypatch, capsys, argv
     assert len(err) == 1 and err[0].startswith("rain: error: ") and message in err[0]
 
 
-def test_rain_serve_is_a_subcommand_from_the_entry_points():
+def test_rain_serve_is_a_subcommand_from_the_entry_points(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    from rain_core import cli as rain_cli
+
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["entry-points"]["rain.commands"]["serve"] == "rain_core.serve.cli:add_serve_command"
+    value = pyproject["project"]["entry-points"]["rain.commands"]["serve"]
+    assert value == "rain_core.serve.cli:add_serve_command"
     assert "serve" in pyproject["project"]["optional-dependencies"]
+    # as the rain command finds it once the package is installed from this pyproject.toml
+    real = [e for e in rain_cli.entry_points(group=rain_cli.COMMANDS_GROUP) if e.name != "serve"]
+    serve = EntryPoint(name="serve", value=value, group=rain_cli.COMMANDS_GROUP)
+    monkeypatch.setattr(rain_cli, "entry_points", lambda group: [*real, serve])
+    monkeypatch.setattr(serve_cli, "load_parts", lambda *a: pytest.fail("a model was loaded"))
+    assert rain_cli.main(["serve", "--max-searches", "0"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "rain: error: --max-searches: Input should be greater than or equal to 1 (got 0)"
+    )
     parser = argparse.ArgumentParser(prog="rain")
     serve_cli.add_serve_command(parser.add_subparsers(dest="command"), "serve")
     args = parser.parse_args(["serve", "--port", "9000", "--preset", "fast", "--api-key", "k"])
