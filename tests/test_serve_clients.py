@@ -13,6 +13,7 @@ seconds on two CPU cores."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import httpx
@@ -198,3 +199,25 @@ def test_the_key_is_required_everywhere_but_health(server):
     assert httpx.get(f"{server.base_url}/models", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert httpx.get(f"{server.base_url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_sigterm_lets_the_answer_in_flight_finish_refuses_new_ones_and_exits_0():
+    options = [f"--set={field}={value}" for field, value in SETTINGS.items()]
+    proc = LocalRainServer(options, env={"OMP_NUM_THREADS": "1"}).start(timeout=300)
+    try:
+        body = {"model": MODEL, "messages": QUESTION, "stream": True, "seed": SEED}
+        with httpx.Client(timeout=300) as http:
+            with http.stream("POST", f"{proc.base_url}/chat/completions", json=body) as response:
+                lines = response.iter_lines()
+                for line in lines:
+                    if '"content": "' in line and '"content": ""' not in line:
+                        break
+                proc.signal(signal.SIGTERM)
+                wait_for(lambda: httpx.get(f"{proc.url}/health").status_code == 503, 10)
+                refused = httpx.post(f"{proc.base_url}/chat/completions", json={**body, "stream": False})
+                assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+                rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and '"finish_reason": "' in rest[-2] + rest[-3]
+        assert proc.process.wait(timeout=60) == 0
+    finally:
+        proc.stop()
