@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[local,langchain,agents,llamaindex,plot,vllm,dev]"
+	$(PIP) install -q -e ".[local,langchain,agents,llamaindex,plot,vllm,serve,dev]"
 	$(VENV)/bin/rain-setup
 	touch $(STAMP)
 
