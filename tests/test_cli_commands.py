@@ -32,7 +32,11 @@ def help_of(capsys: Any, *argv: str) -> str:
 
 def test_bench_and_demo_are_subcommands_from_entry_points(capsys):
     names = {e.name: e.value for e in cli.entry_points(group=cli.COMMANDS_GROUP)}
-    assert names == {"bench": "rain_bench.cli:add_bench_command", "demo": "rain_bench.cli:add_demo_command"}
+    assert names == {
+        "bench": "rain_bench.cli:add_bench_command",
+        "demo": "rain_bench.cli:add_demo_command",
+        "serve": "rain_core.serve.cli:add_serve_command",
+    }
     top = help_of(capsys)
     assert "bench" in top and "demo" in top and "generate" in top
     assert help_of(capsys, "bench", "speed").startswith("usage: rain bench speed")
