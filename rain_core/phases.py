@@ -1,5 +1,6 @@
 """RAIN's inner loop as small functions over the tree, in the paper's order: select, expand (with
-the fast preset's lazy completion), add a node, simulate, evaluate, back up.
+the fast preset's lazy completion), add a node, simulate, evaluate, back up. The decode's state
+is ``state.Decode``; the requests a phase yields are in ``requests``.
 
 Each phase is a generator: it yields the requests it needs (a model call, an evaluation, an
 embedding) and receives their answers, so it never does I/O itself; ``search.py`` schedules the
@@ -11,28 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .chat import cut_at_stop
-from .config import RainConfig
 from .protocols import (
     Continuation,
     DecodeCancelled,
     EvaluatorError,
     GenerateRequest,
-    LanguageModel,
     SampleRequest,
     TopTokensRequest,
     check_score,
 )
+from .requests import EncodeRequest, Phase, Request, ScoreRequest, Together
+from .state import Decode, SearchStats
 from .tree import (
     ROOT_INDEX,
     Proposal,
-    Tree,
     added_prior,
     backup,
     clamp_greedy,
@@ -42,107 +41,28 @@ from .tree import (
     similarity_update,
 )
 
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """The evaluator's value of the response ``text`` (the conversation is the decode's)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class EncodeRequest:
-    """Sentence embeddings of ``texts`` (the similarity update)."""
-
-    texts: tuple[str, ...]
-
-
-Request = Union[TopTokensRequest, SampleRequest, GenerateRequest, ScoreRequest, EncodeRequest]  # noqa: UP007
-T = TypeVar("T")
-Phase = Generator[Request, Any, T]
-"""A phase of the search: yields requests, receives their answers, returns ``T``."""
-
-
-@dataclass
-class SearchStats:
-    """What one decode cost: searches run, rounds (batches of searches side by side), evaluator
-    calls and cache hits, commits, rewinds, node additions, simulated tokens, model calls (batched
-    requests count once) and a log entry per commit."""
-
-    searches: int = 0
-    rounds: int = 0
-    evaluations: int = 0
-    evaluation_cache_hits: int = 0
-    commits: int = 0
-    rewinds: int = 0
-    node_additions: int = 0
-    completions: int = 0
-    early_stops: int = 0
-    new_tokens: int = 0
-    simulated_tokens: int = 0
-    model_calls: int = 0
-    seconds: float = 0.0
-    commit_log: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["commit_log"] = list(self.commit_log)
-        return out
-
-
-@dataclass
-class Decode:
-    """What the phases read and write besides the tree: the decode's fixed parts (model text side,
-    config, prompt, token budget) and its progress (committed tokens, score cache, counters)."""
-
-    lm: LanguageModel
-    cfg: RainConfig
-    prompt_ids: list[int]
-    evaluator_name: str
-    uses_embeddings: bool
-    committed: list[int] = field(default_factory=list)
-    tree: Tree = field(default_factory=Tree)
-    scores: dict[str, float] = field(default_factory=dict)
-    stats: SearchStats = field(default_factory=SearchStats)
-
-    def __post_init__(self) -> None:
-        self.budget = self.cfg.token_budget(len(self.prompt_ids), self.lm.context_length)
-        self.boundary_ids = self.lm.token_ids_ending_with(self.cfg.clause_boundaries)
-        self.prompt_tail = self.lm.decode(self.prompt_ids[-8:])
-
-    def room(self, node: int) -> int:
-        """Tokens that may still be generated below ``node``."""
-        return self.budget - len(self.committed) - len(self.tree.path_tokens(node))
-
-    def context(self, node: int) -> tuple[int, ...]:
-        """Token ids of ``node``'s state: prompt, committed answer, then the path to ``node``."""
-        return tuple(self.prompt_ids + self.committed + self.tree.path_tokens(node))
-
-    def response_text(self, extra: Sequence[int] = ()) -> str:
-        return self.lm.decode(self.committed + list(extra))
-
-    def ends_clause(self, path: Sequence[int]) -> bool:
-        """Whether the text so far (prompt, then the response along ``path``) ends a clause, or the
-        response reached a stop string: a simulation stops here."""
-        text = self.response_text(path)
-        if self.cfg.stop and any(s in text for s in self.cfg.stop):
-            return True
-        return (text or self.prompt_tail).endswith(self.cfg.clause_boundaries)
-
-    def is_terminal(self, tokens: Sequence[int], path: Sequence[int]) -> bool:
-        if tokens and tokens[-1] in self.lm.eos_token_ids:
-            return True
-        if self.cfg.stop and any(s in self.response_text(path) for s in self.cfg.stop):
-            return True
-        return self.budget - len(self.committed) - len(path) <= 0
-
-    def set_length(self, node: int) -> int:
-        """Token-set length of ``node``'s children: by the node's step from the original prompt."""
-        return min(self.cfg.token_set_length(self.tree.depth_from_prompt[node]), self.room(node))
-
-    def add_child(self, node: int, tokens: tuple[int, ...], prior: float = 0.0) -> int:
-        path = self.tree.path_tokens(node) + list(tokens)
-        return self.tree.add_child(node, tokens, prior, terminal=self.is_terminal(tokens, path))
+__all__ = [
+    "Decode",
+    "EncodeRequest",
+    "Phase",
+    "Request",
+    "ScoreRequest",
+    "SearchStats",
+    "Together",
+    "add_node",
+    "back_up",
+    "backup_texts",
+    "complete_lazy_node",
+    "deferred_changes",
+    "evaluate",
+    "expand",
+    "in_lockstep",
+    "leaf_value",
+    "propose",
+    "select",
+    "simulate",
+    "simulates",
+]
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -294,6 +214,21 @@ def add_node(d: Decode, node: int, rng: np.random.Generator) -> Phase[None]:
 
 
 # --- simulate and evaluate ----------------------------------------------------------------------
+def _simulation_room(d: Decode, state_length: int) -> int:
+    room = min(d.cfg.max_length, d.lm.context_length) - state_length
+    return room if d.cfg.max_simulation_tokens is None else min(room, d.cfg.max_simulation_tokens)
+
+
+def simulates(d: Decode, node: int) -> bool:
+    """Whether a simulation from ``node`` (with no start tokens) draws any token: the node is not
+    terminal, has room, and its text does not already end a clause."""
+    if d.tree.terminal[node]:
+        return False
+    path = d.tree.path_tokens(node)
+    room = _simulation_room(d, len(d.prompt_ids) + len(d.committed) + len(path))
+    return room > 0 and not d.ends_clause(path)
+
+
 def simulate(d: Decode, node: int, rng: np.random.Generator, start: Sequence[int] = ()) -> Phase[list[int]]:
     """Sample on from ``node`` until the text ends a clause (checked before each token), EOS, a
     stop string, ``max_simulation_tokens`` or ``max_length``. ``start``: tokens already sampled
@@ -303,9 +238,7 @@ def simulate(d: Decode, node: int, rng: np.random.Generator, start: Sequence[int
     cfg = d.cfg
     path = d.tree.path_tokens(node)
     state = d.context(node)
-    room = min(cfg.max_length, d.lm.context_length) - len(state)
-    if cfg.max_simulation_tokens is not None:
-        room = min(room, cfg.max_simulation_tokens)
+    room = _simulation_room(d, len(state))
     head: list[int] = []
     for tok in start:
         if len(head) >= room or d.ends_clause(path + head):
@@ -350,24 +283,62 @@ def evaluate(d: Decode, node: int, simulation: Sequence[int]) -> Phase[float]:
     return value
 
 
+def in_lockstep(first: Phase[Any], second: Phase[Any]) -> Phase[tuple[Any, Any]]:
+    """Run two phases of one search in step: each advances in turn (so they draw from the search's
+    random stream in the order they are written), and requests they wait on at the same time go out
+    ``Together``. Returns both results."""
+    phases = [first, second]
+    results: list[Any] = [None, None]
+    pending: list[Any] = [None, None]  # the request each phase waits on (None: finished)
+    answers: list[Any] = [None, None]
+    live = [True, True]
+    try:
+        for i in (0, 1):
+            pending[i] = _advance(phases[i], None, results, i, live)
+        while any(live):
+            waiting = [i for i in (0, 1) if live[i]]
+            if len(waiting) == 2:
+                got = yield Together((pending[0], pending[1]))
+                answers = [got[0], got[1]]
+            else:
+                answers[waiting[0]] = yield pending[waiting[0]]
+            for i in waiting:
+                pending[i] = _advance(phases[i], answers[i], results, i, live)
+    finally:
+        for phase in phases:
+            phase.close()
+    return results[0], results[1]
+
+
+def _advance(phase: Phase[Any], answer: Any, results: list[Any], i: int, live: list[bool]) -> Any:
+    try:
+        return phase.send(answer)
+    except StopIteration as stop:
+        results[i] = stop.value
+        live[i] = False
+        return None
+
+
 def leaf_value(d: Decode, leaf: int, rng: np.random.Generator, expands: bool = True) -> Phase[tuple[float, list[int]]]:
     """The part of one search between its selection and its back-up: the leaf's value and the
-    simulation it was judged with. Official order: simulate, evaluate, then expand the leaf; with
+    simulation it was judged with. Official order: simulate, evaluate and expand the leaf, where the
+    simulation and the expansion, which both continue the leaf's state and draw from the search's
+    stream in that order, go out together (the value does not depend on the leaf's children); with
     ``simulate_from_candidate`` the expansion comes first and the simulation starts with its first
     sampled candidate. ``expands=False``: another search of the round, started earlier, expands this
     leaf; this one only simulates and evaluates it (one more sample of its value)."""
     tree = d.tree
-    expands = expands and not tree.children[leaf]
+    expands = expands and not tree.children[leaf] and not tree.terminal[leaf]
     if tree.terminal[leaf]:
         simulation: list[int] = []
     elif d.cfg.simulate_from_candidate and expands:
         first = yield from expand(d, leaf, rng)
         simulation = yield from simulate(d, leaf, rng, first or ())
+    elif expands:
+        simulation, _ = yield from in_lockstep(simulate(d, leaf, rng), expand(d, leaf, rng))
     else:
         simulation = yield from simulate(d, leaf, rng)
     value = yield from evaluate(d, leaf, simulation)
-    if expands and not tree.terminal[leaf] and not tree.children[leaf]:
-        yield from expand(d, leaf, rng)
     return value, simulation
 
 

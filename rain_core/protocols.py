@@ -59,6 +59,7 @@ __all__ = [
     "EvaluatorError",
     "GenerateRequest",
     "LanguageModel",
+    "MixedBatchLanguageModel",
     "ParsesResponses",
     "PrefixPinning",
     "ProvidesEncoder",
@@ -278,6 +279,18 @@ class AsyncBatchedLanguageModel(Protocol):
     async def asample_batch(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]: ...
 
     async def agenerate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[int]]: ...
+
+
+@runtime_checkable
+class MixedBatchLanguageModel(Protocol):
+    """Optional: answer requests of different kinds (``TopTokensRequest``, ``SampleRequest``,
+    ``GenerateRequest``) in one call, their rows stepping together through the same forward passes
+    (a row that finishes leaves). Each answer is the one the single method gives for that request
+    (the same seeds draw the same tokens, up to float rounding of a batched forward pass)."""
+
+    def answer_batch(
+        self, requests: Sequence[TopTokensRequest | SampleRequest | GenerateRequest]
+    ) -> list[list[Continuation] | list[int]]: ...
 
 
 @runtime_checkable

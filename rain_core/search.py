@@ -23,45 +23,28 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .config import RainConfig
-from .drivers import Answerer, Round, adrive, drive, one_at_a_time, side_by_side
-from .phases import (
-    Decode,
-    EncodeRequest,
-    Phase,
-    Request,
-    ScoreRequest,
-    SearchStats,
-    back_up,
-    backup_texts,
-    deferred_changes,
-    leaf_value,
-    select,
-)
+from .drivers import Answerer, Round, adrive, drive, one_at_a_time, run_phases
+from .phases import back_up, backup_texts, deferred_changes, leaf_value, select
 from .protocols import (
     DecodeCancelled,
     Encoder,
     Evaluator,
     EvaluatorError,
-    GenerateRequest,
     LanguageModel,
     ReportsStats,
-    SampleRequest,
-    TopTokensRequest,
 )
+from .requests import EncodeRequest, Phase, Request, ScoreRequest
 from .results import Commit, RainResult
+from .rounds import defers, round_width, worth_another_search
+from .state import Decode, SearchStats
 from .text import AnswerText
-from .tree import ROOT_INDEX, Tree, best_child, early_stop, mark_in_flight, reroot, searches_before_early_stop
+from .tree import ROOT_INDEX, Tree, best_child, early_stop, mark_in_flight, reroot
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 __all__ = ["RainSearch", "SearchStats", "engine_counters", "engine_delta", "stats_difference"]
-
-# The order in which the searches of a round reach each kind of request: a kind is answered once
-# no search waits on an earlier one, so the searches of a round share each batch.
-_OFFICIAL_ORDER: tuple[type, ...] = (GenerateRequest, ScoreRequest, TopTokensRequest, SampleRequest)
-_CANDIDATE_FIRST_ORDER: tuple[type, ...] = (TopTokensRequest, SampleRequest, GenerateRequest, ScoreRequest)
 
 
 def stats_difference(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
@@ -113,7 +96,7 @@ class RainSearch:
     ) -> None:
         uses_embeddings = encoder is not None and (config.similarity_update or config.dynamic_node_addition)
         self.answerer = Answerer(
-            lm, evaluator, encoder if uses_embeddings else None, eval_prompt, config.evaluator_timeout
+            lm, evaluator, encoder if uses_embeddings else None, eval_prompt, config.evaluator_timeout, self._cancelled
         )
         self.decode = Decode(lm, config, list(prompt_ids), self.answerer.name, uses_embeddings)
         self.rng = np.random.default_rng(seed)
@@ -153,10 +136,14 @@ class RainSearch:
         return self.decode.stats
 
     # --- scheduling -----------------------------------------------------------------------------
-    def _interrupted(self) -> bool:
-        """Raise if the caller went away; True once the deadline has passed."""
+    def _cancelled(self) -> None:
+        """Raise if the caller went away (checked inside a model call made of several)."""
         if self.should_stop is not None and self.should_stop():
             raise DecodeCancelled("the caller stopped waiting for this decode")
+
+    def _interrupted(self) -> bool:
+        """Raise if the caller went away; True once the deadline has passed."""
+        self._cancelled()
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _search_rng(self) -> np.random.Generator:
@@ -176,36 +163,42 @@ class RainSearch:
         return batch
 
     def _alone(self, phase: Phase[T]) -> Round[T]:
-        """Run one phase, its requests one at a time."""
-        return one_at_a_time(phase, self._before_call)
+        """Run one phase, each request (or ``Together`` bundle) as one call."""
+        result: T = yield from one_at_a_time(phase, self._before_call)
+        return result
 
-    def _together(self, phases: list[Phase[T]]) -> Round[list[T]]:
-        """Run phases side by side, their requests batched by kind."""
-        order = _CANDIDATE_FIRST_ORDER if self.cfg.simulate_from_candidate else _OFFICIAL_ORDER
-        return side_by_side(phases, order, self._before_call)
+    def _together(self, phases: list[Phase[Any]]) -> Round[list[Any]]:
+        """Run phases side by side: every model request they wait on in one call, then the scores,
+        then the embeddings (``drivers.run_phases``)."""
+        results: list[Any] = yield from run_phases(phases, self._before_call)
+        return results
 
     def _round(self, n: int) -> Round[int]:
-        """``n`` searches side by side; returns how many completed. Two searches that select the same
-        leaf (as WU-UCT allows: the one in flight only lowered its exploration term) each sample its
-        value; the one that started first expands it."""
+        """Up to ``n`` searches side by side; returns how many completed. Selections run one after
+        another, each seeing the searches already in flight; their deferred completions and node
+        additions and the searches' leaf phases then run together (``rounds`` has the rules). Two
+        searches that select the same leaf (as WU-UCT allows) each sample its value, the one that
+        started first expanding it; a selection of a taken leaf with nothing new to sample ends the
+        round's selections (selecting on would push the round onto siblings that one search at a time
+        would not visit)."""
         d = self.decode
         flights: list[tuple[int, np.random.Generator]] = []
-        deferred: dict[int, tuple[str, np.random.Generator]] | None = {} if self.cfg.parallel_searches > 1 else None
+        deferred: dict[int, tuple[str, np.random.Generator]] | None = {} if defers(n) else None
         try:
             for _ in range(n):
                 rng = self._search_rng()
                 leaf = yield from self._alone(select(d, rng, deferred))
+                if not worth_another_search(d, leaf, {f for f, _ in flights}):
+                    break
                 mark_in_flight(d.tree, leaf, 1)
                 flights.append((leaf, rng))
-            if deferred:
-                yield from self._together(deferred_changes(d, deferred))
             starts = [
                 i == next(j for j, (other, _) in enumerate(flights) if other == leaf)
                 for i, (leaf, _) in enumerate(flights)
             ]
-            results = yield from self._together(
-                [leaf_value(d, leaf, rng, first) for (leaf, rng), first in zip(flights, starts)]
-            )
+            changes = deferred_changes(d, deferred) if deferred else []
+            values = [leaf_value(d, leaf, rng, first) for (leaf, rng), first in zip(flights, starts)]
+            results = (yield from self._together(changes + values))[len(changes) :]
         finally:
             for leaf, _ in flights:
                 mark_in_flight(d.tree, leaf, -1)
@@ -251,8 +244,7 @@ class RainSearch:
             try:
                 if self._interrupted():
                     raise _DeadlinePassed
-                n = self._round_width(target - i)
-                done = yield from self._round(max(n, 1))
+                done = yield from self._round(round_width(d.tree, cfg, target - i))
             except _DeadlinePassed:
                 self.finished_by = "time"
                 if not d.tree.children[ROOT_INDEX]:
@@ -267,21 +259,6 @@ class RainSearch:
                 d.stats.early_stops += 1
                 break
         return self._commit(searches, i0, stopped_early, time.perf_counter() - t0)
-
-    def _round_width(self, left: int) -> int:
-        """How many searches the next round runs: ``parallel_searches`` while the search has to
-        work, never past the budget (``left``), never past the searches the early stop needs before
-        it could hold (so it is checked where one search at a time would first be stopped), and one
-        at a time once a root child looks good enough to stop (its value above ``value_threshold``),
-        where searches side by side would only spread over branches the search no longer needs."""
-        tree, cfg = self.decode.tree, self.cfg
-        kids = tree.children[ROOT_INDEX]
-        if not kids or cfg.parallel_searches == 1:
-            return 1
-        if any(tree.value[k] > cfg.value_threshold for k in kids):
-            return 1
-        room = searches_before_early_stop(tree, cfg.min_visits, cfg.value_threshold)
-        return max(1, min(cfg.parallel_searches, left, room))
 
     def _commit(self, searches: int, reused: int, stopped_early: bool, seconds: float) -> list[int]:
         d = self.decode
@@ -304,7 +281,7 @@ class RainSearch:
             entry["chosen"] = best
         d.stats.commit_log.append(entry)
         terminal = d.tree.terminal[best]
-        d.committed.extend(tokens)
+        d.commit(tokens)
         d.tree = reroot(d.tree, best, self.cfg.root_uniform_mix)
         d.tree.terminal[ROOT_INDEX] = terminal
         self._prev_leaf = None
@@ -328,9 +305,9 @@ class RainSearch:
         """Run one phase of ``phases`` on this decode, e.g. ``run_phase(simulate(s.decode, node, s.rng))``."""
         return drive(self._alone(phase), self.answerer)
 
-    def search_once(self) -> None:
-        """One round of searches (one search with ``parallel_searches=1``)."""
-        drive(self._round(self.cfg.parallel_searches), self.answerer)
+    def search_once(self, width: int | None = None) -> None:
+        """One round of up to ``width`` searches (default ``parallel_searches``; one search with 1)."""
+        drive(self._round(width or self.cfg.parallel_searches), self.answerer)
 
     def search_from(self, leaves: Sequence[int]) -> None:
         """One search from each of ``leaves``, side by side, as a round runs them once it has

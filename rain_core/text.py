@@ -37,6 +37,20 @@ class IncrementalText:
         self.ids.extend(ids)
         return self._advance(final=False)
 
+    def text_with(self, extra: Sequence[int]) -> str:
+        """``decode(ids + extra)`` without decoding ``ids`` again: only the window past the last
+        character boundary is decoded with ``extra``."""
+        return self.text + self._delta(extra)
+
+    def tail_with(self, extra: Sequence[int], keep: int) -> str:
+        """The last ``keep`` characters of ``text``, then the text ``extra`` adds (for checks that look
+        only at the end: a clause boundary, a stop string that ``extra`` completes)."""
+        return self.text[len(self.text) - keep :] + self._delta(extra) if keep else self._delta(extra)
+
+    def _delta(self, extra: Sequence[int]) -> str:
+        before = self._decode(self.ids[self._prefix : self._read])
+        return self._decode(self.ids[self._prefix :] + list(extra))[len(before) :]
+
     def flush(self) -> str:
         """Everything not yet in ``text``, unfinished characters included (as ``decode`` gives them)."""
         return self._advance(final=True)

@@ -115,7 +115,11 @@ def test_requests_of_a_round_reach_the_engine_as_batches(width):
     sizes = [n for kind, n in lm.batches if kind in ("sample", "top_tokens")]
     # the expansions of a round in one call (as many as the round's distinct leaves)
     assert max(sizes) >= width // 2 and len(sizes) < sum(sizes)
-    assert s.stats.searches == s.tree.real_visits[ROOT_INDEX] == 4 * width
+    # the first round is one search: the root is the only leaf, and its text ends a clause, so a
+    # second search of it would judge the same text again (a duplicate that samples nothing new); a
+    # later round ends early only where it selects such a leaf again
+    assert s.stats.searches == s.tree.real_visits[ROOT_INDEX]
+    assert s.stats.rounds == 4 and 1 + 3 * (width // 2) <= s.stats.searches <= 1 + 3 * width
 
 
 def test_selections_of_a_round_see_the_searches_in_flight_and_none_outlives_it():
@@ -252,5 +256,7 @@ def test_rounds_are_full_while_the_search_has_to_work_and_single_once_a_child_is
 
     rejected = decode(lambda p, r: -1.0)  # no child will ever look good enough to stop
     content = decode(lambda p, r: 1.0)  # every child looks good: one search at a time, as officially
-    assert rejected["rounds"] * 4 <= rejected["searches"]
+    # side by side while the search has to work: a round ends early only where its next selection is a
+    # leaf already taken with nothing new to sample (a terminal leaf, or one whose text ends a clause)
+    assert rejected["rounds"] * 3 <= rejected["searches"]
     assert content["rounds"] >= content["searches"] - 8  # at most the first round side by side

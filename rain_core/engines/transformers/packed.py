@@ -26,7 +26,7 @@ ROOT = -1  # the parent of a trie node that continues the base directly
 MAX_CHUNK = 256  # new tokens per forward pass
 MAX_TREE_TOKENS = 768  # a packed tree that would grow past this many tokens beyond its base starts afresh
 KEPT_TREES = 2  # packed trees an engine keeps (the search's and the evaluator's)
-GROWTH = 128  # slots a packed row grows by beyond what a forward pass needs
+GROWTH = 128  # slots a packed row holds at least beyond what a forward pass needs when it grows
 
 
 def supports_packing(model: Any) -> bool:
@@ -61,7 +61,7 @@ def _layer_class() -> Any:
                 return
             import torch
 
-            size = n + GROWTH
+            size = max(n + GROWTH, 2 * capacity)  # doubling: a row that grows token by token copies O(n) in all
             for i, old in enumerate(self.buffers):
                 new = torch.empty((*old.shape[:-2], size, old.shape[-1]), dtype=old.dtype, device=old.device)
                 new[..., : self.used, :] = old[..., : self.used, :]

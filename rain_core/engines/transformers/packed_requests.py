@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Union
 
 from ...protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
-from ..common import EngineStats, is_out_of_memory, serialised
+from ..common import EngineStats, is_out_of_memory, serialised, tail_tokens
 from .cpu_linear import small_batch_matmul
 from .kv_cache import PrefixKVCache
 from .packed import KEPT_TREES, MAX_TREE_TOKENS, ROOT, PackedTree
 from .row_sampling import pick, row_generators
+
+ModelRequest = Union[TopTokensRequest, SampleRequest, GenerateRequest]  # noqa: UP007
 
 
 class PackedRequests:
@@ -158,39 +160,6 @@ class PackedRequests:
             self._check_length(len(r.prefix) + r.length)
         return self._split_after_oom(self._sample_packed, list(requests), "sampling candidates")
 
-    def _sample_packed(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
-        """Every row of every request steps together: one forward pass per token position over the
-        distinct (prefix, tokens so far) of all rows; each row draws from its own generator."""
-        tree, lasts = self._packed_tree([r.prefix for r in requests])
-        logits = tree.feed(lasts)
-        # per request: its rows' generators, greedy flags, current nodes, tokens and log-probabilities
-        gens = [row_generators(self._torch, r.seed, range(r.n)) for r in requests]
-        nodes = [[lasts[i]] * r.n for i, r in enumerate(requests)]
-        tokens: list[list[list[int]]] = [[[] for _ in range(r.n)] for r in requests]
-        totals = [[0.0] * r.n for r in requests]
-        done = [[r.length <= 0] * r.n for r in requests]
-        for step in range(max(r.length for r in requests)):
-            grown: list[int] = []
-            for i, r in enumerate(requests):
-                rows = [j for j in range(r.n) if not done[i][j]]
-                if not rows:
-                    continue
-                logp = self._torch.stack([self._logprobs(logits[nodes[i][j]], r.temperature) for j in rows])
-                greedy = [r.greedy_first and j == 0 for j in rows]
-                picks = pick(self._torch, logp.cpu(), r.top_k, [gens[i][j] for j in rows], greedy)
-                for j, (tok, lp) in zip(rows, picks):
-                    tokens[i][j].append(tok)
-                    totals[i][j] += lp
-                    if tok in self.eos_token_ids or step == r.length - 1:
-                        done[i][j] = True
-                    else:
-                        nodes[i][j] = tree.add(nodes[i][j], tok)
-                        grown.append(nodes[i][j])
-            if not grown:
-                break
-            logits.update(tree.feed(list(dict.fromkeys(grown))))
-        return [[Continuation(tuple(t), s) for t, s in zip(tokens[i], totals[i])] for i in range(len(requests))]
-
     @serialised
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[int]]:
         if not self._packs(len(requests)):
@@ -208,30 +177,119 @@ class PackedRequests:
             ]
         return self._split_after_oom(self._generate_packed, list(requests), "simulating")
 
+    @serialised
+    def answer_batch(self, requests: Sequence[ModelRequest]) -> list[Any]:
+        """Requests of any kind in one call (``MixedBatchLanguageModel``): their rows step together."""
+        if not self._packs(len(requests)):
+            return [self._single(r) for r in requests]
+        for r in requests:
+            self._check_length(len(r.prefix) + (r.length if isinstance(r, SampleRequest) else 0))
+        return self._split_after_oom(self._answer_packed, list(requests), "answering a round")
+
+    def _single(self, r: ModelRequest) -> Any:
+        if isinstance(r, TopTokensRequest):
+            return self.top_tokens(r.prefix, r.k, r.temperature, r.exclude)
+        if isinstance(r, SampleRequest):
+            return self.sample(
+                r.prefix,
+                r.n,
+                r.length,
+                top_k=r.top_k,
+                temperature=r.temperature,
+                seed=r.seed,
+                greedy_first=r.greedy_first,
+            )
+        return self.generate(
+            r.prefix,
+            r.max_tokens,
+            top_k=r.top_k,
+            temperature=r.temperature,
+            seed=r.seed,
+            stop=r.stop,
+            stop_token_ids=r.stop_token_ids,
+        )
+
+    def _sample_packed(self, requests: Sequence[SampleRequest]) -> list[list[Continuation]]:
+        answers: list[list[Continuation]] = self._answer_packed(requests)
+        return answers
+
     def _generate_packed(self, requests: Sequence[GenerateRequest]) -> list[list[int]]:
-        """Every row steps together, one forward pass per token position; a row that ends leaves."""
-        outs: list[list[int]] = [[] for _ in requests]
-        limits = [min(r.max_tokens, self.context_length - len(r.prefix)) for r in requests]
-        live = [i for i, r in enumerate(requests) if limits[i] > 0]
-        if not live:
-            return outs
-        tree, lasts = self._packed_tree([requests[i].prefix for i in live])
-        node = dict(zip(live, lasts))
+        answers: list[list[int]] = self._answer_packed(requests)
+        return answers
+
+    def _answer_packed(self, requests: Sequence[ModelRequest]) -> list[Any]:
+        """Every row of every request steps together over one packed tree, one forward pass per token
+        position: a top-tokens request is read from the first pass; a sample request's rows draw
+        ``length`` tokens each (top-k renormalised, row r from its own generator, greedy row first);
+        a generate request's one row draws until EOS, a stop id, a stop string or its limit. A row
+        that ends leaves; rows that drew the same tokens so far share their trie nodes."""
+        tree, lasts = self._packed_tree([r.prefix for r in requests])
         logits = tree.feed(lasts)
-        gens = {i: self._torch.Generator(device="cpu").manual_seed(int(requests[i].seed)) for i in live}
+        rows: list[_Row] = []
+        answers: list[Any] = [None] * len(requests)
+        for i, (r, last) in enumerate(zip(requests, lasts)):
+            if isinstance(r, TopTokensRequest):
+                answers[i] = self._top(logits[last], r.k, r.temperature, r.exclude)
+            elif isinstance(r, SampleRequest):
+                gens = row_generators(self._torch, r.seed, range(r.n))
+                rows += [_Row(i, last, gens[j], r.greedy_first and j == 0, r.length) for j in range(r.n)]
+            else:
+                limit = min(r.max_tokens, self.context_length - len(r.prefix))
+                gen = self._torch.Generator(device="cpu").manual_seed(int(r.seed))
+                rows.append(_Row(i, last, gen, False, limit))
+        live = [row for row in rows if row.limit > 0]
         while live:
-            grown = []
-            for i in list(live):
-                r = requests[i]
-                logp = self._logprobs(logits[node[i]], r.temperature).unsqueeze(0)
-                tok, _ = pick(self._torch, logp.cpu(), r.top_k, [gens[i]], [False])[0]
-                outs[i].append(tok)
-                ended = tok in self.eos_token_ids or tok in r.stop_token_ids or len(outs[i]) >= limits[i]
-                if ended or (r.stop and any(s in self.decode(outs[i]) for s in r.stop)):
-                    live.remove(i)
-                    continue
-                node[i] = tree.add(node[i], tok)
-                grown.append(node[i])
+            grown: list[int] = []
+            for (top_k, temperature), group in _by_sampling(requests, live).items():
+                logp = self._torch.stack([self._logprobs(logits[row.node], temperature) for row in group])
+                picks = pick(self._torch, logp.cpu(), top_k, [row.gen for row in group], [row.greedy for row in group])
+                for row, (tok, lp) in zip(group, picks):
+                    row.tokens.append(tok)
+                    row.logprob += lp
+                    if self._row_ends(requests[row.request], row, tok):
+                        row.done = True
+                    else:
+                        row.node = tree.add(row.node, tok)
+                        grown.append(row.node)
+            live = [row for row in live if not row.done]
             if grown:
                 logits.update(tree.feed(list(dict.fromkeys(grown))))
-        return outs
+        for i, r in enumerate(requests):
+            mine = [row for row in rows if row.request == i]
+            if isinstance(r, SampleRequest):
+                answers[i] = [Continuation(tuple(row.tokens), row.logprob) for row in mine]
+            elif isinstance(r, GenerateRequest):
+                answers[i] = mine[0].tokens
+        return answers
+
+    def _row_ends(self, r: ModelRequest, row: _Row, tok: int) -> bool:
+        if tok in self.eos_token_ids or len(row.tokens) >= row.limit:
+            return True
+        if isinstance(r, GenerateRequest):
+            if tok in r.stop_token_ids:
+                return True
+            if r.stop:  # only the new token can complete a stop string: decode the tail that may hold it
+                return any(s in self.decode(row.tokens[-tail_tokens(r.stop) :]) for s in r.stop)
+        return False
+
+
+class _Row:
+    """One row of a packed call: the request it answers, its current trie node, its generator."""
+
+    __slots__ = ("request", "node", "gen", "greedy", "limit", "tokens", "logprob", "done")
+
+    def __init__(self, request: int, node: int, gen: Any, greedy: bool, limit: int) -> None:
+        self.request, self.node, self.gen, self.greedy, self.limit = request, node, gen, greedy, limit
+        self.tokens: list[int] = []
+        self.logprob = 0.0
+        self.done = False
+
+
+def _by_sampling(requests: Sequence[ModelRequest], rows: list[_Row]) -> dict[tuple[int | None, float], list[_Row]]:
+    """Rows grouped by how they draw (top-k and temperature), in order: each group picks in one call."""
+    out: dict[tuple[int | None, float], list[_Row]] = {}
+    for row in rows:
+        r = requests[row.request]
+        assert not isinstance(r, TopTokensRequest)
+        out.setdefault((r.top_k, r.temperature), []).append(row)
+    return out
