@@ -5,12 +5,15 @@ when the model's self-evaluation cannot judge. The option errors are in ``test_c
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import pty
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 from pathlib import Path
 
@@ -55,6 +58,7 @@ def rain(argv: list[str], cwd: Path, *, stderr_on_a_terminal: bool) -> tuple[int
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         return done.returncode, done.stdout, done.stderr
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     seen = []
@@ -105,8 +109,18 @@ def test_progress_shows_on_a_terminal_and_not_when_piped(tiny, workdir, terminal
     if terminal:
         assert "rain: loading " in err and "rain: RAIN: " in err and " commits, " in err and " searches, " in err
         assert "\r\x1b[K" in err
+        assert "Loading weights" not in err  # transformers' loading bars only with -v
     else:
         assert err == ""  # no progress, no control characters, no loading bars
+
+
+def test_verbose_shows_the_loading_bars_and_logs_around_the_status_line(tiny, workdir):
+    argv = ["-v", "generate", "--model", str(tiny), "--device", "cpu", "--evaluator", "scores.py:approve", *TINY_BUDGET]
+    status, _, err = rain([*argv, "hello"], workdir, stderr_on_a_terminal=True)
+    assert status == 0, err
+    assert "Loading weights" in err  # the bars the default run keeps quiet (the test above)
+    log = "rain_core.engines.transformers.threads: CPU threads: "
+    assert f"\r\x1b[K{log}" in err  # the status line is cleared before a log record is written
 
 
 # --- JSON lines ------------------------------------------------------------------------------------

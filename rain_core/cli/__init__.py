@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import UsageError, fail
 from .options import Parser, add_generate, check
+from .progress import LogHandler
 
 __all__ = ["COMMANDS_GROUP", "UsageError", "build_parser", "main"]
 
@@ -70,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     args.verbose = verbose
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    handler = LogHandler()  # on stderr, around rain's status line
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     try:
         if args.command == "generate":
             from .generate import generate_all

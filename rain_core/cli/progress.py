@@ -9,6 +9,9 @@ log or a captured stderr gets no control characters. ``rain generate`` and ``rai
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 import shutil
 import sys
 import threading
@@ -18,6 +21,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 _CLEAR = "\r\x1b[K"
+_SHOWING: set[Progress] = set()  # the status lines on screen now (a log record clears them first)
 
 
 class Progress:
@@ -69,6 +73,11 @@ class Progress:
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
+        self.clear()
+        _SHOWING.discard(self)
+
+    def clear(self) -> None:
+        """Take the line off the screen (the next ``draw`` puts it back)."""
         with self._lock:
             if self._shown:
                 self.stream.write(_CLEAR)
@@ -89,11 +98,19 @@ class Progress:
             parts.append(f"{time.monotonic() - self._started:.0f} s")
             head = f"rain: {self._label}: " + ", ".join(parts)
             tail = " ".join(self._text.split())
-        width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+        width = max(20, self._columns() - 1)
         room = width - len(head) - 3
         if tail and room > 10:
             head += " | " + (tail if len(tail) <= room else "..." + tail[-(room - 3) :])
         return head[:width]
+
+    def _columns(self) -> int:
+        """The terminal's width: the stream's own terminal, else ``$COLUMNS`` or 100."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            columns = 0
+        return columns or shutil.get_terminal_size((100, 24)).columns
 
     def draw(self) -> None:
         if not self.enabled or not self._label:
@@ -103,6 +120,7 @@ class Progress:
             self.stream.write(_CLEAR + text)
             self.stream.flush()
             self._shown = True
+        _SHOWING.add(self)
 
     def _start_ticker(self) -> None:
         if not self.enabled or self._ticker is not None:
@@ -121,6 +139,19 @@ class Progress:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.done()
+
+
+class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log records on stderr that do not run into a status line: the line is cleared before a record
+    is written and drawn again after it (``rain -v``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        showing = list(_SHOWING)
+        for progress in showing:
+            progress.clear()
+        super().emit(record)
+        for progress in showing:
+            progress.draw()
 
 
 class quiet_loading:
