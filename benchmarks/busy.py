@@ -94,14 +94,17 @@ def environment(variant: str, before_tree: Path | None) -> dict[str, str]:
     return env
 
 
-def timed(code: str, env: dict[str, str], timeout: float) -> tuple[float | None, int | None, str]:
-    """Seconds ``python -c code`` took in a fresh interpreter, its status and its output."""
+def timed(
+    code: str | list[str], env: dict[str, str], timeout: float, cwd: str | None = None
+) -> tuple[float | None, int | None, str]:
+    """Seconds ``python -c code`` (or the command ``code``) took in a fresh process, its status and its
+    output (None, None, "" past the timeout)."""
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, "-c", code],
+            [sys.executable, "-c", code] if isinstance(code, str) else code,
             env=env,
-            cwd=tempfile.gettempdir(),
+            cwd=cwd or tempfile.gettempdir(),
             capture_output=True,
             text=True,
             timeout=timeout,

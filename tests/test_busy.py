@@ -103,3 +103,37 @@ def test_the_quick_mode_writes_both_reports_and_fills_the_table(tmp_path):
     assert "beside the job / idle" in md and report["verdict"] in md
     assert "beside the job / idle" in page.read_text()
     assert "wrote " in done.stdout
+
+
+# --- benchmarks/commands.py: the README's shell commands, idle and beside one job -------------------
+def test_the_commands_are_the_readmes_and_parse():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import commands
+
+    from rain_core.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    for line, _ in commands.COMMANDS:
+        argv = commands.shlex.split(line)
+        assert argv[0] == "rain"
+        if argv[1] == "generate":
+            build_parser().parse_args(argv[1:])  # every option exists
+    assert 'rain generate --compare --max-searches 8 "..."' in readme  # the README shows these forms
+    assert "rain demo" in readme
+
+
+@pytest.mark.model
+def test_commands_times_a_command_idle_and_beside_a_job(tmp_path):
+    out = tmp_path / "results"
+    script = ROOT / "benchmarks" / "commands.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--only", "6", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+        timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((out / "commands-cpu.json").read_text())
+    (row,) = report["rows"]
+    assert row["command"] == "rain bench evaluator --quick --out ."
+    for condition in busy.CONDITIONS:
+        assert row[condition]["status"] == 0 and row[condition]["seconds"] > 0
+    assert "| `rain bench evaluator --quick --out .` |" in (out / "commands-cpu.md").read_text()
