@@ -100,6 +100,22 @@ def test_no_status_line_off_a_terminal_or_when_quiet():
         assert stream.getvalue() == ""
 
 
+def test_rain_demo_decodes_with_the_status_line():
+    from conftest import SMALL
+    from fakes import CharLM
+
+    from rain_bench.demo import _decode
+    from rain_core import RainDecoder
+
+    dec = RainDecoder(CharLM(), lambda prompt, reply: 1.0, encoder=None, **SMALL)
+    shown = Terminal()
+    result = _decode(dec, "hello", Progress(shown, interval=60), "RAIN, self-evaluation")
+    assert result.text == dec.generate("hello").text  # the same decode, shown as it goes
+    screen = shown.getvalue()
+    assert "rain: RAIN, self-evaluation: " in screen and f"{result.stats['commits']} commits" in screen
+    assert screen.endswith("\r\x1b[K")
+
+
 @pytest.mark.parametrize("terminal", [True, False], ids=["stderr a terminal", "stderr piped"])
 def test_progress_shows_on_a_terminal_and_not_when_piped(tiny, workdir, terminal):
     argv = ["generate", "--model", str(tiny), "--device", "cpu", "--evaluator", "scores.py:approve", *TINY_BUDGET]
