@@ -88,7 +88,7 @@ def _problem(model: type[BaseModel], error: dict[str, Any]) -> str:
     if isinstance(ctx.get("error"), Exception):  # a validator's own message says it all
         return str(ctx["error"])
     if error.get("type") == "extra_forbidden":
-        return f"unknown option {field}={error.get('input')!r} (the options are {model.__name__}'s fields)"
+        return f"unknown option {field}={error.get('input')!r}; the options are {model.__name__}'s fields"
     if field in model.model_fields:
         return f"{field} must be {allowed(model, field)}, got {error.get('input')!r}"
     return f"{field + ': ' if field else ''}{error.get('msg', 'invalid')}"
