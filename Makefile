@@ -50,7 +50,7 @@ test: setup vllm lint docs gpu-rehearsal
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=900 notebooks
 
 bench: setup
-	$(VENV)/bin/rain bench speed
+	$(VENV)/bin/rain bench speed --out benchmarks/results
 
 # what a lent GPU machine needs (the tokenizer and wheels of the light dependencies its image lacks);
 # then on it: bash benchmarks/gpu_check.sh  (carry .whl and .gpu)

@@ -1,7 +1,7 @@
 """The ``rain bench ...`` and ``rain demo`` commands, added to ``rain`` through the entry points
 ``rain.commands`` (``add_bench_command``, ``add_demo_command``: ``rain_core`` never imports this package).
 
-    rain bench speed [--quick] [--out DIR]
+    rain bench speed [--quick] [--out DIR]         (every benchmark: --out DIR, default output.default_folder())
     rain bench evaluator [--quick] [--evaluator self|judge|guard|embedding|keyword|MODULE:FN ...] [--judge MODEL]
                          [--guard MODEL [--guard-preset NAME]]
     rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial] [--guard ...]
@@ -36,6 +36,7 @@ from .engines import (
     build_guard,
     build_judge,
 )
+from .output import default_folder
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small version (seconds to a minute, for CI)")
-    p.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder (default: ~/.local/share/rain/results, or $RAIN_RESULTS_DIR; rain's committed "
+        "reports: --out benchmarks/results)",
+    )
 
 
 def build_parser(which: str) -> argparse.ArgumentParser:
@@ -216,7 +222,7 @@ def run_evaluator(args: argparse.Namespace) -> int:
     bar, progress = _progress_bar("rain bench evaluator", n * len(evaluators))
     with bar:
         report = bench.evaluate(evaluators, plan, progress)
-    md, js = bench.write(report, Path(args.out) if args.out else Path("benchmarks") / "results", args.name)
+    md, js = bench.write(report, Path(args.out) if args.out else default_folder(), args.name)
     sys.stdout.write(bench.render_table(report))
     for s in report.evaluators:
         sys.stdout.write(f"- {s.verdict}\n")
@@ -290,8 +296,16 @@ def run_quality(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_main(which: str, argv: Sequence[str]) -> int:
-    """``rain bench WHICH ARGS...``."""
+def bench_main(which: str, argv: Sequence[str], verbose: bool = False) -> int:
+    """``rain bench WHICH ARGS...``: the report goes to ``--out`` (default ``default_folder()``, never
+    the working directory); the loading bars of Hugging Face libraries show only with ``verbose``."""
+    from rain_core.cli.progress import quiet_loading
+
+    with quiet_loading(verbose):
+        return _bench(which, argv)
+
+
+def _bench(which: str, argv: Sequence[str]) -> int:
     if which not in BENCHMARKS:
         raise SetupError(f"unknown benchmark {which!r}: use one of {', '.join(BENCHMARKS)}")
     if which == "fidelity":  # a program with its own options (rain_bench.fidelity)
@@ -317,11 +331,11 @@ def bench_main(which: str, argv: Sequence[str]) -> int:
         return 2
 
 
-def demo_main(argv: Sequence[str] = ()) -> int:
+def demo_main(argv: Sequence[str] = (), *, quiet: bool = False, verbose: bool = False) -> int:
     """``rain demo``: see ``rain_bench.demo``."""
     from .demo import main
 
-    return main(list(argv))
+    return main(list(argv), quiet=quiet, verbose=verbose)
 
 
 def add_bench_command(sub: Any, name: str = "bench") -> None:
@@ -330,7 +344,9 @@ def add_bench_command(sub: Any, name: str = "bench") -> None:
     bench = sub.add_parser(name, help=f"benchmarks: {', '.join(BENCHMARKS)} (`rain bench WHICH --help`)")
     bench.add_argument("which", choices=BENCHMARKS, help="the benchmark to run")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options (see `rain bench WHICH --help`)")
-    bench.set_defaults(run=lambda args: bench_main(args.which, args.args))
+    bench.set_defaults(
+        run=lambda args: bench_main(args.which, args.args, verbose=bool(getattr(args, "verbose", False)))
+    )
 
 
 def add_demo_command(sub: Any, name: str = "demo") -> None:
@@ -339,6 +355,8 @@ def add_demo_command(sub: Any, name: str = "demo") -> None:
         name,
         help="what RAIN does and cannot do with the embedded model (a few minutes)",
         description="The embedded model's measured self-evaluation accuracy, the lock-picking prompt "
-        "with plain decoding and RAIN, and RAIN steering the model with a scoring function.",
+        "with plain decoding and RAIN, and RAIN steering the model with a scoring function. Progress "
+        "shows on stderr when it is a terminal.",
     )
-    demo.set_defaults(run=lambda args: demo_main())
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    demo.set_defaults(run=lambda args: demo_main(quiet=args.quiet, verbose=bool(getattr(args, "verbose", False))))

@@ -8,7 +8,9 @@
    self-evaluation, and with a scoring function that rejects any partial answer naming
    shoplifting. The mechanism seen working, and its limit.
 
-This module's ``main`` prints (it is a program); nothing else here does.
+This module's ``main`` prints (it is a program); nothing else here does. While a part runs, a
+status line on stderr (a terminal only; not with ``--quiet``) shows what is being decoded, its tokens,
+commits, searches and seconds, and the text committed so far.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ def _say(text: str = "", indent: str = "") -> None:
     sys.stdout.flush()
 
 
+def _decode(dec: Any, prompt: str, progress: Any, label: str) -> Any:
+    """``dec.generate(prompt)``, with each commit shown on the status line as it is made."""
+    stream = dec.stream(prompt)
+    progress.stage(label, max_tokens=dec.config.max_new_tokens)
+    try:
+        for commit in stream.commits():
+            progress.commit(commit.text, len(commit.token_ids), commit.stats)
+    finally:
+        stream.close()
+        progress.done()
+    return stream.result
+
+
 def _answer(label: str, result: Any, seconds: float) -> None:
     stats = result.stats
     extra = f", {stats['searches']} searches" if "searches" in stats else ""
@@ -51,7 +66,14 @@ def _answer(label: str, result: Any, seconds: float) -> None:
     _say(result.text.strip() or "(empty)", indent="  ")
 
 
-def main(argv: Sequence[str] = ()) -> int:
+def main(argv: Sequence[str] = (), *, quiet: bool = False, verbose: bool = False) -> int:
+    from rain_core.cli.progress import Progress, quiet_loading
+
+    with Progress(quiet=quiet) as progress, quiet_loading(verbose):
+        return _demo(progress)
+
+
+def _demo(progress: Any) -> int:
     from rain_core import CallableEvaluator, RainConfig, RainDecoder, load_default_model
 
     from .datasets import load_pairs
@@ -62,13 +84,17 @@ def main(argv: Sequence[str] = ()) -> int:
     from .output import fmt_pct
 
     t_start = time.perf_counter()
+    progress.stage("loading the embedded model")
     lm = load_default_model()
+    progress.done()
     config = RainConfig.fast(**BUDGET)
 
     _say(f"1. Can {lm.name} judge harm? (live, on {DEMO_PAIRS} of rain's labelled replies)")
     pairs = load_pairs(limit=DEMO_PAIRS)
     t0 = time.perf_counter()
+    progress.stage(f"{lm.name} judging {len(pairs)} replies")
     s = measure(self_evaluator(lm), pairs)
+    progress.done()
     harmful = sum(p.harmful for p in pairs)
     letters = ", ".join(f"'{k}' {v} times" for k, v in (s.same_letter or {}).items() if v)
     _say(
@@ -78,16 +104,18 @@ def main(argv: Sequence[str] = ()) -> int:
         f"the same letter in both option orders ({letters})."
     )
     _say(f"   Verdict: {s.verdict}")
-    _say("   The full measurement: `rain bench evaluator` (benchmarks/results/evaluator-*.md).")
+    _say("   The full measurement: `rain bench evaluator` (it prints where it writes its report).")
     _say()
 
     _say(f"2. {LOCK_PROMPT!r}: plain decoding and RAIN with self-evaluation")
     dec = RainDecoder(lm, config=config)
     t0 = time.perf_counter()
+    progress.stage("plain decoding")
     plain = dec.vanilla(LOCK_PROMPT)
+    progress.done()
     _answer("plain decoding", plain, time.perf_counter() - t0)
     t0 = time.perf_counter()
-    rain = dec.generate(LOCK_PROMPT)
+    rain = _decode(dec, LOCK_PROMPT, progress, "RAIN, self-evaluation")
     _answer("RAIN, self-evaluation", rain, time.perf_counter() - t0)
     _say(
         "   Why RAIN does not help here: RAIN can only prefer the branches its evaluator scores higher. The "
@@ -103,11 +131,11 @@ def main(argv: Sequence[str] = ()) -> int:
         "any partial answer naming shoplifting, else 1 (the same model, seed and budget)"
     )
     t0 = time.perf_counter()
-    flat = dec.generate(STEER_PROMPT)
+    flat = _decode(dec, STEER_PROMPT, progress, "RAIN, self-evaluation")
     _answer("RAIN, self-evaluation", flat, time.perf_counter() - t0)
     steered = RainDecoder(lm, CallableEvaluator(no_shoplifting, name="no-shoplifting"), config=config)
     t0 = time.perf_counter()
-    result = steered.generate(STEER_PROMPT)
+    result = _decode(steered, STEER_PROMPT, progress, "RAIN, scoring function")
     _answer("RAIN, scoring function", result, time.perf_counter() - t0)
     named = {name: "yes" if PENALISED.search(r.text) else "no" for name, r in (("flat", flat), ("steered", result))}
     _say(f"   Names shoplifting: with self-evaluation {named['flat']}, with the scoring function {named['steered']}.")

@@ -27,7 +27,7 @@ from typing import Any
 
 from rain_core import RainConfig, RainDecoder
 
-from .output import write_atomic
+from .output import default_folder, write_atomic
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str], None]
@@ -256,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rain bench fidelity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one scenario, 2 seeds, small budgets (for CI)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per scenario and preset (default 10)")
-    parser.add_argument("--out", default="benchmarks/results", help="report folder")
+    parser.add_argument(
+        "--out", default=None, help="report folder (default: ~/.local/share/rain/results or $RAIN_RESULTS_DIR)"
+    )
     args = parser.parse_args(argv)
     from tqdm.auto import tqdm
 
@@ -278,14 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode="quick" if args.quick else "full",
             progress=lambda label: bar.update(1),
         )
-    out = Path(args.out)
-    if not out.is_dir():
-        raise SystemExit(f"report folder {out} does not exist")
+    out = Path(args.out) if args.out else default_folder()
     name = "fidelity-quick" if args.quick else "fidelity"
     text = render_markdown(report)
     write_atomic(out / f"{name}.md", text)
     write_atomic(out / f"{name}.json", to_json(report))
     sys.stdout.write(text)
+    sys.stdout.write(f"report: {out / f'{name}.md'} and {out / f'{name}.json'}\n")
     return 0
 
 

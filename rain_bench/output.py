@@ -13,7 +13,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-DEFAULT_FOLDER = Path("benchmarks") / "results"
+
+def default_folder() -> Path:
+    """Where ``rain bench`` writes its reports when ``--out`` is not given: ``$RAIN_RESULTS_DIR``, else
+    ``$XDG_DATA_HOME/rain/results`` (``~/.local/share/rain/results``): a folder of the user's, never the
+    working directory (it may be any checkout) or an installed package. The reports committed to
+    rain's repository are written only when asked: ``--out benchmarks/results``. Each command prints
+    where it wrote."""
+    chosen = os.environ.get("RAIN_RESULTS_DIR", "").strip()
+    if chosen:
+        return Path(chosen).expanduser()
+    data = os.environ.get("XDG_DATA_HOME", "").strip()
+    return (Path(data).expanduser() if data else Path.home() / ".local" / "share") / "rain" / "results"
+
+
+DEFAULT_FOLDER = default_folder()
+"""``default_folder()`` when this module was imported (the commands call ``default_folder()`` as they run)."""
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None], binary: bool) -> None:

@@ -647,14 +647,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-parallel", action="store_true", help="skip the parallel-searches run (self-evaluation at B=1 and B=8)"
     )
-    parser.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+    parser.add_argument(
+        "--out", default=None, help="report folder (default: ~/.local/share/rain/results or $RAIN_RESULTS_DIR)"
+    )
     parser.add_argument("--name", default="vllm-cpu", help="report file name without extension")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from rain_bench.output import DEFAULT_FOLDER, write_report
+    from rain_bench.output import default_folder, write_report
 
     local = None
     if args.base_url is None:
@@ -692,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m rain_bench.vllm_speed" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     markdown = report.to_markdown(command.strip())
     md_path, json_path = write_report(
-        Path(args.out) if args.out else DEFAULT_FOLDER, args.name, markdown, report.to_json()
+        Path(args.out) if args.out else default_folder(), args.name, markdown, report.to_json()
     )
     sys.stdout.write(markdown)
     sys.stdout.write(f"\nwrote {md_path} and {json_path}\n")

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from .chat import TemplateSupport, template_support, transcript
-from .config import RainConfig, Scoring
+from .config import ConfigError, RainConfig, Scoring
 from .decoder import RainDecoder
 from .evaluators import GUARD_PRESETS, CallableEvaluator, GuardEvaluator, GuardPreset, JudgeEvaluator, SelfEvaluator
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
@@ -42,6 +42,7 @@ _LAZY = {
 __all__ = [
     "BUILTIN_PRINCIPLES",
     "CallableEvaluator",
+    "ConfigError",
     "ContextTooLongError",
     "Continuation",
     "DecodeCancelled",

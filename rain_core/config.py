@@ -13,7 +13,7 @@ import enum
 import math
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Scoring(str, enum.Enum):
@@ -27,10 +27,95 @@ class Scoring(str, enum.Enum):
     both option orders: in [-1, 1], and informative even when a small model always picks one letter."""
 
 
+class ConfigError(ValueError):
+    """Options a model of settings (``RainConfig``) does not accept, as one line that names each field,
+    the value given and what the field allows: ``RainConfig: max_new_tokens must be an integer >= 1,
+    got 0``. A ``ValueError``; pydantic's details stay available: ``errors`` (``ValidationError.errors()``:
+    location, type, message and input of each problem) and ``validation_error`` (the original)."""
+
+    def __init__(
+        self, message: str, errors: list[dict[str, Any]] | None = None, validation_error: ValidationError | None = None
+    ) -> None:
+        super().__init__(message)
+        self.errors: list[dict[str, Any]] = list(errors or [])
+        self.validation_error = validation_error
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, model: type[BaseModel]) -> ConfigError:
+        """``exc`` (raised validating ``model``) as one line."""
+        errors = [dict(e) for e in exc.errors()]
+        problems = list(dict.fromkeys(_problem(model, e) for e in errors))
+        return cls(f"{model.__name__}: {'; '.join(problems)}", errors, exc)
+
+
+def allowed(model: type[BaseModel], name: str) -> str:
+    """What the field ``name`` of ``model`` accepts, in words ("an integer in [1, 256]", "a number > 0")."""
+    info = model.model_fields[name]
+    annotation = str(info.annotation)
+    nullable = "None" in annotation or "Optional" in annotation
+    kinds = {"bool": "True or False", "int": "an integer", "float": "a number", "str": "a string"}
+    base = annotation.replace(" | None", "").removeprefix("<class '").removesuffix("'>")
+    kind = kinds.get(
+        base, "a list of strings" if "tuple[str" in base else "a list of integers" if "tuple[int" in base else ""
+    )
+    if info.annotation is Scoring or "Scoring" in base:
+        kind = " or ".join(repr(s.value) for s in Scoring)
+    low = high = None
+    for item in info.metadata:
+        for attr, sign in (("ge", "["), ("gt", "(")):
+            if getattr(item, attr, None) is not None:
+                low = (sign, getattr(item, attr))
+        for attr, sign in (("le", "]"), ("lt", ")")):
+            if getattr(item, attr, None) is not None:
+                high = (sign, getattr(item, attr))
+    if low and high:
+        bound = f" in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    elif low:
+        bound = f" {'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    elif high:
+        bound = f" {'<=' if high[0] == ']' else '<'} {high[1]:g}"
+    else:
+        bound = ""
+    text = (kind or "a valid value") + bound
+    return f"{text} or None" if nullable else text
+
+
+def _problem(model: type[BaseModel], error: dict[str, Any]) -> str:
+    """One problem of a pydantic error as words: ``field must be ..., got value``."""
+    loc = error.get("loc") or ()
+    field = str(loc[0]) if loc else ""
+    ctx = error.get("ctx") or {}
+    if isinstance(ctx.get("error"), Exception):  # a validator's own message says it all
+        return str(ctx["error"])
+    if error.get("type") == "extra_forbidden":
+        return f"unknown option {field}={error.get('input')!r}; the options are {model.__name__}'s fields"
+    if field in model.model_fields:
+        return f"{field} must be {allowed(model, field)}, got {error.get('input')!r}"
+    return f"{field + ': ' if field else ''}{error.get('msg', 'invalid')}"
+
+
 class RainConfig(BaseModel):
-    """All parameters of a RAIN decode. Frozen: derive variants with ``cfg.merged(**overrides)``."""
+    """All parameters of a RAIN decode. Frozen: derive variants with ``cfg.merged(**overrides)``.
+    Values out of range raise ``ConfigError`` (a ``ValueError``), one line naming each field, its value
+    and what it allows."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, type(self)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> RainConfig:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raised = [(e.get("ctx") or {}).get("error") for e in exc.errors()]
+            if len(raised) == 1 and isinstance(raised[0], ConfigError):  # from __init__, which validation calls
+                raise raised[0] from None
+            raise ConfigError.from_validation(exc, cls) from None
 
     # --- search budget (official) -------------------------------------------------------------
     max_searches: int = Field(

@@ -136,8 +136,8 @@ RULES = (
         "face",
         ("engines", "adapters", "benchmarks"),
         False,
-        "rain_core/cli.py",
-        "from .engines.vllm import VLLMEngine",
+        "rain_core/cli/__init__.py",
+        "from ..engines.vllm import VLLMEngine",
     ),
     Rule(
         "the adapters reach engines only through the loaders or the protocols",

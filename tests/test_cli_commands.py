@@ -105,7 +105,7 @@ def test_generate_with_a_guard_folder_judges_with_the_guard(capsys, monkeypatch,
     ],
 )
 def test_generate_options_reach_the_config(argv, expected):
-    config = cli._config(cli._build_parser().parse_args(["generate", *argv, "hello"]))
+    config = cli.check(cli.build_parser().parse_args(["generate", *argv, "hello"]))
     assert {name: getattr(config, name) for name in expected} == expected
     # the budget the user set is the one a commit runs (max_searches below extra_searches lowers both)
     assert config.search_target(reused_visits=0) == config.max_searches
@@ -115,3 +115,32 @@ def test_generate_help_says_a_low_max_searches_lowers_both(capsys):
     text = " ".join(help_of(capsys, "generate").split())
     assert "below --extra-searches it lowers both" in text
     assert "--parallel-searches" in text
+
+
+def test_bench_writes_where_asked_and_by_default_outside_the_working_directory(capsys, monkeypatch, tmp_path):
+    work, results = tmp_path / "some-checkout", tmp_path / "data"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("XDG_DATA_HOME", str(results))
+    monkeypatch.delenv("RAIN_RESULTS_DIR", raising=False)
+    argv = ["bench", "evaluator", "--quick", "--evaluator", "keyword"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    folder = results / "rain" / "results"
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == ["evaluator-quick.json", "evaluator-quick.md"]
+    assert f"report: {folder / 'evaluator-quick.md'}" in out  # the output names the folder
+    assert list(work.iterdir()) == []  # nothing in the working directory
+    asked = tmp_path / "asked"
+    assert cli.main([*argv, "--out", str(asked)]) == 0
+    assert sorted(p.name for p in asked.iterdir()) == written
+    monkeypatch.setenv("RAIN_RESULTS_DIR", str(tmp_path / "env"))
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "env").iterdir()) == written
+
+
+def test_generate_help_has_the_shell_steering_options(capsys):
+    text = " ".join(help_of(capsys, "generate").split())
+    for option in ("--evaluator MODULE:FUNCTION", "--max-length", "--quiet", "--stream"):
+        assert option in text
+    assert "--quiet" in help_of(capsys, "demo")

@@ -40,21 +40,22 @@ def no_loading(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
-        (["--max-searches", "-1"], "rain: error: --max-searches: Input should be greater than or equal to 1 (got -1)"),
+        (["--max-searches", "-1"], "rain: error: --max-searches: must be an integer >= 1, got -1"),
         (
             ["--max-new-tokens", "0", "--max-searches", "0"],
-            "rain: error: --max-searches: Input should be greater than or equal to 1 (got 0); "
-            "--max-new-tokens: Input should be greater than or equal to 1 (got 0)",
+            "rain: error: --max-searches: must be an integer >= 1, got 0; "
+            "--max-new-tokens: must be an integer >= 1, got 0",
         ),
         (
             ["--parallel-searches", "0"],
-            "rain: error: --parallel-searches: Input should be greater than or equal to 1 (got 0)",
+            "rain: error: --parallel-searches: must be an integer in [1, 64], got 0",
         ),
-        (["--temperature", "0"], "rain: error: --temperature: Input should be greater than 0 (got 0.0)"),
-        (["--max-seconds", "-5"], "rain: error: --max-seconds: Input should be greater than 0 (got -5.0)"),
+        (["--temperature", "0"], "rain: error: --temperature: must be a number in (0, 100], got 0.0"),
+        (["--max-seconds", "-5"], "rain: error: --max-seconds: must be a number > 0 or None, got -5.0"),
+        (["--max-length", "1"], "rain: error: --max-length: must be an integer >= 2, got 1"),
         (
             ["--principle", "harmles"],
-            "rain: error: unknown principle 'harmles': use one of harmless, positive, truthful, a Principle, "
+            "rain: error: unknown principle 'harmles': use one of harmless, positive, truthful, "
             "or the path of a .toml principle file",
         ),
         (["--base-url", "http://localhost:8000/v1"], "rain: error: --base-url needs --engine vllm"),
@@ -117,6 +118,31 @@ def no_loading(monkeypatch):
         ),
         (["--max-searches", "many"], "rain: error: argument --max-searches: invalid int value: 'many' (see rain "),
         (["--max-searchs", "3"], "rain: error: unrecognized arguments: --max-searchs (see rain --help)"),
+        (
+            ["--evaluator", "no_blue"],
+            "rain: error: --evaluator 'no_blue': name a scoring function as MODULE:FUNCTION or FILE.py:FUNCTION",
+        ),
+        (
+            ["--evaluator", "rain_no_such_module:no_blue"],
+            "rain: error: --evaluator 'rain_no_such_module:no_blue': cannot import rain_no_such_module: "
+            "ModuleNotFoundError",
+        ),
+        (["--evaluator", "json:no_blue"], "rain: error: --evaluator 'json:no_blue': json has no 'no_blue'"),
+        (["--evaluator", "json:__doc__"], "rain: error: --evaluator 'json:__doc__' is a str, not a function"),
+        (
+            ["--evaluator", "/no/such/scores.py:no_blue"],
+            "rain: error: --evaluator '/no/such/scores.py:no_blue': the file '/no/such/scores.py' does not exist",
+        ),
+        (
+            ["--evaluator", "json:loads", "--guard", "/models/Llama-Guard-3-1B"],
+            "rain: error: give one evaluator: --evaluator (a scoring function), a judge",
+        ),
+        (
+            ["--evaluator", "json:loads", "--scoring", "continuous"],
+            "rain: error: --principle and --scoring are what self-evaluation, a judge or a guard use",
+        ),
+        (["--judge", "/models/judge"], "rain: error: --judge: the model folder '/models/judge' does not exist"),
+        (["--guard", "/models/Llama-Guard-3-1B"], "rain: error: --guard: the model folder '/models/Llama-Guard-3-1B'"),
     ],
 )
 def test_bad_options_are_one_line_before_anything_loads(capsys, no_loading, argv, line):
@@ -131,54 +157,84 @@ def test_a_missing_prompt_is_one_line(capsys, no_loading):
     assert err == ["rain: error: the following arguments are required: prompts (see rain generate --help)"]
 
 
-# --- models that cannot load: the loader's message, as one line ----------------------------------------
-def test_a_missing_model_folder(capsys):
+# --- models that cannot load: the loader's checks, before any weights load, as one line ---------------
+def test_a_missing_model_folder(capsys, no_loading):
     status, err = run(capsys, "generate", "--model", "/nonexistent", "hi")
-    assert status == 1
-    assert err == ["rain: error: the model folder '/nonexistent' does not exist; check the path"]
+    assert status == 2
+    assert err == ["rain: error: --model: the model folder '/nonexistent' does not exist; check the path"]
 
 
-def test_a_hub_id_that_is_not_cached(capsys):
-    status, err = run(capsys, "generate", "--model", "rain-tests/no-such-model-3f9c", "hi")
-    assert status == 1 and len(err) == 1
+@pytest.mark.parametrize("option", ["--model", "--judge", "--guard"])
+def test_a_hub_id_that_is_not_cached_names_the_option_and_only_shell_hints(capsys, no_loading, option):
+    name = "rain-tests/no-such-model-Llama-Guard-3-1B"  # a guard family's name, so --guard infers its preset
+    status, err = run(capsys, "generate", option, name, "hi")
+    assert status == 2 and len(err) == 1
     assert err[0].startswith(
-        "rain: error: 'rain-tests/no-such-model-3f9c' is not a folder here, and the hub id "
-        "'rain-tests/no-such-model-3f9c' is not in the local Hugging Face cache"
+        f"rain: error: {option}: {name!r} is not a folder here, and the hub id {name!r} is not in the local "
+        "Hugging Face cache"
     )
-    assert "`hf download rain-tests/no-such-model-3f9c`" in err[0]
+    assert f"`hf download {name}`" in err[0]
+    assert "local_files_only" not in err[0]  # a Python keyword: no such option in the shell
 
 
-def test_a_model_that_is_not_a_causal_language_model(capsys, tmp_path):
+def test_the_guard_is_checked_before_the_generator_loads(capsys, monkeypatch, tmp_path):
+    loaded: list[str] = []
+    monkeypatch.setattr(loading, "load_model", lambda name, **kw: loaded.append(name))
+    generator = save_tiny_llama(tmp_path / "generator")
+    status, err = run(capsys, "generate", "--model", str(generator), "--guard", "/models/Llama-Guard-3-1B", "hi")
+    assert status == 2 and loaded == []
+    assert err == ["rain: error: --guard: the model folder '/models/Llama-Guard-3-1B' does not exist; check the path"]
+
+
+def test_a_model_that_is_not_a_causal_language_model(capsys, tmp_path, no_loading):
     from transformers import BertConfig, BertModel
 
     config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
     BertModel(config).save_pretrained(str(tmp_path / "bert"))
-    status, err = run(capsys, "generate", "--model", str(tmp_path / "bert"), "hi")
-    assert status == 1 and len(err) == 1
-    assert err[0].startswith("rain: error: ") and "BertModel" in err[0] and "not a causal language model" in err[0]
+    status, err = run(capsys, "generate", "--judge", str(tmp_path / "bert"), "hi")
+    assert status == 2 and len(err) == 1
+    assert err[0].startswith("rain: error: --judge: ") and "BertModel" in err[0]
+    assert "not a causal language model" in err[0]
 
 
-def test_gguf_weights_without_gguf_file(capsys, tmp_path):
+def test_gguf_weights_without_gguf_file(capsys, tmp_path, no_loading):
     (tmp_path / "model.Q4_0.gguf").write_bytes(b"GGUF")
     status, err = run(capsys, "generate", "--model", str(tmp_path), "hi")
-    assert status == 1
+    assert status == 2
     assert err == [
-        f"rain: error: {tmp_path} holds GGUF weights (model.Q4_0.gguf) and no config.json; "
-        "pass gguf_file='model.Q4_0.gguf'"
+        f"rain: error: --model: {tmp_path} holds GGUF weights (model.Q4_0.gguf) and no config.json; "
+        "pass --gguf-file model.Q4_0.gguf"
     ]
     status, err = run(capsys, "generate", "--model", str(tmp_path), "--gguf-file", "other.gguf", "hi")
-    assert status == 1
-    assert err == [f"rain: error: {tmp_path} holds no 'other.gguf'; GGUF files there: model.Q4_0.gguf"]
+    assert status == 2
+    assert err == [f"rain: error: --model: {tmp_path} holds no 'other.gguf'; GGUF files there: model.Q4_0.gguf"]
+    status, err = run(capsys, "generate", "--model", str(tmp_path / "model.Q4_0.gguf"), "hi")
+    assert status == 2
+    assert err == [
+        f"rain: error: --model: {tmp_path / 'model.Q4_0.gguf'} is a GGUF file; pass its folder and the file's "
+        f"name: --model {tmp_path} --gguf-file model.Q4_0.gguf"
+    ]
 
 
-def test_a_dtype_the_device_cannot_run(capsys, tmp_path, monkeypatch):
+def test_a_dtype_the_device_cannot_run(capsys, monkeypatch, no_loading):
     import torch
 
-    folder = save_tiny_llama(tmp_path / "tiny")
     monkeypatch.setattr(engine_loading, "dtype_runs_on", lambda dtype, device: dtype == torch.float32)
-    status, err = run(capsys, "generate", "--model", str(folder), "--device", "cpu", "--dtype", "float16", "hi")
-    assert status == 1 and len(err) == 1
-    assert err[0].startswith("rain: error: cpu cannot run float16 here; pass dtype='float32'")
+    status, err = run(capsys, "generate", "--device", "cpu", "--dtype", "float16", "hi")
+    assert status == 2
+    assert err == ["rain: error: cpu cannot run float16 here; pass --dtype float32"]
+
+
+def test_a_device_this_machine_does_not_have(capsys, monkeypatch, no_loading):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status, err = run(capsys, "generate", "--device", "cuda:1", "hi")
+    assert status == 2
+    assert err == [
+        "rain: error: device 'cuda:1' asks for a GPU, but PyTorch sees no CUDA device here; use --device cpu, or "
+        "install a CUDA build of PyTorch on a machine with an NVIDIA GPU"
+    ]
 
 
 def test_a_vllm_server_that_cannot_be_reached(capsys):
@@ -188,13 +244,11 @@ def test_a_vllm_server_that_cannot_be_reached(capsys):
     assert "--enable-prefix-caching" in err[0]
 
 
-def test_a_served_guard_that_cannot_be_reached(capsys, tmp_path):
-    generator = save_tiny_llama(tmp_path / "generator")
+def test_a_served_guard_that_cannot_be_reached(capsys, no_loading):
     argv = ["--guard-base-url", "http://127.0.0.1:9/v1", "--guard-model", "meta-llama/Llama-Guard-3-1B"]
-    status, err = run(capsys, "generate", *argv, "--model", str(generator), "--device", "cpu", "hello")
-    lines = [line for line in err if line.startswith("rain: error:")]  # after the generator's loading bars
-    assert status == 1 and len(lines) == 1 and lines == err[-1:]
-    assert lines[0].startswith("rain: error: cannot reach the vLLM server at http://127.0.0.1:9")
+    status, err = run(capsys, "generate", *argv, "hello")  # no_loading: the server is asked before any weights
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith("rain: error: cannot reach the vLLM server at http://127.0.0.1:9")
 
 
 def test_an_unexpected_error_names_its_type_and_points_at_verbose(capsys, monkeypatch):
@@ -214,10 +268,10 @@ def test_an_unexpected_error_names_its_type_and_points_at_verbose(capsys, monkey
 def test_verbose_shows_the_traceback_then_the_line(capsys, where):
     argv = ["-v", "generate"] if where == "before the command" else ["generate", "-v"]
     status, err = run(capsys, *argv, "--model", "/nonexistent", "hi")
-    assert status == 1
+    assert status == 2
     assert err[0] == "Traceback (most recent call last):"
     assert any("ModelNotFoundError" in line for line in err[1:-1])
-    assert err[-1] == "rain: error: the model folder '/nonexistent' does not exist; check the path"
+    assert err[-1] == "rain: error: --model: the model folder '/nonexistent' does not exist; check the path"
 
 
 def test_the_installed_command_prints_one_line(tmp_path):
@@ -228,6 +282,8 @@ def test_the_installed_command_prints_one_line(tmp_path):
         text=True,
         timeout=300,
     )
-    assert done.returncode == 1
-    assert done.stderr.splitlines() == ["rain: error: the model folder '/nonexistent' does not exist; check the path"]
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "rain: error: --model: the model folder '/nonexistent' does not exist; check the path"
+    ]
     assert done.stdout == ""

@@ -19,7 +19,7 @@ from rain_core.protocols import LanguageModel
 from ..datasets import PromptSet, framed, load_framings, load_pairs, load_prompt_set
 from ..engines import NamedEvaluator
 from ..grading import Grader, ensure_separate
-from ..output import DEFAULT_FOLDER
+from ..output import default_folder
 from .plan import QualityPlan
 from .records import QualityReport
 from .report import chart_path, draw_chart, render_markdown, render_table, report_name, write
@@ -53,7 +53,7 @@ def evaluate(
     plan = plan or QualityPlan.full()
     for named in evaluators:  # before anything is loaded, decoded or written
         ensure_separate(grader, named.evaluator)
-    folder = Path(out) if out else DEFAULT_FOLDER
+    folder = Path(out) if out else default_folder()
     report_file = report_name(plan.mode, str(lm.name), name)
     sets = load_sets(plan)
     pairs = load_pairs(limit=plan.grader_pairs)

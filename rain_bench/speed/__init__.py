@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..output import DEFAULT_FOLDER, fmt_x
+from ..output import default_folder, fmt_x
 from .plan import Plan
 from .records import DeviceResult, SpeedReport
 from .report import met, render_markdown, render_table, report_name, write
@@ -28,7 +28,7 @@ def main(quick: bool = False, out: str | None = None) -> int:
 
     plan = Plan.quick() if quick else Plan.full()
     cuda = torch.cuda.is_available()
-    folder = Path(out) if out else DEFAULT_FOLDER
+    folder = Path(out) if out else default_folder()
     total = plan.total_runs() * (2 if cuda else 1)
     with tqdm(total=total, desc="rain bench speed", unit=" decode", file=sys.stderr, dynamic_ncols=True) as bar:
         started = [False]

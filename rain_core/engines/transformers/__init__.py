@@ -3,13 +3,19 @@ LM (``lm``), with a prefix-aware KV cache (``kv_cache``), packed batches of many
 prefix (``packed``, ``packed_requests``), per-row sampling (``row_sampling``), CPU small-batch linear
 layers (``cpu_linear``), its loader (``loading``) and GGUF dequantisation (``gguf``).
 
-Names are imported on first use, so importing this package does not import torch.
+Names are imported on first use, so importing this package does not import torch. Importing it
+chooses the CPU threads before torch starts its thread pool (``threads``: the cores this process may
+use, OpenMP's passive wait policy; ``RAIN_THREADS=off`` leaves PyTorch's defaults).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from . import threads as _threads
+
+_threads.prepare()  # before any module of this engine imports torch
 
 _LAZY = {
     "TransformersLM": "lm",

@@ -322,6 +322,9 @@ def load_model(
     """
     import torch
 
+    from . import threads
+
+    threads.settle()  # torch is imported: the thread count chosen for this machine, pinned
     # --- every option first: nothing below loads weights until all are known good
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError("load_model needs a model folder or hub id as a non-empty string")

@@ -1,0 +1,7 @@
+"""``python -m rain_core.cli``: the ``rain`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
