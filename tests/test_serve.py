@@ -469,10 +469,10 @@ async def test_admission_grants_in_order_and_frees_a_slot_only_when_every_holder
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--max-searches", "0"], "--max-searches: Input should be greater than or equal to 1"),
+        (["--max-searches", "0"], "--max-searches: must be an integer >= 1, got 0"),
         (["--max-searches", "8", "--limit-max-searches", "4"], "max_searches=8 is above its limit"),
         (["--set", "budget=3"], "give FIELD=VALUE with a RainConfig field"),
-        (["--set", "top_k=0"], "top_k: Input should be greater than or equal to 1"),
+        (["--set", "top_k=0"], "top_k: must be an integer >= 1, got 0"),
         (["--engine", "vllm"], "--engine vllm needs --base-url"),
         (["--principle", "nowhere.toml"], "unknown principle"),
         (["--max-concurrent", "0"], "--max-concurrent must be >= 1"),
@@ -505,7 +505,7 @@ def test_rain_serve_is_a_subcommand_from_the_entry_points(monkeypatch, capsys):
     assert rain_cli.main(["serve", "--max-searches", "0"]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == "rain: error: --max-searches: Input should be greater than or equal to 1 (got 0)"
+        == "rain: error: --max-searches: must be an integer >= 1, got 0"
     )
     parser = argparse.ArgumentParser(prog="rain")
     serve_cli.add_serve_command(parser.add_subparsers(dest="command"), "serve")

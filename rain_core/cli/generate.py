@@ -26,13 +26,14 @@ logger = logging.getLogger("rain")
 _STATS = ("searches", "evaluations", "evaluation_cache_hits", "commits", "rewinds", "node_additions", "seconds")
 
 
-def _served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
+def served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
+    """The model a vLLM server serves, with the command's API key."""
     from ..loaders import models
 
     return models.served_model(base_url, model, api_key=args.api_key)
 
 
-def _guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
+def guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
     """The guard as the evaluator; its score is continuous (its verdict probability) unless
     ``--scoring`` says otherwise."""
     from .. import Scoring
@@ -53,14 +54,14 @@ def load(args: argparse.Namespace, config: Any, progress: Progress) -> Any:
     from ..loaders import models as loading  # looked up now, so that tests can stand in for the loaders
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
-    lm = _served(args.base_url, args.model, args) if args.engine == "vllm" else None
+    lm = served(args.base_url, args.model, args) if args.engine == "vllm" else None
     evaluator: Any = None
     if args.scoring_function is not None:
         evaluator = CallableEvaluator(args.scoring_function, name=args.evaluator)
     elif served_guard(args):
-        evaluator = _guard(args, kw)
+        evaluator = guard(args, kw)
     elif served_judge(args):
-        judge = _served(args.judge_base_url or args.base_url, args.judge_model, args)
+        judge = served(args.judge_base_url or args.base_url, args.judge_model, args)
         evaluator = JudgeEvaluator(judge, args.principle, scoring=config.scoring)
     if lm is None:
         progress.stage(f"loading {args.model or 'the embedded model'}")
@@ -70,7 +71,7 @@ def load(args: argparse.Namespace, config: Any, progress: Progress) -> Any:
             lm = loading.load_default_model(**kw)
     if evaluator is None and args.guard:
         progress.stage(f"loading the guard {args.guard}")
-        evaluator = _guard(args, kw)
+        evaluator = guard(args, kw)
     elif evaluator is None and args.judge:
         progress.stage(f"loading the judge {args.judge}")
         evaluator = JudgeEvaluator(loading.load_model(args.judge, **kw), args.principle, scoring=config.scoring)

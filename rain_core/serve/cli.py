@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from .. import cli as rain_cli
+from ..cli import errors as cli_errors
+from ..cli import generate as cli_generate
+from ..cli import options as cli_options
 from ..evaluators.guards import GUARD_PRESETS
 
 __all__ = ["add_serve_command", "build_parser", "main"]
@@ -48,7 +50,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-url", default=None, help="the vLLM server, http://HOST:PORT/v1 (with --engine vllm)")
     g.add_argument("--engine-api-key", dest="api_key", default=None, help="the vLLM servers' --api-key, if any")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    g.add_argument("--dtype", default=None, choices=rain_cli._DTYPES, help="weights' dtype (default: float32 on CPU)")
+    g.add_argument("--dtype", default=None, choices=cli_options.DTYPES, help="weights' dtype (default: float32 on CPU)")
     g.add_argument("--gguf-file", default=None, help="the .gguf file in the --model folder, for GGUF weights")
     g.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's own)")
     e = p.add_argument_group("the evaluator (default: the generator judges itself)")
@@ -127,7 +129,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = "rain serve") -> argparse.ArgumentParser:
-    parser = rain_cli._Parser(prog=prog, description="RAIN behind an OpenAI-compatible HTTP endpoint")
+    parser = cli_options.Parser(prog=prog, description="RAIN behind an OpenAI-compatible HTTP endpoint")
     _add_options(parser)
     return parser
 
@@ -153,14 +155,16 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Any]:
 
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
-        raise rain_cli.UsageError(f"rain serve needs {', '.join(missing)}: pip install 'rain-align[serve]'")
-    args.plot, args.stop = None, None
-    config = rain_cli._config(args)
+        raise cli_errors.UsageError(f"rain serve needs {', '.join(missing)}: pip install 'rain-align[serve]'")
+    for name in ("plot", "stop", "evaluator", *cli_errors.RAIN_OPTIONS):  # rain generate's, which serve has not
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    config = cli_options.check(args)
     overrides: dict[str, Any] = {}
     for item in args.settings:
         key, sep, value = item.partition("=")
         if not sep or key not in RainConfig.model_fields:
-            raise rain_cli.UsageError(f"--set {item!r}: give FIELD=VALUE with a RainConfig field")
+            raise cli_errors.UsageError(f"--set {item!r}: give FIELD=VALUE with a RainConfig field")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -184,9 +188,9 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Any]:
     limits.resolved(config)
     concurrent = args.max_concurrent if args.max_concurrent is not None else (16 if args.engine == "vllm" else 1)
     if concurrent < 1 or args.max_queue < 0 or args.max_body_bytes < 1024:
-        raise rain_cli.UsageError("--max-concurrent must be >= 1, --max-queue >= 0 and --max-body-bytes >= 1024")
+        raise cli_errors.UsageError("--max-concurrent must be >= 1, --max-queue >= 0 and --max-body-bytes >= 1024")
     if not 0 < args.port < 65536:
-        raise rain_cli.UsageError(f"--port must be in 1..65535, got {args.port}")
+        raise cli_errors.UsageError(f"--port must be in 1..65535, got {args.port}")
     key = args.server_key or os.environ.get(API_KEY_ENV) or None
     options = ServeOptions(
         api_key=key,
@@ -208,16 +212,16 @@ def load_parts(args: argparse.Namespace, config: Any) -> Any:
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
     if args.engine == "vllm":
-        lm = rain_cli._served(args.base_url, args.model, args)
+        lm = cli_generate.served(args.base_url, args.model, args)
     elif args.model:
         lm = loading.load_model(args.model, **kw, **({"gguf_file": args.gguf_file} if args.gguf_file else {}))
     else:
         lm = loading.load_default_model(**kw)
     evaluator = judge = None
     if args.guard or args.guard_base_url or args.guard_model:
-        evaluator = rain_cli._guard(args, kw)
+        evaluator = cli_generate.guard(args, kw)
     elif args.judge_base_url or args.judge_model:
-        judge = rain_cli._served(args.judge_base_url or args.base_url, args.judge_model, args)
+        judge = cli_generate.served(args.judge_base_url or args.base_url, args.judge_model, args)
     elif args.judge:
         judge = loading.load_model(args.judge, **kw)
     principle = args.principle if args.principle in BUILTIN_PRINCIPLES else load_principle(args.principle)
@@ -233,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config, options = _checked(args)  # before anything loads
     except Exception as exc:
-        return rain_cli._fail(exc, verbose, 2)
+        return cli_errors.fail(exc, verbose, 2)
     try:
         import uvicorn
 
@@ -265,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        return rain_cli._fail(exc, verbose, 1)
+        return cli_errors.fail(exc, verbose, 1)
 
 
 def _draining_server_class() -> type:

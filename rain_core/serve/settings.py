@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import RainConfig, Scoring
+from ..config import ConfigError, RainConfig, Scoring
 from ..principles import BUILTIN_PRINCIPLES
 from .errors import APIError, field_path
 
@@ -207,8 +207,8 @@ def request_settings(
     overrides.update({k: v for k, v in sampling.items() if v is not None})
     try:
         config = base.merged(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
+    except ConfigError as exc:
+        err = exc.errors[0]
         name = str(err["loc"][0]) if err["loc"] else ""
         param = _OPENAI_NAMES.get(name) if name not in fields else None
         param = param or field_path(tuple(err["loc"]), "rain")
