@@ -94,6 +94,24 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def median_range(values: list[float]) -> tuple[float, float, float]:
+    """The median of ``values`` and their lowest and highest (NaN for none)."""
+    clean = sorted(v for v in values if v == v)
+    if not clean:
+        return float("nan"), float("nan"), float("nan")
+    mid = len(clean) // 2
+    median = clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+    return median, clean[0], clean[-1]
+
+
+def fresh_cache(lm: Any) -> None:
+    """Drop every state the engine cached (its prefix cache and packed trees), so that each timed
+    decode starts from the same cache state; an engine without a cache of its own is left as it is."""
+    clear = getattr(lm, "clear_cache", None)
+    if callable(clear):
+        clear()
+
+
 def now_iso() -> str:
     """The current time in UTC, ISO 8601 to the second."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -3,9 +3,11 @@
 For the official search and the fast preset, three evaluators that make the search work (one that
 accepts nothing, the worst case; the default self-evaluation; one that rejects a few common words)
 run at each width of ``PARALLEL_WIDTHS`` on the same prompts, beside plain decoding, in one run: per
-token time over plain decoding and over width 1, searches, model calls (a batch counting once) and
-forward passes per commit. Peak memory at the widest width is measured in a fresh process
-(``python -m rain_bench.speed.parallel``), where nothing but plain decoding ran before it.
+token time over plain decoding and over width 1 (the median of the repetitions, with the range),
+searches, model calls (a batch counting once) and forward passes per commit, and the forward passes
+of a round against those of one search at width 1. Every timed decode starts from an emptied cache
+and the widths alternate their order. Peak memory at the widest width is measured in a fresh
+process (``python -m rain_bench.speed.parallel``), where nothing but plain decoding ran before it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ..harness import ratio, timed
+from ..harness import fresh_cache, median_range, ratio, timed
 from .plan import PARALLEL_EVALUATORS, PARALLEL_WIDTHS, PRESETS, WARMUP_PROMPT, Plan, preset_config
 from .records import Parallel, ParallelMemory, ParallelRow, Tally
 
@@ -32,55 +34,88 @@ def _warm_up(decoder: Any) -> None:
 def measure_parallel(
     lm: Any, plan: Plan, device: str = "cpu", progress: Progress = lambda label: None, memory: bool = True
 ) -> Parallel:
-    """Every (preset, evaluator, width) on the plan's prompts, plain decoding beside them."""
+    """Every (preset, evaluator, width) on the plan's prompts, plain decoding beside them, measured
+    fairly: every timed decode starts from an emptied cache, the widths run in the opposite order in
+    every other repetition, and each figure is the median of ``plan.repeats`` repetitions with its
+    range (a repetition runs every prompt once)."""
     from rain_core import RainDecoder
 
     overrides = {"max_new_tokens": plan.parallel_max_new_tokens, **plan.parallel_overrides}
+    keys = [(preset, name, width) for preset in PRESETS for name in PARALLEL_EVALUATORS for width in PARALLEL_WIDTHS]
     decoders = {
-        (preset, name, width): RainDecoder(lm, fn, config=preset_config(preset, **overrides, parallel_searches=width))
-        for preset in PRESETS
-        for name, fn in PARALLEL_EVALUATORS.items()
-        for width in PARALLEL_WIDTHS
+        (preset, name, width): RainDecoder(
+            lm, PARALLEL_EVALUATORS[name], config=preset_config(preset, **overrides, parallel_searches=width)
+        )
+        for preset, name, width in keys
     }
     for key, dec in decoders.items():
         if key[2] == PARALLEL_WIDTHS[0]:
             progress(f"7 warm-up {key[0]} {key[1]}")
             _warm_up(dec)
-    vanilla, tallies = Tally(), {key: Tally() for key in decoders}
     plain = next(iter(decoders.values()))
-    for p in plan.parallel_prompts:
-        progress("7 vanilla")
-        measured = timed(partial(plain.vanilla, p.text), device, plan.memory_interval)
-        vanilla.add(p.text, measured)
-        for key, dec in decoders.items():
-            progress(f"7 {key[0]} {key[1]} B={key[2]}")
-            tallies[key].add(p.text, timed(partial(dec.generate, p.text), device, plan.memory_interval))
-    v = vanilla.summary()
-    rows = []
-    for (preset, name, width), tally in tallies.items():
-        s = tally.summary()
-        one = tallies[(preset, name, PARALLEL_WIDTHS[0])].summary()
-        rows.append(
-            ParallelRow(
-                preset=preset,
-                evaluator=name,
-                width=width,
-                decodes=s,
-                per_token_ratio=ratio(s.seconds_per_token, v.seconds_per_token),
-                versus_one=ratio(s.seconds_per_token, one.seconds_per_token),
-                searches_per_commit=ratio(s.searches, s.commits),
-                model_calls_per_commit=ratio(s.model_calls, s.commits),
-                forward_calls_per_commit=ratio(s.forward_calls, s.commits),
-            )
-        )
-    peak = measure_memory(plan, max(PARALLEL_WIDTHS)) if memory and not device.startswith("cuda") else None
+    vanilla = [Tally() for _ in range(plan.repeats)]
+    tallies = {key: [Tally() for _ in range(plan.repeats)] for key in keys}
+    for rep in range(plan.repeats):
+        widths = PARALLEL_WIDTHS if rep % 2 == 0 else tuple(reversed(PARALLEL_WIDTHS))
+        for p in plan.parallel_prompts:
+            progress("7 vanilla")
+            fresh_cache(lm)
+            vanilla[rep].add(p.text, timed(partial(plain.vanilla, p.text), device, plan.memory_interval))
+            for preset in PRESETS:
+                for name in PARALLEL_EVALUATORS:
+                    for width in widths:
+                        progress(f"7 {preset} {name} B={width} (repetition {rep + 1}/{plan.repeats})")
+                        fresh_cache(lm)
+                        measured = timed(partial(decoders[(preset, name, width)].generate, p.text), device)
+                        tallies[(preset, name, width)][rep].add(p.text, measured)
     return Parallel(
         max_new_tokens=plan.parallel_max_new_tokens,
         config=dict(plan.parallel_overrides) or "official defaults",
         widths=tuple(PARALLEL_WIDTHS),
-        vanilla=v,
-        rows=tuple(rows),
-        memory=peak,
+        repeats=plan.repeats,
+        vanilla=merged(vanilla).summary(),
+        rows=tuple(_row(key, tallies, vanilla) for key in keys),
+        memory=measure_memory(plan, max(PARALLEL_WIDTHS)) if memory and not device.startswith("cuda") else None,
+    )
+
+
+def merged(tallies: list[Tally]) -> Tally:
+    """The decodes of several tallies (the repetitions of one figure) as one."""
+    out = Tally()
+    for t in tallies:
+        out.rows.extend(t.rows)
+        out.peak_memory = max(out.peak_memory, t.peak_memory)
+    return out
+
+
+def _row(
+    key: tuple[str, str, int], tallies: dict[tuple[str, str, int], list[Tally]], vanilla: list[Tally]
+) -> ParallelRow:
+    """One (preset, evaluator, width): per-repetition ratios summarised as median and range."""
+    preset, name, width = key
+    reps = [t.summary() for t in tallies[key]]
+    ones = [t.summary() for t in tallies[(preset, name, PARALLEL_WIDTHS[0])]]
+    plains = [t.summary() for t in vanilla]
+    versus_one = median_range([ratio(r.seconds_per_token, o.seconds_per_token) for r, o in zip(reps, ones)])
+    over_plain = median_range([ratio(r.seconds_per_token, v.seconds_per_token) for r, v in zip(reps, plains)])
+    s = merged(tallies[key]).summary()
+    one = merged(tallies[(preset, name, PARALLEL_WIDTHS[0])]).summary()
+    per_round = ratio(s.forward_calls, s.rounds)
+    return ParallelRow(
+        preset=preset,
+        evaluator=name,
+        width=width,
+        decodes=s,
+        per_token_ratio=over_plain[0],
+        per_token_ratio_range=(over_plain[1], over_plain[2]),
+        versus_one=versus_one[0],
+        versus_one_range=(versus_one[1], versus_one[2]),
+        searches_per_commit=ratio(s.searches, s.commits),
+        searches_per_round=ratio(s.searches, s.rounds),
+        model_calls_per_commit=ratio(s.model_calls, s.commits),
+        forward_calls_per_commit=ratio(s.forward_calls, s.commits),
+        forward_calls_per_round=per_round,
+        round_over_one_search=ratio(per_round, ratio(one.forward_calls, one.searches)),
     )
 
 

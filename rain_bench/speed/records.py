@@ -114,9 +114,11 @@ class RainVariant:
     """RAIN with one evaluator in the overhead section, against vanilla on the same prompts."""
 
     label: str
-    decodes: DecodeSummary
-    wall_ratio: float
-    per_token_ratio: float
+    decodes: DecodeSummary  # every repetition's decodes together
+    wall_ratio: float  # the median over the repetitions
+    wall_ratio_range: tuple[float, float]
+    per_token_ratio: float  # the median over the repetitions
+    per_token_ratio_range: tuple[float, float]
     searches_per_commit: float
 
 
@@ -189,7 +191,9 @@ class Scaling:
     searches_per_commit: int
     config: Mapping[str, Any]
     rows: tuple[ScalingRow, ...]
-    growth: float
+    growth: float  # per-token cost at the largest length over the smallest: median over the repetitions
+    growth_range: tuple[float, float]
+    repeats: int
     vanilla_growth: float
     reached_cap: bool
     linear: bool
@@ -202,12 +206,17 @@ class ParallelRow:
     preset: str
     evaluator: str
     width: int
-    decodes: DecodeSummary
-    per_token_ratio: float  # RAIN over plain decoding, seconds per token, same run
-    versus_one: float  # seconds per token over the same preset and evaluator at width 1
+    decodes: DecodeSummary  # every repetition's decodes together
+    per_token_ratio: float  # RAIN over plain decoding, seconds per token: median over the repetitions
+    per_token_ratio_range: tuple[float, float]
+    versus_one: float  # seconds per token over the same preset and evaluator at width 1: median
+    versus_one_range: tuple[float, float]
     searches_per_commit: float
+    searches_per_round: float
     model_calls_per_commit: float  # requests to the model, a batch counting once
     forward_calls_per_commit: float
+    forward_calls_per_round: float
+    round_over_one_search: float  # forward passes of a round over those of one search at width 1
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,7 @@ class Parallel:
     max_new_tokens: int
     config: Mapping[str, Any] | str
     widths: tuple[int, ...]
+    repeats: int
     vanilla: DecodeSummary
     rows: tuple[ParallelRow, ...]
     memory: ParallelMemory | None

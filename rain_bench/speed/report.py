@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..harness import ratio
 from ..output import fmt_mib, fmt_x, write_report
 from .plan import (
     TARGET_BEST_CASE_OVERHEAD,
@@ -15,6 +16,7 @@ from .plan import (
     TARGET_PARALLEL_MEMORY,
     TARGET_PARALLEL_WORST_CASE,
     TARGET_PEAK_MEMORY,
+    TARGET_ROUND_FORWARD,
     variant_key,
 )
 from .records import Device, DeviceError, DeviceResult, Parallel, SpeedReport
@@ -84,23 +86,32 @@ def _side_by_side_fidelity(fid: object) -> str:
 
 
 def _parallel_cells(dev: DeviceResult) -> list[str]:
-    """Section 7's summary cells: the worst case and self-evaluation at the widest width against 1,
-    and the memory at the widest width."""
+    """Section 7's summary cells: the worst case and self-evaluation at the widest width against 1 (the
+    median of the repetitions and its range), a round's forward passes against one search's, and the
+    memory at the widest width."""
     p, t = dev.parallel, dev.targets
     if p is None:
-        return ["n/a"] * 4
+        return ["n/a"] * 5
     widest, one = max(p.widths), min(p.widths)
     cells = []
     for preset, name in (("official", "nothing"), ("fast", "nothing"), ("official", "self")):
         row, base = p.row(preset, name, widest), p.row(preset, name, one)
+        lo, hi = row.versus_one_range
         cell = (
-            f"{fmt_x(row.versus_one)} ({fmt_x(row.per_token_ratio)} against {fmt_x(base.per_token_ratio)} plain "
-            f"per token; {row.model_calls_per_commit:.1f} against {base.model_calls_per_commit:.1f} model calls/commit)"
+            f"{fmt_x(row.versus_one)} (range {fmt_x(lo)}-{fmt_x(hi)}, {p.repeats} runs; {fmt_x(row.per_token_ratio)} "
+            f"against {fmt_x(base.per_token_ratio)} plain per token; {row.model_calls_per_commit:.1f} against "
+            f"{base.model_calls_per_commit:.1f} model calls/commit)"
         )
         key = f"parallel_worst_case_{preset}"
         if name == "nothing" and key in t:
             cell += f" — {met(t[key].met)}"
         cells.append(cell)
+    row, base = p.row("official", "nothing", widest), p.row("official", "nothing", one)
+    cells.append(
+        f"{fmt_x(row.round_over_one_search)} ({row.forward_calls_per_round:.1f} forward passes per round of "
+        f"{row.searches_per_round:.1f} searches, {ratio(base.decodes.forward_calls, base.decodes.searches):.1f} "
+        "per search at 1)" + (f" — {met(t['round_forward'].met)}" if "round_forward" in t else "")
+    )
     m = p.memory
     cells.append(
         "n/a"
@@ -149,6 +160,11 @@ def render_table(report: SpeedReport) -> str:
             f"≤ {TARGET_PARALLEL_WORST_CASE:g}x",
         ),
         ("7", f"self-evaluation, official search: time per token at parallel_searches={wide} / at 1", "—"),
+        (
+            "7",
+            f"worst case, official search: forward passes of a round at {wide} / of one search at 1",
+            f"≤ {TARGET_ROUND_FORWARD:g}x",
+        ),
         ("7", f"peak memory at parallel_searches={wide} / plain decoding", f"≤ {TARGET_PARALLEL_MEMORY:g}x"),
     ]
     names = list(report.devices)
@@ -276,20 +292,27 @@ def _parallel_details(p: Parallel) -> list[str]:
     lines = [
         f"### 7. Searches side by side ({p.max_new_tokens} new tokens, {_fmt_config(p.config)})",
         "",
-        f"Plain decoding: {p.vanilla.seconds:.2f} s for {p.vanilla.new_tokens} tokens. Per-token ratios are over "
-        "plain decoding in this run; 'against 1' is the time per token over the same preset and evaluator at "
-        "parallel_searches=1. Model calls count a batch once; forward passes are the engine's.",
+        f"Plain decoding: {p.vanilla.seconds:.2f} s for {p.vanilla.new_tokens} tokens over {p.repeats} repetitions. "
+        "Every timed decode starts from an emptied cache, and the widths run in the opposite order in every "
+        "other repetition. Per-token ratios are over plain decoding in the same repetition; 'against 1' is the "
+        "time per token over the same preset and evaluator at parallel_searches=1 in the same repetition: the "
+        "median of the repetitions, with the lowest and highest. Model calls count a batch once; forward passes "
+        "are the engine's; 'round / search at 1' is the forward passes of a round over those of one search at "
+        "parallel_searches=1.",
         "",
-        "| preset | evaluator | parallel_searches | seconds | tokens | RAIN / plain per token | against 1 "
-        "| searches/commit | model calls/commit | forward passes/commit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | evaluator | parallel_searches | seconds | tokens | RAIN / plain per token | against 1 (range) "
+        "| searches/commit | searches/round | model calls/commit | forward passes/commit | forward passes/round "
+        "| round / search at 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in p.rows:
         d = r.decodes
+        lo, hi = r.versus_one_range
         lines.append(
             f"| {r.preset} | {r.evaluator} | {r.width} | {d.seconds:.1f} | {d.new_tokens} | "
-            f"{fmt_x(r.per_token_ratio)} | {fmt_x(r.versus_one)} | {r.searches_per_commit:.1f} | "
-            f"{r.model_calls_per_commit:.1f} | {r.forward_calls_per_commit:.1f} |"
+            f"{fmt_x(r.per_token_ratio)} | {fmt_x(r.versus_one)} ({fmt_x(lo)}-{fmt_x(hi)}) | "
+            f"{r.searches_per_commit:.1f} | {r.searches_per_round:.1f} | {r.model_calls_per_commit:.1f} | "
+            f"{r.forward_calls_per_commit:.1f} | {r.forward_calls_per_round:.1f} | {fmt_x(r.round_over_one_search)} |"
         )
     if p.memory is not None:
         m = p.memory

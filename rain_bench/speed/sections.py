@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from ..harness import machine_info, now_iso, ratio, timed
-from .parallel import measure_parallel
+from ..harness import fresh_cache, machine_info, median_range, now_iso, ratio, timed
+from .parallel import measure_parallel, merged
 from .plan import (
     EVALUATOR_LABELS,
     EVALUATORS,
@@ -42,6 +42,7 @@ from .plan import (
     TARGET_PARALLEL_MEMORY,
     TARGET_PARALLEL_WORST_CASE,
     TARGET_PEAK_MEMORY,
+    TARGET_ROUND_FORWARD,
     WARMUP_PROMPT,
     Plan,
     preset_config,
@@ -73,7 +74,11 @@ def _noop(label: str) -> None:
     pass
 
 
-def _run(tally: Tally, prompt: str, fn: Callable[[], Any], device: str, interval: float) -> Any:
+def _run(tally: Tally, prompt: str, fn: Callable[[], Any], device: str, interval: float, lm: Any = None) -> Any:
+    """Time one decode, from an emptied cache when ``lm`` is given (every timed decode of a figure
+    starts from the same cache state)."""
+    if lm is not None:
+        fresh_cache(lm)
     measured = timed(fn, device, interval)
     tally.add(prompt, measured)
     return measured.value
@@ -112,26 +117,35 @@ def measure_overhead(lm: Any, plan: Plan, device: str = "cpu", progress: Progres
         progress(f"1 warm-up {name}")
         _warm_up(dec, {})
 
-    vanilla = Tally()
-    rain = {name: Tally() for name in decoders}
-    for p in plan.prompts:
-        progress("1 vanilla")
-        _run(vanilla, p.text, partial(vanilla_dec.vanilla, p.text), device, plan.memory_interval)
-        for name, dec in decoders.items():
-            progress(f"1 RAIN {name}")
-            _run(rain[name], p.text, partial(dec.generate, p.text), device, plan.memory_interval)
+    vanillas = [Tally() for _ in range(plan.repeats)]
+    rains = {name: [Tally() for _ in range(plan.repeats)] for name in decoders}
+    for rep in range(plan.repeats):
+        names = list(decoders) if rep % 2 == 0 else list(reversed(decoders))  # the order alternates
+        for p in plan.prompts:
+            progress(f"1 vanilla (repetition {rep + 1}/{plan.repeats})")
+            _run(vanillas[rep], p.text, partial(vanilla_dec.vanilla, p.text), device, plan.memory_interval, lm)
+            for name in names:
+                progress(f"1 RAIN {name} (repetition {rep + 1}/{plan.repeats})")
+                dec = decoders[name]
+                _run(rains[name][rep], p.text, partial(dec.generate, p.text), device, plan.memory_interval, lm)
 
+    vanilla, rain = merged(vanillas), {name: merged(reps) for name, reps in rains.items()}
     v = vanilla.summary()
     variants = {}
     for name, tally in rain.items():
         s = tally.summary()
         preset, _, evaluator = name.rpartition(":")
         label = EVALUATOR_LABELS[evaluator] + ("" if not preset else f", {PRESET_LABELS[preset]}")
+        pairs = [(r.summary(), w.summary()) for r, w in zip(rains[name], vanillas)]
+        wall = median_range([ratio(r.seconds, w.seconds) for r, w in pairs])
+        per_token = median_range([ratio(r.seconds_per_token, w.seconds_per_token) for r, w in pairs])
         variants[name] = RainVariant(
             label=label,
             decodes=s,
-            wall_ratio=ratio(s.seconds, v.seconds),
-            per_token_ratio=ratio(s.seconds_per_token, v.seconds_per_token),
+            wall_ratio=wall[0],
+            wall_ratio_range=(wall[1], wall[2]),
+            per_token_ratio=per_token[0],
+            per_token_ratio_range=(per_token[1], per_token[2]),
             searches_per_commit=ratio(s.searches, s.commits),
         )
     overhead = Overhead(
@@ -175,7 +189,9 @@ def measure_engine(
     for p in plan.engine_prompts:
         for name, dec in decoders.items():
             progress(f"2 engine {name}")
-            res = _run(tallies[name], p.text, partial(dec.generate, p.text), device, plan.memory_interval)
+            res = _run(
+                tallies[name], p.text, partial(dec.generate, p.text), device, plan.memory_interval, engines[name]
+            )
             token_ids[name].append(list(res.token_ids))
     on, off = tallies["on"].summary(), tallies["off"].summary()
     same = [a == b for a, b in zip(token_ids["on"], token_ids["off"])]
@@ -207,15 +223,20 @@ def measure_scaling(lm: Any, plan: Plan, device: str = "cpu", progress: Progress
     from rain_core import RainDecoder
 
     dec = RainDecoder(lm, **plan.fixed_config())
+    tallies = {(n, kind): [Tally() for _ in range(plan.repeats)] for n in plan.lengths for kind in ("plain", "rain")}
+    for rep in range(plan.repeats):
+        lengths = plan.lengths if rep % 2 == 0 else tuple(reversed(plan.lengths))  # the order alternates
+        for n in lengths:
+            for p in plan.scaling_prompts:
+                progress(f"5 vanilla {n} (repetition {rep + 1}/{plan.repeats})")
+                fn = partial(dec.vanilla, p.text, max_new_tokens=n)
+                _run(tallies[(n, "plain")][rep], p.text, fn, device, plan.memory_interval, lm)
+                progress(f"5 RAIN {n} (repetition {rep + 1}/{plan.repeats})")
+                fn = partial(dec.generate, p.text, max_new_tokens=n)
+                _run(tallies[(n, "rain")][rep], p.text, fn, device, plan.memory_interval, lm)
     rows = []
     for n in plan.lengths:
-        vanilla, rain = Tally(), Tally()
-        for p in plan.scaling_prompts:
-            progress(f"5 vanilla {n}")
-            _run(vanilla, p.text, partial(dec.vanilla, p.text, max_new_tokens=n), device, plan.memory_interval)
-            progress(f"5 RAIN {n}")
-            _run(rain, p.text, partial(dec.generate, p.text, max_new_tokens=n), device, plan.memory_interval)
-        v, r = vanilla.summary(), rain.summary()
+        v, r = merged(tallies[(n, "plain")]).summary(), merged(tallies[(n, "rain")]).summary()
         rows.append(
             ScalingRow(
                 max_new_tokens=n,
@@ -229,13 +250,22 @@ def measure_scaling(lm: Any, plan: Plan, device: str = "cpu", progress: Progress
                 rain_forward_tokens_per_token=r.forward_tokens_per_token,
             )
         )
+    low, high = plan.lengths[0], plan.lengths[-1]
+    growths = median_range(
+        [
+            ratio(hi.summary().seconds_per_token, lo.summary().seconds_per_token)
+            for hi, lo in zip(tallies[(high, "rain")], tallies[(low, "rain")])
+        ]
+    )
     first, last = rows[0], rows[-1]
-    growth = ratio(last.rain_seconds_per_token, first.rain_seconds_per_token)
+    growth = growths[0]
     return Scaling(
         searches_per_commit=plan.fixed_searches,
         config=plan.fixed_config(),
         rows=tuple(rows),
         growth=growth,
+        growth_range=(growths[1], growths[2]),
+        repeats=plan.repeats,
         vanilla_growth=ratio(last.vanilla_seconds_per_token, first.vanilla_seconds_per_token),
         reached_cap=all(r.rain_new_tokens >= r.max_new_tokens * len(plan.scaling_prompts) for r in rows),
         linear=bool(growth <= TARGET_LINEAR_GROWTH),
@@ -285,9 +315,17 @@ def verdicts(
 
 
 def _parallel_targets(parallel: Parallel) -> dict[str, Target]:
-    """Issue 20's targets: the worst case at the widest width against width 1, and its memory."""
+    """The targets of searches side by side: the worst case at the widest width against width 1 (the
+    median of the repetitions), a round's forward passes against one search's, and the memory."""
     widest = max(parallel.widths)
     out = {}
+    row = parallel.row("official", "nothing", widest)
+    out["round_forward"] = Target(
+        target=f"a round at parallel_searches={widest} <= {TARGET_ROUND_FORWARD:g}x the forward passes of one "
+        "search at 1 (worst case, official search)",
+        value=row.round_over_one_search,
+        met=bool(row.round_over_one_search <= TARGET_ROUND_FORWARD),
+    )
     for preset in PRESETS:
         value = parallel.row(preset, "nothing", widest).versus_one
         out[f"parallel_worst_case_{preset}"] = Target(
