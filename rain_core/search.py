@@ -40,6 +40,7 @@ from .phases import (
 from .protocols import (
     DecodeCancelled,
     Encoder,
+    EngineError,
     Evaluator,
     EvaluatorError,
     GenerateRequest,
@@ -363,7 +364,7 @@ class RainSearch:
                 yield commit
                 if commit.last:
                     return
-        except EvaluatorError as exc:
+        except (EvaluatorError, EngineError) as exc:
             raise self._with_partial(exc) from exc
 
     async def arun(self) -> AsyncIterator[Commit]:
@@ -380,7 +381,7 @@ class RainSearch:
                 yield commit
                 if commit.last:
                     return
-        except EvaluatorError as exc:
+        except (EvaluatorError, EngineError) as exc:
             raise self._with_partial(exc) from exc
 
     # --- what is handed up ----------------------------------------------------------------------
@@ -415,5 +416,8 @@ class RainSearch:
             stats=stats,
         )
 
-    def _with_partial(self, exc: EvaluatorError) -> EvaluatorError:
-        return exc if exc.partial is not None else EvaluatorError(str(exc), partial=self.result())
+    def _with_partial(self, exc: EvaluatorError | EngineError) -> EvaluatorError | EngineError:
+        """``exc`` with the result so far (an engine's own error class stays the cause)."""
+        if exc.partial is not None:
+            return exc
+        return (EvaluatorError if isinstance(exc, EvaluatorError) else EngineError)(str(exc), partial=self.result())
