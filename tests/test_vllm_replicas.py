@@ -103,7 +103,7 @@ def test_each_decode_keeps_to_one_replica(replicas):
     assert all(e["session"] for log in logs for e in log), "every request of a decode carries its session"
     shares = busiest_shares(logs)
     assert len(shares) == 4, "four decodes, four sessions"
-    assert all(share >= 0.95 and n >= 10 for share, n in shares.values()), shares
+    assert all(share >= 0.95 and n >= 5 for share, n in shares.values()), shares
     on = {max(range(2), key=lambda i: sum(e["session"] == s for e in logs[i])) for s in shares}
     assert sum(len(log) for log in logs) == sum(n for _, n in shares.values())
     print(f"affinity: {shares}; replicas used {sorted(on)}")
