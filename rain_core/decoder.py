@@ -33,6 +33,7 @@ from .protocols import (
 )
 from .results import FINISH_REASONS, TRACE_VERSION, RainResult
 from .search import RainSearch, engine_counters, engine_delta
+from .sessions import ain_session, current_session, decode_session, in_session, new_session_id
 from .streams import AsyncRainStream, OnCommit, RainStream, in_threads
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class RainDecoder:
         before the next model call, with ``DecodeCancelled``. ``on_commit`` is told each commit's
         log entry as it happens (for callbacks and traces)."""
         search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, stop_test(cancel))
-        return RainStream(search.run(), on_commit)
+        return RainStream(in_session(search.run(), current_session() or new_session_id()), on_commit)
 
     def generate(
         self,
@@ -267,7 +268,10 @@ class RainDecoder:
         left = threading.Event()  # set when this stream is left: a commit in a worker thread stops
         should_stop = stop_test(cancel, None if on_loop else left)
         search = self._search(prompt, config, overrides, chat, chat_kwargs, keep_trees, should_stop)
-        return AsyncRainStream(search.arun() if on_loop else in_threads(search.run(), left), on_commit)
+        session = current_session() or new_session_id()
+        if on_loop:
+            return AsyncRainStream(ain_session(search.arun(), session), on_commit)
+        return AsyncRainStream(in_threads(in_session(search.run(), session), left), on_commit)
 
     async def agenerate(
         self,
@@ -313,7 +317,7 @@ class RainDecoder:
         budget = cfg.token_budget(len(prompt_ids), self.lm.context_length)
         before = engine_counters(self.lm)
         t0 = time.perf_counter()
-        with self._model_turn():
+        with self._model_turn(), decode_session(current_session()):
             ids = self.lm.generate(
                 prompt_ids,
                 budget,

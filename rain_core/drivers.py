@@ -13,6 +13,7 @@ free. Nothing here imports torch, transformers or an engine.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
@@ -56,7 +57,8 @@ def _call_with_timeout(fn: Callable[[], T], seconds: float, name: str) -> T:
         finally:
             done.set()
 
-    threading.Thread(target=run, name=f"rain-evaluator-{name}", daemon=True).start()
+    context = contextvars.copy_context()  # the decode's session goes with the call
+    threading.Thread(target=context.run, args=(run,), name=f"rain-evaluator-{name}", daemon=True).start()
     if not done.wait(seconds):
         raise TimeoutError(f"no score within evaluator_timeout={seconds:g}s")
     if "error" in box:

@@ -21,6 +21,7 @@ from .chat import cut_at_stop
 from .protocols import (
     Continuation,
     DecodeCancelled,
+    EngineError,
     EvaluatorError,
     GenerateRequest,
     SampleRequest,
@@ -269,8 +270,8 @@ def evaluate(d: Decode, node: int, simulation: Sequence[int]) -> Phase[float]:
     try:
         raw = yield ScoreRequest(text)
         value = check_score(raw, f"evaluator {d.evaluator_name!r}")
-    except (DecodeCancelled, KeyboardInterrupt, asyncio.CancelledError, GeneratorExit):
-        raise
+    except (DecodeCancelled, KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, EngineError):
+        raise  # an engine that cannot answer (a judge's server gone) is an EngineError, not the judge's fault
     except Exception as exc:
         raise EvaluatorError(
             f"evaluator {d.evaluator_name!r} failed on a reply of {len(text)} characters: {type(exc).__name__}: {exc}"

@@ -88,7 +88,13 @@ class ContextTooLongError(ValueError):
 
 class EngineError(RuntimeError):
     """An engine could not answer: a server unreachable, refusing the model name, lacking a feature,
-    or failing after its retries. The message says what to start or change."""
+    or failing after its retries. The message says what to start or change. When it ends a decode,
+    the decoder raises it with what was committed before it as ``partial`` (a ``RainResult``) and
+    the engine's own error as its cause."""
+
+    def __init__(self, message: str = "", *, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class DecodeCancelled(RuntimeError):

@@ -28,6 +28,7 @@ from .phases import back_up, backup_texts, deferred_changes, leaf_value, select
 from .protocols import (
     DecodeCancelled,
     Encoder,
+    EngineError,
     Evaluator,
     EvaluatorError,
     LanguageModel,
@@ -340,7 +341,9 @@ class RainSearch:
                 yield commit
                 if commit.last:
                     return
-        except EvaluatorError as exc:
+        except (EvaluatorError, EngineError) as exc:
+            if exc.partial is not None:
+                raise
             raise self._with_partial(exc) from exc
 
     async def arun(self) -> AsyncIterator[Commit]:
@@ -357,7 +360,9 @@ class RainSearch:
                 yield commit
                 if commit.last:
                     return
-        except EvaluatorError as exc:
+        except (EvaluatorError, EngineError) as exc:
+            if exc.partial is not None:
+                raise
             raise self._with_partial(exc) from exc
 
     # --- what is handed up ----------------------------------------------------------------------
@@ -392,5 +397,6 @@ class RainSearch:
             stats=stats,
         )
 
-    def _with_partial(self, exc: EvaluatorError) -> EvaluatorError:
-        return exc if exc.partial is not None else EvaluatorError(str(exc), partial=self.result())
+    def _with_partial(self, exc: EvaluatorError | EngineError) -> EvaluatorError | EngineError:
+        """``exc`` again, carrying the result so far (an engine's own error class stays the cause)."""
+        return (EvaluatorError if isinstance(exc, EvaluatorError) else EngineError)(str(exc), partial=self.result())

@@ -23,7 +23,7 @@ PACKAGES = ("rain_core", "rain_integrations", "rain_bench")
 
 # Each layer's modules, by dotted prefix (a module belongs to the layer of its longest prefix).
 LAYERS = {
-    "protocols": ("rain_core.protocols",),
+    "protocols": ("rain_core.protocols", "rain_core.sessions"),
     "core": (
         "rain_core.tree",
         "rain_core.phases",

@@ -110,7 +110,7 @@ async def test_abandoning_an_async_stream_stops_the_decode():
 
 
 async def test_cancelling_an_async_decode_on_an_async_engine_stops_at_once():
-    lm = AsyncFake(answer_for, pause=0.01)
+    lm = AsyncFake(answer_for, pause=0.05)  # long enough that the decode (about a dozen calls) is still running
     dec = RainDecoder(lm, lambda p, r: -1.0, encoder=None, max_new_tokens=60, max_searches=50)
     task = asyncio.create_task(dec.agenerate("ask long"))
     await asyncio.sleep(0.2)

@@ -503,10 +503,7 @@ def test_rain_serve_is_a_subcommand_from_the_entry_points(monkeypatch, capsys):
     monkeypatch.setattr(rain_cli, "entry_points", lambda group: [*real, serve])
     monkeypatch.setattr(serve_cli, "load_parts", lambda *a: pytest.fail("a model was loaded"))
     assert rain_cli.main(["serve", "--max-searches", "0"]) == 2
-    assert (
-        capsys.readouterr().err.strip()
-        == "rain: error: --max-searches: must be an integer >= 1, got 0"
-    )
+    assert capsys.readouterr().err.strip() == "rain: error: --max-searches: must be an integer >= 1, got 0"
     parser = argparse.ArgumentParser(prog="rain")
     serve_cli.add_serve_command(parser.add_subparsers(dest="command"), "serve")
     args = parser.parse_args(["serve", "--port", "9000", "--preset", "fast", "--api-key", "k"])
@@ -549,7 +546,7 @@ def test_an_engine_that_cannot_answer_is_a_503_or_an_error_event_and_a_bug_a_500
             got = list(events(stream))
         assert got[-1] == "[DONE]" and got[-2]["error"]["status"] == 503
         assert "cannot reach the judge's server" in got[-2]["error"]["message"]
-        assert metrics(s.url)['rain_decodes_failed_total{error="EvaluatorError"}'] == 2
+        assert metrics(s.url)['rain_decodes_failed_total{error="EngineError"}'] == 2
         assert httpx.get(s.url + "/health").status_code == 200
     with ThreadServer(parts(evaluator=CallableEvaluator(lambda p, r: 1 / 0))) as s:
         r = post(s, GOOD)

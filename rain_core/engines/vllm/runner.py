@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -68,10 +69,11 @@ class Sender:
         return answer
 
     def send_all(self, calls: Sequence[Call]) -> list[Any]:
-        """The calls' answers, in order; more than one go out at the same time."""
+        """The calls' answers, in order; more than one go out at the same time (the worker threads
+        run in a copy of the caller's context: the decode's session goes with them)."""
         if len(calls) == 1:
             return [self.send(calls[0])]
-        futures = [self._pool.submit(self.send, c) for c in calls[:-1]]
+        futures = [self._pool.submit(contextvars.copy_context().run, self.send, c) for c in calls[:-1]]
         last = self.send(calls[-1])
         return [f.result() for f in futures] + [last]
 
