@@ -17,9 +17,9 @@ from fakes import PRINTABLE, CharLM, ScriptedLM, two_way, words_penalty
 
 from rain_core import (
     BestOfNDecoder,
-    ContextTooLongError,
     BlockwiseBestOfKDecoder,
     CheckRetryDecoder,
+    ContextTooLongError,
     DecodeCancelled,
     Decoder,
     EscalatingDecoder,
@@ -162,7 +162,9 @@ def test_best_of_n_returns_the_sample_the_evaluator_prefers():
     assert len(set(shown)) == 5 and res.text == shown[2] and res.stats["chosen"] == 2
     # a tie goes to the first row, which is plain decoding's answer (same seed)
     tie = BestOfNDecoder(CharLM(), Judge(), n=5, max_new_tokens=10, seed=7, **HOT)
-    assert tie.generate("hi").text == tie.vanilla("hi").text == PlainDecoder(CharLM(), seed=7, **HOT).generate("hi").text
+    assert (
+        tie.generate("hi").text == tie.vanilla("hi").text == PlainDecoder(CharLM(), seed=7, **HOT).generate("hi").text
+    )
 
 
 def test_check_retry_stops_at_the_first_approved_answer():
@@ -219,7 +221,9 @@ def test_escalating_answers_plainly_when_approved_and_searches_when_rejected():
 def test_seeds_make_answers_repeatable(which):
     judge = Judge(lambda text, i: 1.0 if "a" in text else -1.0)
     one = [all_decoders(CharLM(), judge, max_new_tokens=16, seed=s, **HOT)[which].generate("hi").text for s in (1, 1)]
-    other = {all_decoders(CharLM(), judge, max_new_tokens=16, seed=s, **HOT)[which].generate("hi").text for s in range(2, 6)}
+    other = {
+        all_decoders(CharLM(), judge, max_new_tokens=16, seed=s, **HOT)[which].generate("hi").text for s in range(2, 6)
+    }
     assert one[0] == one[1] and len(other | {one[0]}) > 1
 
 
