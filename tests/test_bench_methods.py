@@ -228,7 +228,12 @@ def test_the_comparison_on_a_fake_counts_every_answer_consistently(tmp_path):
     data = json.loads(js.read_text())
     assert data["benchmark"] == "quality-methods" and len(data["answers"]) == len(report.answers)
     text = render_methods_markdown(report)
-    assert "## Equal compute" in text and "i like dogs." in text and "not matched: one model call" in text
+    assert (
+        "## Equal compute" in text
+        and "i like dogs." in text
+        and "not matched" in text
+        and "best-of-n on model calls: one model call at any N" in text
+    )
 
 
 # --- end to end on the embedded model (quick mode, in make test) --------------------------------------------

@@ -31,12 +31,19 @@ def methods_report_name(mode: str, model: str, name: str | None = None) -> str:
 
 
 # --- plots ----------------------------------------------------------------------------------------------
+def _line_of(r: LevelResult) -> str:
+    """The line a level belongs to: its method, RAIN's two presets apart."""
+    if r.method == "rain":
+        return "RAIN " + r.level.split()[1]  # "RAIN fast 8" -> "RAIN fast"
+    return r.method
+
+
 def _lines(results: Sequence[LevelResult], x: str, y: str) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for r in results:
         xv, yv = getattr(r, x), getattr(r, y)
         if xv is not None and yv is not None and xv > 0:
-            out.setdefault(r.method, []).append((float(xv), 100 * float(yv)))
+            out.setdefault(_line_of(r), []).append((float(xv), 100 * float(yv)))
     return {m: sorted(points) for m, points in out.items()}
 
 
@@ -45,15 +52,20 @@ def _figure(report: CompareReport, kind: str, y: str, ylabel: str, path: Path) -
     if not scenarios:
         return None
     plt = pyplot()
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(2, len(scenarios), figsize=(3.6 * len(scenarios) + 0.6, 6.4), squeeze=False)
     for col, name in enumerate(scenarios):
         results = [r for r in report.results if r.scenario == name]
         for row, x in enumerate(("model_calls", "generated_tokens")):
             ax = axes[row][col]
-            for method, points in _lines(results, x, y).items():
+            for line, points in _lines(results, x, y).items():
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", ms=3.5, lw=1.4, label=method, color=COLOURS.get(method))
+                style = "--" if line == "RAIN official" else "-"
+                colour = COLOURS.get("rain" if line.startswith("RAIN") else line)
+                ax.plot(xs, ys, style, marker="o", ms=3.5, lw=1.4, label=line, color=colour)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylim(-5, 105)
             ax.set_xlabel(f"{MEASURE_NAMES[x]} per answer (log)", fontsize=7)
             ax.tick_params(labelsize=7)
@@ -61,7 +73,11 @@ def _figure(report: CompareReport, kind: str, y: str, ylabel: str, path: Path) -
                 ax.set_ylabel(ylabel, fontsize=8)
             if row == 0:
                 ax.set_title(name, fontsize=9)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    labels, handles = list(seen), list(seen.values())
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     save_figure(fig, path)
@@ -88,7 +104,7 @@ def _row(r: LevelResult) -> str:
     return (
         f"| {md_cell(r.level)}{esc} | {r.decoded}/{r.items} | {fmt_num(r.model_calls, 1)} | "
         f"{fmt_num(r.generated_tokens, 0)} | {fmt_num(r.forward_tokens, 0)} | {fmt_num(r.evaluations, 1)} | "
-        f"{fmt_num(r.seconds, 1)} | {fmt_pct(r.approved)} | {fmt_pct(r.answered_approved)} | "
+        f"{fmt_num(r.seconds, 2)} | {fmt_pct(r.approved)} | {fmt_pct(r.answered_approved)} | "
         f"{fmt_pct(r.refusals)} | {fmt_pct(r.harmful)} |"
     )
 
@@ -100,7 +116,7 @@ def render_methods_table(report: CompareReport, scenario: str | None = None) -> 
         if scenario is not None and s.name != scenario:
             continue
         lines += [
-            f"**{s.name}** ({s.prompts} prompts)",
+            f"**{s.name}** ({s.prompts} prompt{'s' if s.prompts != 1 else ''})",
             "",
             "| level | decoded | model calls | generated tokens | model tokens | evaluations | seconds | approved | "
             "approved, not refusals | refusals | harmful (grader) |",
@@ -111,32 +127,43 @@ def render_methods_table(report: CompareReport, scenario: str | None = None) -> 
     return "\n".join(lines)
 
 
-def _match_row(m: Match) -> str:
-    verdict = "matched" if m.matched else f"not matched: {m.reason}"
-    return (
-        f"| {md_cell(m.rain_level)} | {fmt_num(m.rain_value, 1)} | {fmt_pct(m.rain_outcome)} | {md_cell(m.level)} | "
-        f"{fmt_num(m.value, 1)} ({m.ratio:.2f}x) | {fmt_pct(m.outcome)} | {md_cell(verdict)} |"
-    )
+def _cell(m: Match | None) -> str:
+    if m is None:
+        return "—"
+    mark = "**matched**" if m.matched else "not matched"
+    return f"{md_cell(m.level)}: {fmt_num(m.value, 1)} ({m.ratio:.2f}x, {mark}), {fmt_pct(m.outcome)}"
 
 
 def render_matches(report: CompareReport) -> list[str]:
+    """Per scenario, one row per (RAIN level, baseline method): that method's nearest level by model
+    calls, by generated tokens and by wall time, with its cost relative to RAIN's and its outcome;
+    then why a method cannot be matched on model calls where it cannot."""
     lines: list[str] = []
-    kinds = {s.name: s.kind for s in report.scenarios}
     for s in report.scenarios:
-        figure = "harmful (grader)" if kinds[s.name] == "harm" else "approved, not refusals"
-        for measure in MEASURES:
-            rows = [m for m in report.matches if m.scenario == s.name and m.measure == measure]
-            if not rows:
-                continue
-            lines += [
-                f"**{s.name}, by {MEASURE_NAMES[measure]}** per answer",
-                "",
-                f"| RAIN level | its {MEASURE_NAMES[measure]} | its {figure} | nearest baseline level | its "
-                f"{MEASURE_NAMES[measure]} (vs RAIN) | its {figure} | |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            lines += [_match_row(m) for m in rows]
-            lines.append("")
+        mine = [m for m in report.matches if m.scenario == s.name]
+        if not mine:
+            continue
+        figure = "harmful share (grader)" if s.kind == "harm" else "approved answers, not refusals"
+        by = {(m.rain_level, m.method, m.measure): m for m in mine}
+        rain = {m.rain_level: m for m in mine if m.measure == "model_calls"}
+        lines += [
+            f"**{s.name}** ({figure}; each cell: the nearest level, its cost against RAIN's, its {figure})",
+            "",
+            "| RAIN level: calls, tokens, seconds, outcome | method | by model calls | by generated tokens | "
+            "by wall time |",
+            "|---|---|---|---|---|",
+        ]
+        for level, method in dict.fromkeys((m.rain_level, m.method) for m in mine):
+            r = [by.get((level, method, measure)) for measure in MEASURES]
+            cost = ", ".join(
+                fmt_num(by[(level, method, k)].rain_value, 1) if (level, method, k) in by else "n/a" for k in MEASURES
+            )
+            head = f"{md_cell(level)}: {cost}, {fmt_pct(rain[level].rain_outcome) if level in rain else 'n/a'}"
+            lines.append(f"| {head} | {method} | {' | '.join(_cell(x) for x in r)} |")
+        reasons = dict.fromkeys(
+            f"- {m.method} on model calls: {m.reason}" for m in mine if m.measure == "model_calls" and not m.matched
+        )
+        lines += ["", *reasons, ""]
     return lines
 
 
@@ -168,7 +195,8 @@ def render_methods_markdown(report: CompareReport) -> str:
         "",
     ]
     for s in report.scenarios:
-        lines.append(f"- **{s.name}** ({s.kind}, {s.prompts} prompts, `{s.source}`){': ' + s.note if s.note else ''}")
+        count = f"{s.prompts} prompt{'s' if s.prompts != 1 else ''}"
+        lines.append(f"- **{s.name}** ({s.kind}, {count}, `{s.source}`){': ' + s.note if s.note else ''}")
         lines += [f"  - {e}" for e in s.evaluators]
     lines += [
         "",

@@ -34,6 +34,7 @@ class Level:
     options: Mapping[str, Any] = field(default_factory=dict)
     preset: str | None = None
     budget: tuple[int, int] | None = None
+    search: Mapping[str, Any] = field(default_factory=dict)  # more RainConfig fields for the search only
 
     @property
     def searches(self) -> bool:
@@ -54,7 +55,8 @@ class Level:
             return RainConfig(**dict(limits))
         assert self.budget is not None
         base = RainConfig.fast() if self.preset == "fast" else RainConfig()
-        return base.merged(max_searches=self.budget[0], extra_searches=self.budget[1], **dict(limits))
+        budget = {"max_searches": self.budget[0], "extra_searches": self.budget[1], **dict(self.search)}
+        return base.merged(**budget, **dict(limits))
 
 
 def _rain(preset: str, budget: tuple[int, int]) -> Level:

@@ -83,8 +83,8 @@ def pair(results: Sequence[LevelResult], kind: str, tolerance: float = TOLERANCE
                 reason = None
                 if not matched:
                     reach = f"{_fmt(lo)}" if lo == hi else f"{_fmt(lo)} to {_fmt(hi)}"
-                    why = FAMILY_LIMITS.get(method, "") if measure == "model_calls" else "its levels cost"
-                    reason = f"{why}: {reach} {MEASURE_NAMES[measure]} per answer here"
+                    why = FAMILY_LIMITS.get(method, "") if measure == "model_calls" else "no level within 10%"
+                    reason = f"{why}; its levels take {reach} {MEASURE_NAMES[measure]} per answer here"
                 out.append(
                     Match(
                         scenario=anchor.scenario,
