@@ -237,7 +237,7 @@ def test_stop_strings_cut_the_answer_and_what_the_evaluator_reads(which):
         assert judge.texts and all("there" not in t for t in judge.texts)
 
 
-@pytest.mark.parametrize("which", [1, 2, 3])
+@pytest.mark.parametrize("which", [1, 2, 3, 4])
 def test_a_deadline_ends_with_what_was_chosen_and_reason_time(which):
     lm = CharLM(delay=0.005)
     dec = all_decoders(lm, Judge(), max_new_tokens=60, **HOT)[which]
