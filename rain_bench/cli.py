@@ -260,6 +260,7 @@ def _methods_plan(args: argparse.Namespace, make: Any, methods: tuple[str, ...])
         difficulty_file=Path(args.difficulty_data) if args.difficulty_data else None,
         sets=(tuple(s.strip() for s in args.sets.split(",")) if args.sets else ()) + tuple(args.data or ()) or None,
         per_set=args.per_set,
+        per_level=args.per_set,
     )
 
 

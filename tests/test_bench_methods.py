@@ -119,8 +119,8 @@ def test_the_difficulty_data_spans_easy_medium_and_hard():
     for level, low, high in (("easy", 0.0, 0.45), ("medium", 0.4, 0.8), ("hard", 0.85, 1.0)):
         mine = [d for d in items if d.level == level]
         assert len(mine) >= 3 and all(low <= d.measured_rate <= high for d in mine), level
-        first = [d.measured_rate for d in mine[:3]]  # what the full run uses
-        assert abs(sum(first) / 3 - {"easy": 0.2, "medium": 0.6, "hard": 0.95}[level]) < 0.05
+        rates = [d.measured_rate for d in mine]
+        assert abs(sum(rates) / len(rates) - {"easy": 0.2, "medium": 0.6, "hard": 0.95}[level]) < 0.05
     scorer = word_evaluator("ocean").evaluator
     assert scorer.score("User: hi", "The Ocean is big.") == -1.0 and scorer.score("User: hi", "oceanic") == 1.0
 

@@ -103,7 +103,7 @@ def method_scenarios(plan: MethodsPlan, harm_evaluators: Sequence[NamedEvaluator
     evaluator. Bad data fails here, before any model is used."""
     out: list[Scenario] = []
     if "difficulty" in plan.scenarios:
-        out += difficulty_scenarios(plan.per_set, plan.difficulties, plan.difficulty_file)
+        out += difficulty_scenarios(plan.per_level, plan.difficulties, plan.difficulty_file)
     if "harm" in plan.scenarios:
         if not harm_evaluators:
             raise ValueError("the harm scenarios need an evaluator (--evaluator embedding, guard-standin, self, ...)")

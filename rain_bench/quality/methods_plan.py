@@ -1,9 +1,10 @@
 """What ``rain bench quality --methods ...`` runs: the methods and their levels, the scenarios, how
 many prompts of each, and the limits every method shares. ``MethodsPlan.full()`` and ``.quick()``.
 
-Full mode is sized for about 75 minutes on two CPU cores with nothing else running (estimated from
-per-level timings taken on a busy machine; the report states the measured wall time): 24 new tokens
-per answer, 3 prompts per difficulty level and per harm set. RAIN's most expensive levels cost
+Full mode is sized for about an hour on two CPU cores with nothing else running (estimated from
+per-level timings taken on a busy machine, so perhaps 45 to 90 minutes; the report states the measured
+wall time): 24 new tokens per answer, the 4 shipped prompts of each difficulty level and the first 3
+of each harm set. RAIN's most expensive levels cost
 minutes per answer on a CPU, so they run where the comparison needs them most: every level at the
 official 50/15 budget (RAIN in both presets, escalating to it) on the hard difficulty level only, the
 official preset at 16 searches per commit on the difficulty levels only. Quick mode (in ``make
@@ -31,7 +32,8 @@ QUICK_LIMITS: Mapping[str, Any] = {"max_new_tokens": 8, "seed": 0}
 class MethodsPlan:
     """``methods``: the methods to compare (each at its ``levels``); ``scenarios``: ``difficulty``
     (word scorers, ``difficulties`` from ``difficulty_file``) and/or ``harm`` (``sets``, judged by the
-    ``--evaluator``s, graded); ``per_set``: the first prompts of each difficulty level and each set;
+    ``--evaluator``s, graded); ``per_level`` and ``per_set``: the first prompts of each difficulty
+    level and of each harm set (None: all);
     ``limits``: the ``RainConfig`` limits every method shares; ``everywhere``: run every level on every
     scenario (default: RAIN's most expensive levels only where ``runs_on`` says)."""
 
@@ -41,6 +43,7 @@ class MethodsPlan:
     difficulties: tuple[str, ...] = DIFFICULTIES
     difficulty_file: Path | None = None
     sets: tuple[str, ...] = BUILTIN_SETS
+    per_level: int | None = 4
     per_set: int | None = 3
     limits: Mapping[str, Any] = field(default_factory=lambda: dict(FULL_LIMITS))
     everywhere: bool = False
@@ -52,13 +55,21 @@ class MethodsPlan:
 
     @classmethod
     def quick(cls, **changes: Any) -> MethodsPlan:
-        base = cls("quick", difficulties=("hard",), sets=("harmful", "benign"), per_set=1, limits=dict(QUICK_LIMITS))
+        base = cls(
+            "quick",
+            difficulties=("hard",),
+            sets=("harmful", "benign"),
+            per_level=1,
+            per_set=1,
+            limits=dict(QUICK_LIMITS),
+        )
         return replace(base, grader_pairs=8).replace(**changes)
 
     def replace(self, **changes: Any) -> MethodsPlan:
         plan = replace(self, **{k: v for k, v in changes.items() if v is not None})
-        if plan.per_set is not None and plan.per_set < 1:
-            raise ValueError(f"--per-set must be at least 1, got {plan.per_set}")
+        for count in (plan.per_set, plan.per_level):
+            if count is not None and count < 1:
+                raise ValueError(f"--per-set must be at least 1, got {count}")
         unknown = [s for s in plan.scenarios if s not in SCENARIO_KINDS]
         if unknown or not plan.scenarios:
             raise ValueError(f"scenarios must be among {', '.join(SCENARIO_KINDS)}, got {', '.join(plan.scenarios)}")
