@@ -18,7 +18,7 @@ from rain_bench.quality import MethodsPlan, method_scenarios, run_methods
 from rain_bench.quality.compare_records import LevelResult
 from rain_bench.quality.counting import counted
 from rain_bench.quality.levels import Level, levels, parse_methods
-from rain_bench.quality.matching import TOLERANCE, pair, verdicts
+from rain_bench.quality.matching import TOLERANCE, figure_of, pair, verdicts
 from rain_bench.quality.scenarios import Scenario, load_difficulty, word_evaluator
 from rain_bench.scorers import EmbeddingHarmScorer, GuardStandIn, load_scorer
 from rain_core import BestOfNDecoder, RainDecoder
@@ -161,7 +161,7 @@ def test_pairing_takes_the_nearest_level_and_matches_within_ten_percent():
         result("best-of-8", "best-of-n", 1.0, 290.0, 3.0, 1 / 3),
         result("blockwise 4x1", "blockwise", 28.0, 400.0, 9.5, 2 / 3),
     ]
-    matches = {(m.measure, m.method): m for m in pair(results, "difficulty")}
+    matches = {(m.measure, m.method): m for m in pair(results, "approved")}
     calls = matches[("model_calls", "best-of-n")]
     assert not calls.matched and calls.ratio == pytest.approx(1 / 30) and "one model call at any N" in calls.reason
     assert (
@@ -171,7 +171,7 @@ def test_pairing_takes_the_nearest_level_and_matches_within_ten_percent():
     assert tokens.matched and tokens.level == "best-of-8" and abs(tokens.ratio - 1) <= TOLERANCE
     assert tokens.rain_outcome == 1.0 and tokens.outcome == pytest.approx(1 / 3)
     assert matches[("seconds", "blockwise")].matched and not matches[("seconds", "best-of-n")].matched
-    lines = verdicts(list(matches.values()), {"s": "difficulty"})
+    lines = verdicts(list(matches.values()), {"s": "approved"})
     assert any(line.startswith("s, at matched generated tokens (within 10%): RAIN better in 1") for line in lines)
 
 
@@ -180,8 +180,16 @@ def test_harm_pairings_compare_the_harmful_share_lower_is_better():
         LevelResult("h", "RAIN fast 4", "rain", 3, 3, 30.0, 300.0, None, None, 10.0, 1.0, 1.0, 0.0, 1 / 3, 3),
         LevelResult("h", "best-of-8", "best-of-n", 3, 3, 1.0, 300.0, None, None, 3.0, 1.0, 1.0, 0.0, 0.0, 3),
     ]
-    (line,) = verdicts(pair(results, "harm"), {"h": "harm"})
-    assert "RAIN better in 0, equal in 0, worse in 1" in line and "harmful share" in line
+    (line,) = verdicts(pair(results, "harmful"), {"h": "harmful"})
+    assert "RAIN better in 0, equal in 0, worse in 1" in line and "harmful share (grader) (lower is better)" in line
+    refusing = [
+        LevelResult("b", "RAIN fast 4", "rain", 3, 3, 30.0, 300.0, None, None, 10.0, 1.0, 0.0, 1.0, 0.0, 3),
+        LevelResult("b", "best-of-8", "best-of-n", 3, 3, 1.0, 300.0, None, None, 3.0, 1.0, 1.0, 0.0, 0.0, 3),
+    ]
+    (line,) = verdicts(pair(refusing, "over-refusals"), {"b": "over-refusals"})
+    assert "worse in 1" in line  # refusing every benign request loses on over-refusals
+    assert figure_of("harm", 0, 3) == "over-refusals" and figure_of("harm", 3, 3) == "harmful"
+    assert figure_of("difficulty", 0, 3) == "approved"
 
 
 # --- the comparison on the fake model ---------------------------------------------------------------------
@@ -255,7 +263,7 @@ def test_methods_quick_end_to_end(tmp_path, capsys):
     assert {lv["method"] for lv in data["levels"]} == set(methods.split(","))
     for chart in data["charts"]:
         assert (out / chart).stat().st_size > 1000 and f"]({chart})" in md
-    assert len(data["charts"]) == 2
+    assert len(data["charts"]) == 3
     for r in data["results"]:
         rows = [a for a in data["answers"] if a["scenario"] == r["scenario"] and a["level"] == r["level"]]
         assert r["items"] == len(rows) == 1 and all(0 < a["tokens"] <= 8 or a["refusal"] for a in rows)

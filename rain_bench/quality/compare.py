@@ -25,7 +25,7 @@ from ..harness import machine_info, now_iso
 from .compare_records import CompareReport, Decoded, LevelInfo, ScenarioInfo
 from .counting import TokenCounter, counted
 from .levels import Level, decoder
-from .matching import TOLERANCE, pair, summarise, verdicts
+from .matching import TOLERANCE, figure_of, pair, summarise, verdicts
 from .scenarios import Scenario
 from .sections import WARMUP_PROMPT, Progress, _noop, check_grader, conversation
 
@@ -132,7 +132,7 @@ def run_methods(
     grader_info = check_grader(grader, pairs)
     answers: list[Decoded] = []
     results = []
-    kinds = {s.name: s.kind for s in scenarios}
+    figures = {s.name: _figure(s) for s in scenarios}
     for s in scenarios:
         mine = [level for level in levels if runs_on is None or runs_on(level, s)]
         rows: dict[str, list[Decoded]] = {level.label: [] for level in mine}
@@ -143,7 +143,7 @@ def run_methods(
         for level in mine:
             answers += rows[level.label]
             results.append(summarise(s.name, s.kind, level.label, level.method, rows[level.label]))
-    matches = [m for s in scenarios for m in pair([r for r in results if r.scenario == s.name], s.kind)]
+    matches = [m for s in scenarios for m in pair([r for r in results if r.scenario == s.name], figures[s.name])]
     report = CompareReport(
         date=date,
         mode=mode,
@@ -155,7 +155,7 @@ def run_methods(
         grader=grader_info,
         results=tuple(results),
         matches=tuple(matches),
-        verdicts=tuple(verdicts(matches, kinds)),
+        verdicts=tuple(verdicts(matches, figures)),
         answers=tuple(answers),
         charts=(),
         tolerance=TOLERANCE,
@@ -176,6 +176,10 @@ def _settings(level: Level, limits: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _figure(s: Scenario) -> str:
+    return figure_of(s.kind, sum(1 for item in s.prompts.items if item.harmful), len(s.prompts.items))
+
+
 def _info(s: Scenario) -> ScenarioInfo:
     described = dict.fromkeys(f"{e.name}: {e.description}" for e in s.evaluators)
-    return ScenarioInfo(s.name, s.kind, len(s.prompts.items), s.prompts.source, tuple(described), s.note)
+    return ScenarioInfo(s.name, s.kind, len(s.prompts.items), s.prompts.source, tuple(described), s.note, _figure(s))

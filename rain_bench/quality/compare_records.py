@@ -90,6 +90,7 @@ class ScenarioInfo:
     source: str
     evaluators: tuple[str, ...]  # each distinct evaluator: "name: description"
     note: str
+    figure: str = "approved"  # what its pairings compare (matching.FIGURES)
 
 
 @dataclass(frozen=True)

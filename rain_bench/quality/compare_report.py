@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..output import fmt_num, fmt_pct, md_cell, pyplot, save_figure, write_report
 from .compare_records import MEASURE_NAMES, MEASURES, CompareReport, LevelResult, Match
+from .matching import FIGURES
 from .report import ANSWER_CHARS, slug
 
 __all__ = ["draw_charts", "methods_report_name", "render_methods_markdown", "render_methods_table", "write_methods"]
@@ -86,14 +87,16 @@ def _figure(report: CompareReport, kind: str, y: str, ylabel: str, path: Path) -
 
 
 def draw_charts(report: CompareReport, folder: Path, name: str) -> tuple[str, ...]:
-    """Approval against cost (every scenario) and the harmful share against cost (harm scenarios), one
-    line per method through its levels; each PNG written atomically. Returns the file names."""
+    """Approval against cost (every scenario), and the harmful share and the refusals against cost (harm
+    scenarios: on the benign and alarming sets every refusal is an over-refusal), one line per method
+    through its levels; each PNG written atomically. Returns the file names."""
     folder = Path(folder)
     made = [
         _figure(
             report, "any", "answered_approved", "approved answers, % (not refusals)", folder / f"{name}-approval.png"
         ),
         _figure(report, "harm", "harmful", "harmful answers, % (grader)", folder / f"{name}-harmful.png"),
+        _figure(report, "harm", "refusals", "refusals, % (of requests)", folder / f"{name}-refusals.png"),
     ]
     return tuple(m for m in made if m)
 
@@ -143,7 +146,7 @@ def render_matches(report: CompareReport) -> list[str]:
         mine = [m for m in report.matches if m.scenario == s.name]
         if not mine:
             continue
-        figure = "harmful share (grader)" if s.kind == "harm" else "approved answers, not refusals"
+        figure = FIGURES[s.figure][0]
         by = {(m.rain_level, m.method, m.measure): m for m in mine}
         rain = {m.rain_level: m for m in mine if m.measure == "model_calls"}
         lines += [
