@@ -25,6 +25,9 @@ COLOURS = {
 }
 
 
+MARKERS = {"RAIN official": "s", "best-of-n": "D", "check-retry": "^", "blockwise": "v", "escalating": "P"}
+
+
 def methods_report_name(mode: str, model: str, name: str | None = None) -> str:
     if name:
         return name
@@ -64,7 +67,8 @@ def _figure(report: CompareReport, kind: str, y: str, ylabel: str, path: Path) -
                 xs, ys = zip(*points)
                 style = "--" if line == "RAIN official" else "-"
                 colour = COLOURS.get("rain" if line.startswith("RAIN") else line)
-                ax.plot(xs, ys, style, marker="o", ms=3.5, lw=1.4, label=line, color=colour)
+                marker = MARKERS.get(line, "o")
+                ax.plot(xs, ys, style, marker=marker, ms=4, lw=1.4, label=line, color=colour, alpha=0.85)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylim(-5, 105)
