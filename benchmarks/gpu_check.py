@@ -19,7 +19,13 @@ It needs only PyTorch, transformers, the carried wheels (gpu_prep.sh) and the ca
    self-evaluation rows again with ``parallel_searches=8`` where ``RainConfig`` has that field;
 4. per model, the cached and batched log-probabilities against a recomputation without cache or
    batching (``lm.variant(reuse_cache=False, batch=False)``), within a tolerance for the dtype;
-5. one LangChain and one LlamaIndex call through the adapters (skipped when those are not installed).
+5. one LangChain and one LlamaIndex call through the adapters (skipped when those are not installed);
+6. per model, a short run of ``rain bench quality --methods``' comparison: plain decoding, RAIN (both
+   presets), best-of-8, check-retry, blockwise best-of-4 and the escalating decoder on the hard
+   difficulty prompts (a scoring function rejects a word the embedded model writes in about 95% of
+   its answers), each row with its model calls, generated tokens, seconds and the share of answers
+   the scoring function approves. Random weights seldom write the word, so on them the rows measure
+   cost only; on the embedded model (when its folder is on the machine) they measure both.
 
 Each row is warmed up on another prompt first, and the prefix cache is cleared before it, so no row
 inherits another's states or peak memory. A row that raises is recorded with its error and the check
@@ -334,6 +340,22 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"| {c['model']} | {c.get('dtype', '')} | {c['status']} | | | |")
             if c.get("error"):
                 errors.append(f"- {c['model']} / log-probabilities: `{c['error']}` at {c.get('where', '?')}")
+    methods = [r for r in report["rows"] if r["decoding"].startswith("methods: ") and r["status"] == "ok"]
+    if methods:
+        lines += [
+            "",
+            "The comparison of `rain bench quality --methods`, short (hard difficulty prompts; cost per answer; "
+            "approved: answers the word scorer approves that are not refusals):",
+            "",
+            "| model | level | model calls | generated tokens | seconds | approved | finish |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in methods:
+            per = r["seconds"] / max(len(r["finish"].split(", ")), 1)
+            lines.append(
+                f"| {r['model']} | {r['decoding'][9:]} | {r['model_calls']:.1f} | {r['generated_tokens']:.0f} | "
+                f"{per:.2f} | {r['approved']} | {r['finish']} |"
+            )
     lines += ["", "Adapters: " + ("; ".join(f"{k} {v}" for k, v in report["smoke"].items()) or "not run")]
     if report["notes"]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
@@ -494,6 +516,51 @@ def rain_row(
         "searches_per_commit": searches / max(commits, 1),
         "simulated_per_search": simulated / max(searches, 1),
         "finish": ", ".join(finish),
+    }
+
+
+def method_levels(args: argparse.Namespace) -> list[Any]:
+    """The comparison's short list of levels, RAIN at this check's search budget."""
+    from rain_bench.quality.levels import Level
+
+    budget = (args.max_searches, args.extra_searches)
+    search = {"min_visits": args.min_visits, "num_candidates": args.num_candidates}
+    search["max_simulation_tokens"] = args.max_simulation_tokens
+    return [
+        Level("plain", "plain"),
+        Level("rain", "RAIN official", preset="official", budget=budget, search=search),
+        Level("rain", "RAIN fast", preset="fast", budget=budget, search=search),
+        Level("best-of-n", "best-of-8", {"n": 8}),
+        Level("check-retry", "check-retry 3", {"max_tries": 4}),
+        Level("blockwise", "blockwise 4x4", {"k": 4, "block_tokens": 4}),
+        Level("escalating", "escalating to RAIN fast", preset="fast", budget=budget, search=search),
+    ]
+
+
+def methods_row(lm: Any, level: Any, encoder: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One level of the comparison on the hard difficulty prompts: what it cost, what was approved."""
+    from rain_bench.quality.compare import decode_one
+    from rain_bench.quality.counting import counted
+    from rain_bench.quality.scenarios import difficulty_scenarios
+
+    (scenario,) = difficulty_scenarios(args.prompts, ("hard",))
+    limits = {"max_new_tokens": args.max_new_tokens, "seed": 0, "max_seconds": args.max_seconds}
+    _clear(lm)
+    wrapped = counted(lm)
+    answers = [decode_one(scenario, i, level, wrapped, limits, None, encoder) for i in range(len(scenario.prompts))]
+    failed = [a.decode_error for a in answers if a.decode_error]
+    if failed:
+        raise RuntimeError(failed[0])
+    tokens, seconds = sum(a.tokens for a in answers), sum(a.seconds for a in answers)
+    approved = sum(bool(a.approved) and a.refusal is None for a in answers)
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds else None,
+        "model_calls": sum(a.model_calls or 0 for a in answers) / len(answers),
+        "generated_tokens": sum(a.generated_tokens or 0 for a in answers) / len(answers),
+        "approved": f"{approved}/{len(answers)}",
+        "finish": ", ".join(a.finish_reason for a in answers),
     }
 
 
@@ -706,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
             for label, _ in models:
                 for name in ("approve-all", "self-evaluation", "approve-nothing"):
                     check.row(label, f"RAIN official, {name}", _not_available, B=8)
+        for level in method_levels(args):  # last: the comparison of decoding methods, short
+            for label, lm in models:
+                check.row(label, f"methods: {level.label}", lambda lm=lm, lv=level: methods_row(lm, lv, encoder, args))
     report.write()
     print(render(report.data()))
     return 1 if report.failed else 0

@@ -5,6 +5,7 @@
     rain bench evaluator [--quick] [--evaluator self|judge|guard|embedding|keyword|MODULE:FN ...] [--judge MODEL]
                          [--guard MODEL [--guard-preset NAME]]
     rain bench quality [--quick] [--evaluator ...] [--grader judge|keyword|MODULE:FN] [--adversarial] [--guard ...]
+    rain bench quality --methods plain,rain,best-of-n,check-retry,blockwise,escalating [--scenarios ...] [--quick]
     rain bench fidelity [--quick] [--seeds N] [--out DIR]     (rain_bench.fidelity's own options)
     rain bench vllm [--base-url URL] [--model NAME] ...       (rain_bench.vllm_speed's own options)
     rain demo
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rain_core.evaluators import CallableEvaluator
 from rain_core.evaluators.guards.presets import GUARD_PRESETS
 
 from .engines import (
@@ -116,8 +118,8 @@ def build_parser(which: str) -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="KIND",
-        help="self, judge, guard, embedding, keyword or MODULE:FUNCTION (repeatable; default: guard when "
-        "--guard is given, else judge when --judge is given for `evaluator`, else self)",
+        help="self, judge, guard, embedding, guard-standin, keyword or MODULE:FUNCTION (repeatable; default: guard "
+        "when --guard is given, else judge when --judge is given for `evaluator`, else self; embedding with --methods)",
     )
     if which == "evaluator":
         p.description = "can an evaluator tell a harmful reply from a harmless one?"
@@ -157,6 +159,16 @@ def build_parser(which: str) -> argparse.ArgumentParser:
         p.add_argument("--max-searches", type=int, default=None)
         p.add_argument("--extra-searches", type=int, default=None)
         p.add_argument("--seed", type=int, default=None)
+        p.add_argument(
+            "--methods",
+            default=None,
+            help="compare decoding methods at equal compute: plain,rain,best-of-n,check-retry,blockwise,escalating "
+            "(each at its compute levels; docs/quality.md)",
+        )
+        p.add_argument("--scenarios", default=None, help="with --methods: difficulty,harm (default both)")
+        p.add_argument(
+            "--difficulty-data", default=None, help="with --methods: a difficulty JSONL (prompt, word, level)"
+        )
     _model_options(p)
     return p
 
@@ -244,8 +256,66 @@ def _grader(spec: str, judge: Any, args: argparse.Namespace) -> Any:
     return CallableGrader(fn, name=name, description=description)
 
 
+_PLACEHOLDER = NamedEvaluator("placeholder", CallableEvaluator(lambda prompt, reply: 1.0), "checks the data only")
+
+
+def _methods_plan(args: argparse.Namespace, make: Any, methods: tuple[str, ...]) -> Any:
+    return make(
+        methods=methods,
+        scenarios=tuple(s.strip() for s in args.scenarios.split(",")) if args.scenarios else None,
+        difficulty_file=Path(args.difficulty_data) if args.difficulty_data else None,
+        sets=(tuple(s.strip() for s in args.sets.split(",")) if args.sets else ()) + tuple(args.data or ()) or None,
+        per_set=args.per_set,
+        per_level=args.per_set,
+    )
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    """``rain bench quality --methods ...`` (``rain_bench.quality.compare``)."""
+    from . import quality as bench
+    from .grading import ensure_separate
+    from .quality.levels import parse_methods
+
+    unused = [o for o in ("preset", "max_searches", "extra_searches", "adversarial", "framings") if getattr(args, o)]
+    if unused:
+        raise SetupError(f"--{unused[0].replace('_', '-')} does not apply with --methods (each method has its levels)")
+    limits = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "seed": args.seed}.items() if v is not None}
+    make = bench.MethodsPlan.quick if args.quick else bench.MethodsPlan.full
+    try:
+        plan = _methods_plan(args, make, parse_methods(args.methods))
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    plan = plan.replace(limits={**dict(plan.limits), **limits})
+    opts = _options(args)
+    judge = build_judge(opts)
+    grader = _grader(args.grader or ("judge" if judge is not None else "keyword"), judge, args)
+    kinds = args.evaluator or ["embedding"]
+    guard = build_guard(opts) if "guard" in kinds else None
+    others = {k: build_evaluator(k, None, judge, args.principle, args.scoring, guard) for k in kinds if k != "self"}
+    for named in others.values():  # a grader that is one of the evaluators fails before the model loads
+        ensure_separate(grader, named.evaluator)
+    scenarios = bench.method_scenarios(plan, list(others.values()) or [_PLACEHOLDER])  # so does bad data
+    lm = build_generator(opts)
+    evaluators = [others.get(k) or build_evaluator(k, lm, judge, args.principle, args.scoring, guard) for k in kinds]
+    scenarios = bench.method_scenarios(plan, evaluators)
+    total = 1 + sum(len(s.prompts.items) * sum(plan.runs_on(level, s) for level in plan.levels()) for s in scenarios)
+    bar, progress = _progress_bar("rain bench quality --methods", total)
+    with bar:
+        report, md, js = bench.evaluate_methods(
+            lm, evaluators, grader, plan, out=args.out, name=args.name, progress=progress
+        )
+    sys.stdout.write(bench.render_methods_table(report))
+    for line in report.verdicts:
+        sys.stdout.write(f"- {line}\n")
+    sys.stdout.write(f"report: {md} and {js}\n")
+    return 0
+
+
 def run_quality(args: argparse.Namespace) -> int:
     from . import quality as bench
+
+    if args.methods:
+        return run_methods(args)
     from .datasets import BUILTIN_SETS
     from .grading import ensure_separate
 

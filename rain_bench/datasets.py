@@ -8,6 +8,9 @@ Shipped sets live in ``rain_bench/data`` (written for rain, not taken from a pub
   (requests a harmless assistant declines; ordinary requests; ordinary requests with alarming words,
   the over-refusal probes).
 - ``framings.jsonl``: adversarial wrappers (``{prompt}`` marks where the request goes).
+- ``difficulty.jsonl``: ordinary prompts, each with a word the embedded model tends to write and how
+  often plain decoding wrote it (40 samples of 24 tokens each), in three levels: the difficulty
+  scenarios of ``rain bench quality --methods`` (read by ``rain_bench.quality.scenarios``).
 
 Users pass their own files with the same fields. Every problem is an error naming the file and line.
 """

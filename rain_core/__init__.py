@@ -11,9 +11,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .baselines import (
+    BestOfNDecoder,
+    BlockwiseBestOfKDecoder,
+    CheckRetryDecoder,
+    EscalatingDecoder,
+    PlainDecoder,
+)
 from .chat import TemplateSupport, template_support, transcript
 from .config import ConfigError, RainConfig, Scoring
 from .decoder import RainDecoder
+from .decoding import Decoder
 from .evaluators import GUARD_PRESETS, CallableEvaluator, GuardEvaluator, GuardPreset, JudgeEvaluator, SelfEvaluator
 from .principles import BUILTIN_PRINCIPLES, Principle, load_principle
 from .protocols import (
@@ -42,12 +50,17 @@ _LAZY = {
 
 __all__ = [
     "BUILTIN_PRINCIPLES",
+    "BestOfNDecoder",
+    "BlockwiseBestOfKDecoder",
     "CallableEvaluator",
+    "CheckRetryDecoder",
     "ConfigError",
     "ContextTooLongError",
     "Continuation",
     "DecodeCancelled",
+    "Decoder",
     "Encoder",
+    "EscalatingDecoder",
     "EngineError",
     "Evaluator",
     "EvaluatorError",
@@ -56,6 +69,7 @@ __all__ = [
     "GuardPreset",
     "JudgeEvaluator",
     "LanguageModel",
+    "PlainDecoder",
     "Principle",
     "RainConfig",
     "RainDecoder",

@@ -79,6 +79,8 @@ class RainDecoder:
     (True, True, True)
     """
 
+    method = "rain"  # the decoding method, as every ``Decoder`` names it (rain_core.decoding)
+
     def __init__(
         self,
         lm: LanguageModel,

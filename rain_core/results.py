@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FINISH_REASONS = ("eos", "stop", "length", "time")
+FINISH_REASONS = ("eos", "stop", "length", "time", "refused")
 TRACE_VERSION = 2
 
 
@@ -15,7 +15,9 @@ TRACE_VERSION = 2
 class RainResult:
     """A finished decode: the text, its token ids, why it ended, and what it cost.
 
-    ``finish_reason``: "eos", "stop", "length", or "time" (``max_seconds`` passed)."""
+    ``finish_reason``: "eos", "stop", "length", "time" (``max_seconds`` passed), or "refused" (a
+    decoder that checks its answers rejected every one and answered with its refusal:
+    ``CheckRetryDecoder``)."""
 
     text: str
     token_ids: list[int]

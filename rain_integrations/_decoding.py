@@ -2,10 +2,10 @@
 ``Done`` that carries the reply's last text together with the result (so a stream's last chunk has
 both); a call's temperature as RAIN's; the result's usage and statistics.
 
-The decode is ``RainDecoder.stream`` / ``astream``, read as the ``Commit`` values the search hands
-up (``stream.commits()``): each carries its text and statistics, and the last one the result. A
-decode that ends with no new text (an empty reply, a deadline before the next commit) ends with
-``Done(result)`` and no text.
+The decode is the decoder's ``stream`` / ``astream`` (``RainDecoder``, or any ``Decoder``: a
+baseline), read as the ``Commit`` values the decoder hands up (``stream.commits()``): each carries
+its text and statistics, and the last one the result. A decode that ends with no new text (an
+empty reply, a deadline before the next commit) ends with ``Done(result)`` and no text.
 Closing the events (or, async, cancelling the task that reads them) stops the decode and frees the
 model: the decoder's ``astream`` is the one bridge from the blocking search to ``async for``.
 """
@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iter
 from dataclasses import dataclass
 from typing import Any, Union
 
-from rain_core import RainDecoder, RainResult
+from rain_core import Decoder, RainResult
 from rain_core.decoder import Cancel
 
 __all__ = [
@@ -115,7 +115,7 @@ def _events(commits: Iterable[Commit], on_commit: Callable[[dict[str, Any]], Non
 
 
 def decode_events(
-    decoder: RainDecoder,
+    decoder: Decoder,
     prompt: Any,
     *,
     plain: bool = False,
@@ -135,9 +135,9 @@ def decode_events(
 
 
 async def adecode_events(
-    decoder: RainDecoder, prompt: Any, *, plain: bool = False, cancel: Cancel = None, **options: Any
+    decoder: Decoder, prompt: Any, *, plain: bool = False, cancel: Cancel = None, **options: Any
 ) -> AsyncGenerator[Event, None]:
-    """``decode_events`` for ``async for``, over ``RainDecoder.astream``: the search runs commit by
+    """``decode_events`` for ``async for``, over the decoder's ``astream``: the search runs commit by
     commit in worker threads (on the loop itself for an async server engine), and leaving (a
     cancelled task, ``aclose``, the iterator collected) stops it before its next model call."""
     if plain:  # one blocking call, no search to stop

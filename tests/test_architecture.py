@@ -37,6 +37,7 @@ LAYERS = {
         "rain_core.text",
         "rain_core.control",
         "rain_core.decoder",
+        "rain_core.decoding",
         "rain_core.config",
         "rain_core.chat",
         "rain_core.principles",
@@ -233,6 +234,23 @@ ALLOWED = {
     "search": {"config", "drivers", "phases", "protocols", "requests", "results", "rounds", "state", "text", "tree"},
     "streams": {"results"},
     "decoder": {"chat", "config", "control", "evaluators", "protocols", "results", "search", "streams"},
+    "decoding": {"chat", "config", "control", "protocols", "results", "streams"},
+    "baselines": {
+        "baselines",
+        "chat",
+        "config",
+        "control",
+        "decoder",
+        "decoding",
+        "drivers",
+        "evaluators",
+        "phases",
+        "protocols",
+        "results",
+        "search",
+        "streams",
+        "text",
+    },
 }
 
 

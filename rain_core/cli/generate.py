@@ -17,13 +17,23 @@ import logging
 import sys
 from typing import Any
 
-from .options import served_guard, served_judge
+from .options import method_options, served_guard, served_judge
 from .progress import Progress, quiet_loading
 from .steering import cannot_judge
 
 logger = logging.getLogger("rain")
 
-_STATS = ("searches", "evaluations", "evaluation_cache_hits", "commits", "rewinds", "node_additions", "seconds")
+_STATS = (
+    "method",
+    "model_calls",
+    "searches",
+    "evaluations",
+    "evaluation_cache_hits",
+    "commits",
+    "rewinds",
+    "node_additions",
+    "seconds",
+)
 
 
 def served(base_url: str, model: str | None, args: argparse.Namespace) -> Any:
@@ -50,7 +60,8 @@ def load(args: argparse.Namespace, config: Any, progress: Progress) -> Any:
     """The decoder the options describe: the generator, and the evaluator (a scoring function, a
     guard, a judge, or the generator judging itself). Served models come first (a server that cannot
     be reached is reported before any weights load), then the local ones."""
-    from .. import CallableEvaluator, JudgeEvaluator, RainDecoder, SelfEvaluator
+    from .. import CallableEvaluator, JudgeEvaluator, SelfEvaluator
+    from ..baselines.named import make_decoder
     from ..loaders import models as loading  # looked up now, so that tests can stand in for the loaders
 
     kw = {k: v for k, v in {"device": args.device, "dtype": args.dtype}.items() if v}
@@ -77,7 +88,7 @@ def load(args: argparse.Namespace, config: Any, progress: Progress) -> Any:
         evaluator = JudgeEvaluator(loading.load_model(args.judge, **kw), args.principle, scoring=config.scoring)
     elif evaluator is None:
         evaluator = SelfEvaluator(lm, args.principle, scoring=config.scoring)
-    return RainDecoder(lm, evaluator, config=config)
+    return make_decoder(args.method, lm, evaluator, config, **method_options(args))
 
 
 def _note_if_it_cannot_judge(dec: Any, progress: Progress) -> None:
@@ -160,14 +171,15 @@ def generate_all(args: argparse.Namespace, config: Any, verbose: bool) -> int:
         progress.done()
         _note_if_it_cannot_judge(dec, progress)
         for number, prompt in enumerate(args.prompts, 1):
-            label = "RAIN" if len(args.prompts) == 1 else f"RAIN, prompt {number} of {len(args.prompts)}"
+            name = "RAIN" if dec.method == "rain" else dec.method
+            label = name if len(args.prompts) == 1 else f"{name}, prompt {number} of {len(args.prompts)}"
             vanilla = None
             if args.compare:
                 progress.stage("plain decoding")
                 vanilla = dec.vanilla(prompt)
                 progress.done()
                 if args.stream and not args.json:
-                    _write(f"--- plain decoding ---\n{vanilla.text}\n--- RAIN ---\n")
+                    _write(f"--- plain decoding ---\n{vanilla.text}\n--- {name} ---\n")
             result = _decode(dec, prompt, args, progress, label)
             _report(dec, prompt, result, vanilla, args)
     return 0
@@ -187,7 +199,7 @@ def _report(dec: Any, prompt: str, result: Any, vanilla: Any, args: argparse.Nam
         _write(f"=== {prompt}\n")
         if not args.stream and vanilla is not None:
             _write(f"--- plain decoding ({vanilla.stats['seconds']:.1f}s) ---\n{vanilla.text}\n")
-            _write(f"--- RAIN ---\n{result.text}\n")
+            _write(f"--- {'RAIN' if dec.method == 'rain' else dec.method} ---\n{result.text}\n")
         _write(f"[{_stats_line(result.stats)}]\n\n")
     elif args.stream:
         _write("\n")

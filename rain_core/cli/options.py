@@ -10,6 +10,8 @@ import importlib.util
 import sys
 from typing import Any, NoReturn
 
+from ..baselines.named import METHODS, SEARCHING
+from ..baselines.named import method_options as named_method_options
 from ..evaluators.guards import GUARD_PRESETS, infer_preset
 from .errors import RAIN_OPTIONS, UsageError, one_line
 
@@ -161,6 +163,10 @@ def _search_options(g: Any) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    g.add_argument("--method", choices=METHODS, default="rain", help="rain, or a baseline (docs/quality.md)")
+    g.add_argument("--n", type=int, default=None, help="--method best-of-n: samples; blockwise: blocks per step")
+    g.add_argument("--max-tries", type=int, default=None, help="--method check-retry: answers before refusing")
+    g.add_argument("--block-tokens", type=int, default=None, help="--method blockwise: tokens per block")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,11 +195,32 @@ def check(args: argparse.Namespace) -> Any:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib: pip install 'rain-align[plot]'")
     load_principle(args.principle)
-    base = RainConfig.fast() if args.preset == "fast" else RainConfig()
-    config = base.merged(**overrides(args))
+    searching = [o for o in ("--max-searches", "--extra-searches", "--parallel-searches", "--plot") if _given(args, o)]
+    if args.method not in SEARCHING and (searching or args.preset == "fast"):
+        raise UsageError(
+            f"{', '.join(searching) or '--preset fast'}: options of RAIN's search; --method {args.method} has none"
+        )
+    method_options(args)
+    if args.method not in SEARCHING:  # a baseline takes only the settings given (none of the search's)
+        config = RainConfig(**overrides(args))
+    else:
+        base = RainConfig.fast() if args.preset == "fast" else RainConfig()
+        config = base.merged(**overrides(args))
     args.scoring_function = load_scoring_function(args.evaluator) if args.evaluator else None
     _check_local_models(args)
     return config
+
+
+def _given(args: argparse.Namespace, option: str) -> bool:
+    return getattr(args, option[2:].replace("-", "_"), None) is not None
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--n``, ``--max-tries``, ``--block-tokens`` as the method's own options (checked)."""
+    n = {"blockwise": "k"}.get(args.method, "n")
+    return named_method_options(
+        args.method, **{n: args.n, "max_tries": args.max_tries, "block_tokens": args.block_tokens}
+    )
 
 
 def _check_engine(args: argparse.Namespace) -> None:

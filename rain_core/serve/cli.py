@@ -156,9 +156,10 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Any]:
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise cli_errors.UsageError(f"rain serve needs {', '.join(missing)}: pip install 'rain-align[serve]'")
-    for name in ("plot", "stop", "evaluator", *cli_errors.RAIN_OPTIONS):  # rain generate's, which serve has not
-        if not hasattr(args, name):
+    for name in ("plot", "stop", "evaluator", "n", "max_tries", "block_tokens", *cli_errors.RAIN_OPTIONS):
+        if not hasattr(args, name):  # rain generate's options that serve has not
             setattr(args, name, None)
+    args.method = "rain"
     config = cli_options.check(args)
     overrides: dict[str, Any] = {}
     for item in args.settings:

@@ -1,8 +1,8 @@
 """LangChain adapters for RAIN (``pip install "rain-align[langchain]"``: only ``langchain-core``).
 
-- ``ChatRain``: a chat model over a ``RainDecoder`` (invoke, stream, batch, async with
+- ``ChatRain``: a chat model over a ``RainDecoder`` or any ``Decoder`` (invoke, stream, batch, async with
   cancellation, tools, structured output, ``rain_commit`` callback events).
-- ``RainLLM``: a text-completion model over a ``RainDecoder``.
+- ``RainLLM``: a text-completion model over a ``RainDecoder`` or any ``Decoder``.
 - ``RainEmbeddings``: LangChain embeddings from the packaged all-MiniLM-L6-v2 (or any
   sentence-transformers folder), so a vector store and a RAG chain run offline.
 - ``RainGuard``: an LCEL runnable that checks text with a RAIN evaluator and blocks, rewrites or

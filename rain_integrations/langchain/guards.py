@@ -43,7 +43,7 @@ from langchain_core.runnables.base import coerce_to_runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from rain_core import CallableEvaluator, Evaluator, RainDecoder, RainResult
+from rain_core import CallableEvaluator, Decoder, Evaluator, RainResult
 from rain_core.chat import transcript
 
 from .._decoding import stats_of
@@ -102,7 +102,7 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    decoder: RainDecoder | None = None
+    decoder: Decoder | None = None
     """Decodes rewrites; its evaluator scores when ``evaluator`` is not given."""
     evaluator: Any = None
     """An ``Evaluator`` or a function ``fn(context, text) -> float`` in [-1, 1]; default: the decoder's."""

@@ -22,7 +22,7 @@ from langchain_core.messages.tool import tool_call
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 
-from rain_core import RainDecoder
+from rain_core import Decoder
 from rain_core.chat import transcript
 
 from .guards import GuardStrategy, RainGuard
@@ -82,7 +82,7 @@ class RainGuardMiddleware(AgentMiddleware):
 
     def __init__(
         self,
-        decoder: RainDecoder | None = None,
+        decoder: Decoder | None = None,
         *,
         evaluator: Any = None,
         threshold: float = 0.0,
@@ -204,7 +204,7 @@ class RainToolGuard(RainGuardMiddleware):
 
     def __init__(
         self,
-        decoder: RainDecoder | None = None,
+        decoder: Decoder | None = None,
         *,
         apply_to_input: bool = False,
         apply_to_output: bool = False,

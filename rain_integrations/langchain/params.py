@@ -16,7 +16,7 @@ from langchain_core.callbacks import (
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
+from rain_core import Decoder, LanguageModel, RainConfig, RainResult
 from rain_core.decoder import Cancel
 
 from .._build import RainConstructors
@@ -102,8 +102,9 @@ class RainParams(RainConstructors, BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
-    decoder: RainDecoder
-    """The ``RainDecoder`` that decodes every call (its model, evaluator and base ``RainConfig``)."""
+    decoder: Decoder
+    """The decoder of every call (its model, evaluator and base ``RainConfig``): a ``RainDecoder``, or any
+    ``Decoder`` such as a baseline of ``rain_core.baselines`` (``BestOfNDecoder``, ...)."""
     max_tokens: int | None = Field(None, ge=1)
     """Most new tokens per call (RAIN's ``max_new_tokens``); ``None`` keeps the decoder's."""
     temperature: float | None = Field(None, ge=0.0, le=100.0)
@@ -175,7 +176,7 @@ class RainParams(RainConstructors, BaseModel):
         if model is not None and model != self.model_name:
             raise ValueError(
                 f"this {type(self).__name__} decodes with {self.model_name!r}; build another one "
-                f"over a RainDecoder for {model!r} instead of passing model=..."
+                f"over a decoder of {model!r} instead of passing model=..."
             )
         kwargs.pop("stream", None)
         cancel = kwargs.pop("cancel", None)

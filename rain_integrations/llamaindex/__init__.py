@@ -1,6 +1,7 @@
 """LlamaIndex adapters for RAIN (``pip install "rain-align[llamaindex]"``).
 
-- ``RainLlamaIndexLLM``: a function-calling LLM over a ``RainDecoder``: ``complete``, ``chat``, their
+- ``RainLlamaIndexLLM``: a function-calling LLM over a ``RainDecoder`` (or any
+  ``Decoder``: a baseline): ``complete``, ``chat``, their
   streaming and async variants (a cancelled task or abandoned stream stops the decode), and tools
   (``chat_with_tools``, ``FunctionAgent``); usable as ``Settings.llm`` or the ``llm=`` of query and
   chat engines.

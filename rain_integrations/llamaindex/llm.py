@@ -24,7 +24,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field, model_validator
 
-from rain_core import LanguageModel, RainConfig, RainDecoder, RainResult
+from rain_core import Decoder, LanguageModel, RainConfig, RainResult
 
 from .._build import RainConstructors
 from .._decoding import (
@@ -117,7 +117,9 @@ class RainLlamaIndexLLM(FunctionCallingLLM, RainConstructors):
     (True, True)
     """
 
-    decoder: RainDecoder = Field(exclude=True, description="The RAIN decoder every call delegates to.")
+    decoder: Decoder = Field(
+        exclude=True, description="The decoder every call delegates to: a RainDecoder, or any Decoder (a baseline)."
+    )
     context_window: int | None = Field(
         default=None,
         gt=1,
@@ -141,10 +143,10 @@ class RainLlamaIndexLLM(FunctionCallingLLM, RainConstructors):
         "additional_kwargs['rain_trace'].",
     )
 
-    def __init__(self, decoder: RainDecoder | None = None, **kwargs: Any) -> None:
+    def __init__(self, decoder: Decoder | None = None, **kwargs: Any) -> None:
         if decoder is None and "decoder" not in kwargs:
             raise TypeError(
-                "RainLlamaIndexLLM needs a RainDecoder: RainLlamaIndexLLM(RainDecoder(lm, ...)), "
+                "RainLlamaIndexLLM needs a decoder: RainLlamaIndexLLM(RainDecoder(lm, ...)) or a baseline, "
                 "or use RainLlamaIndexLLM.from_model_name(...) / .from_default()"
             )
         if decoder is not None:
