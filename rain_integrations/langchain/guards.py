@@ -147,7 +147,7 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
             self.decoder.resolve_config(**self.rewrite_options)
         message = no_signal_warning(self.scorer, self.threshold)
         if message is not None:
-            warn_no_signal(message, stacklevel=3)
+            warn_no_signal(message)
         return self
 
     @property
@@ -160,7 +160,7 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
         ``same_score_alert``); its length, this score included."""
         length = self._runs.count(score)
         if self.same_score_alert and length == self.same_score_alert:
-            warn_no_signal(same_scores_message(self.scorer_name, length, score, score >= self.threshold), 4)
+            warn_no_signal(same_scores_message(self.scorer_name, length, score, score >= self.threshold))
         return length
 
     @property
