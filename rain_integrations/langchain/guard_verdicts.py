@@ -11,6 +11,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -190,7 +191,7 @@ def _outside_library() -> int:
     """``warnings.warn``'s ``stacklevel``, called from ``warn_no_signal``, that points at the first
     frame outside the library packages: the user's line that built or ran the guard (the outermost
     frame when there is none, as in a worker thread)."""
-    frame = sys._getframe(2)  # warn_no_signal's caller; level 2 from warnings.warn's point of view
+    frame: FrameType | None = sys._getframe(2)  # warn_no_signal's caller: level 2 for warnings.warn
     level, outermost = 2, 2
     while frame is not None:
         if str(frame.f_globals.get("__name__", "")).split(".", 1)[0] not in _LIBRARY:
