@@ -93,8 +93,7 @@ def shieldgemma_case(harm: str) -> Case:
 CASES = {
     "llama-guard-3": Case(P.LLAMA_GUARD_3, "llama3", "llama-guard-3-8b", writes=("", "\n\n")),
     "llama-guard-3-1b": Case(P.LLAMA_GUARD_3_1B, "llama3", "llama-guard-3-1b", parts=True, writes=("", "\n\n")),
-    "shieldgemma": shieldgemma_case("dangerous"),
-    "shieldgemma-hate": shieldgemma_case("hate"),
+    **{P.shieldgemma(harm).name: shieldgemma_case(harm) for harm in SHIELDGEMMA_HARM_TYPES},
     "granite-guardian-3.0": Case(
         P.GRANITE_GUARDIAN, "granite3", "granite-guardian-3.0", kwargs={"guardian_config": {"risk_name": "harm"}}
     ),
@@ -117,6 +116,10 @@ CASES = {
     ),
     "qwen3guard": Case(P.QWEN3GUARD, "qwen2", "qwen3guard", writes=("Safety:",)),
 }
+
+
+def test_every_preset_has_a_case_here():
+    assert {case.preset.name for case in CASES.values()} == set(P.GUARD_PRESETS)
 
 
 def guard_for(case: Case, probs: Any = None) -> tuple[GuardEvaluator, Any]:
