@@ -76,6 +76,7 @@ TEMPLATES = {
     "qwen3guard": "qwen3guard-gen.jinja",
     "qwen3": "qwen3-0.6b.jinja",
     "gemma-2": "gemma-2-2b-it.jinja",
+    "llama-3.1": "llama-3.1-8b-instruct.jinja",
 }
 
 # Conversations the corpus is rendered from (and the tests use): requests ending in "?", replies
@@ -125,6 +126,8 @@ def _corpus(family: str) -> list[str]:
     renders = []
     plain = jinja_renderer()
     for name, file in TEMPLATES.items():
+        if name == "llama-3.1":
+            continue
         for convo in CONVERSATIONS:
             messages: list[dict[str, Any]] = [dict(m) for m in convo]
             if name == "llama-guard-3-1b":

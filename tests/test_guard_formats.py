@@ -271,6 +271,7 @@ def test_a_generic_chatml_model_is_refused_as_a_qwen3guard():
     [
         ("gemma", "gemma-2", P.SHIELDGEMMA, "does not render 'You are a policy expert"),
         ("llama3", None, P.LLAMA_GUARD_3, "no chat template"),
+        ("llama3", "llama-3.1", P.LLAMA_GUARD_3, "does not render .Task: Check if there is unsafe content in"),
         ("granite3", "granite-guardian-3.0", P.GRANITE_GUARDIAN_3_3, "cannot render .* risk name or risk definition"),
         ("granite3", "granite-guardian-3.3", P.GRANITE_GUARDIAN, "does not render 'You are a safety agent"),
         ("granite3", "granite-guardian-3.0", P.GRANITE_GUARDIAN_4_1, "does not render '<|start_of_role|>user"),
