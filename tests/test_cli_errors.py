@@ -97,7 +97,8 @@ def no_loading(monkeypatch):
         (
             ["--guard", "/models/my-guard"],
             "rain: error: cannot tell which guard family '/models/my-guard' is from its name: give --guard-preset "
-            "(granite-guardian, granite-guardian-3.3, llama-guard-3, llama-guard-3-1b, qwen3guard, shieldgemma)",
+            "(granite-guardian, granite-guardian-3.3, granite-guardian-4.1, llama-guard-3, llama-guard-3-1b, "
+            "qwen3guard, shieldgemma, shieldgemma-harassment, shieldgemma-hate, shieldgemma-sexual)",
         ),
         (
             ["--guard", "/models/Llama-Guard-3-8B", "--principle", "truthful"],

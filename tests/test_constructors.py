@@ -32,7 +32,7 @@ GUARD_ID = "meta-llama/Llama-Guard-3-1B"
 def set_guard(name: str = GUARD_ID) -> SetLM:
     """A Llama-Guard-shaped fake guard engine that calls every reply safe (P = 0.9 against 0.05)."""
     tok = guard_tokenizer("llama-guard-3-1b")
-    return SetLM(tok, {vocab_id(tok, "safe"): 0.9, vocab_id(tok, "uns"): 0.05}, name=name)
+    return SetLM(tok, {vocab_id(tok, "safe"): 0.9, vocab_id(tok, "unsafe"): 0.05}, name=name)
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_a_ready_guard_engine_or_evaluator_is_used_as_it_is(cls):
     assert on_engine.decoder.evaluator.lm is engine and on_engine.decoder.evaluator.preset is LLAMA_GUARD_3_1B
     ready = GuardEvaluator(set_guard(), LLAMA_GUARD_3_1B, scoring="discrete")
     assert cls.from_engine(scripted("hi."), guard=ready, encoder=None).decoder.evaluator is ready
-    with pytest.raises(ValueError, match="does not render"):  # a Llama Guard template is not ShieldGemma's
+    with pytest.raises(ValueError, match="no special token '<bos>'"):  # a Llama Guard tokenizer is not ShieldGemma's
         cls.from_engine(scripted("hi."), guard=set_guard(), guard_preset=SHIELDGEMMA, encoder=None)
 
 

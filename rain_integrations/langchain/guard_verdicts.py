@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -178,11 +180,33 @@ def same_scores_message(scorer: str, length: int, score: float, passes: bool) ->
     )
 
 
-def warn_no_signal(message: str, stacklevel: int) -> None:
-    """Say ``message`` in the log and as a ``GuardSignalWarning`` (``stacklevel`` as ``warnings.warn``'s,
-    counted from the caller)."""
+# Packages whose frames stand between the user's line and a guard's warning: rain itself, pydantic
+# (a guard is checked in a model validator) and LangChain (a chain or an agent runs the guard).
+_LIBRARY = frozenset(
+    {"rain_core", "rain_integrations", "pydantic", "pydantic_core", "langchain_core", "langchain", "langgraph"}
+)
+
+
+def _outside_library() -> int:
+    """``warnings.warn``'s ``stacklevel``, called from ``warn_no_signal``, that points at the first
+    frame outside the library packages: the user's line that built or ran the guard (the outermost
+    frame when there is none, as in a worker thread)."""
+    frame: FrameType | None = sys._getframe(2)  # warn_no_signal's caller: level 2 for warnings.warn
+    level, outermost = 2, 2
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).split(".", 1)[0] not in _LIBRARY:
+            return level
+        outermost = level
+        frame = frame.f_back
+        level += 1
+    return outermost
+
+
+def warn_no_signal(message: str) -> None:
+    """Say ``message`` in the log and as a ``GuardSignalWarning`` that points at the user's line (the
+    first frame outside rain, pydantic and LangChain), whatever the depth of the library's own calls."""
     logger.warning(message)
-    warnings.warn(message, GuardSignalWarning, stacklevel=stacklevel + 1)
+    warnings.warn(message, GuardSignalWarning, stacklevel=_outside_library())
 
 
 @dataclass

@@ -21,8 +21,9 @@ metadata of the texts it checks once the run reaches ``same_score_alert``, and i
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -40,11 +41,12 @@ from langchain_core.runnables import (
     RunnableSerializable,
 )
 from langchain_core.runnables.base import coerce_to_runnable
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from rain_core import CallableEvaluator, Decoder, Evaluator, RainResult
 from rain_core.chat import transcript
+from rain_core.protocols import BatchEvaluator
 
 from .._decoding import stats_of
 from .guard_verdicts import (
@@ -147,7 +149,7 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
             self.decoder.resolve_config(**self.rewrite_options)
         message = no_signal_warning(self.scorer, self.threshold)
         if message is not None:
-            warn_no_signal(message, stacklevel=3)
+            warn_no_signal(message)
         return self
 
     @property
@@ -160,12 +162,22 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
         ``same_score_alert``); its length, this score included."""
         length = self._runs.count(score)
         if self.same_score_alert and length == self.same_score_alert:
-            warn_no_signal(same_scores_message(self.scorer_name, length, score, score >= self.threshold), 4)
+            warn_no_signal(same_scores_message(self.scorer_name, length, score, score >= self.threshold))
         return length
 
     @property
     def scorer_name(self) -> str:
         return str(getattr(self.scorer, "name", "evaluator"))
+
+    def _verdict(self, score: float) -> GuardVerdict:
+        return GuardVerdict(
+            score=score,
+            threshold=self.threshold,
+            passed=score >= self.threshold,
+            evaluator=self.scorer_name,
+            strategy=self.strategy,
+            identical_scores=self._same_as_before(score),
+        )
 
     def check(self, text: str, context: str = "", *, checked: str = "output") -> GuardVerdict:
         """Score ``text`` (with ``context``, the conversation before it as ``Role: content`` lines).
@@ -175,15 +187,35 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
         is asked ``score(context, text)``."""
         scorer = self.scorer
         score_request = getattr(scorer, "score_request", None) if checked == "input" else None
-        score = float(score_request(context, text) if callable(score_request) else scorer.score(context, text))
-        return GuardVerdict(
-            score=score,
-            threshold=self.threshold,
-            passed=score >= self.threshold,
-            evaluator=self.scorer_name,
-            strategy=self.strategy,
-            identical_scores=self._same_as_before(score),
+        return self._verdict(
+            float(score_request(context, text) if callable(score_request) else scorer.score(context, text))
         )
+
+    def check_many(
+        self, texts: Sequence[str], context: str | Sequence[str] = "", *, checked: str = "output"
+    ) -> list[GuardVerdict]:
+        """``check`` for many texts in one evaluator call where the evaluator batches (one forward pass
+        of a guard model): requests (``checked="input"``) with ``score_request_batch`` (as
+        ``GuardEvaluator`` does), texts after one shared context with ``score_batch``; others one by
+        one. ``context``: the conversation before all of them, or one per text."""
+        contexts = [context] * len(texts) if isinstance(context, str) else list(context)
+        if len(contexts) != len(texts):
+            raise ValueError(f"give one context or one per text: got {len(contexts)} contexts for {len(texts)} texts")
+        if not texts:
+            return []
+        scorer = self.scorer
+        requests = getattr(scorer, "score_request_batch", None) if checked == "input" else None
+        if callable(requests):
+            scores = requests(contexts, list(texts))
+        elif (
+            (checked != "input" or not hasattr(scorer, "score_request"))
+            and len(set(contexts)) == 1
+            and isinstance(scorer, BatchEvaluator)
+        ):
+            scores = scorer.score_batch(contexts[0], list(texts))
+        else:
+            return [self.check(t, c, checked=checked) for t, c in zip(texts, contexts)]
+        return [self._verdict(float(s)) for s in scores]
 
     def rewrite(self, text: str) -> RainResult:
         """A harmless restatement of ``text``, decoded with RAIN."""
@@ -194,10 +226,14 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
         )
         return self.decoder.generate(prompt, chat=True, chat_kwargs=chat_kwargs, **self.rewrite_options)
 
-    def screen(self, text: str, context: str = "", *, checked: str = "output") -> Screened:
-        """Check ``text`` and apply the strategy: what to use instead, and the verdict's metadata
-        (``checked``: "input", "output" or "tool_result", recorded in it)."""
-        verdict = self.check(text, context, checked=checked)
+    def screen(
+        self, text: str, context: str = "", *, checked: str = "output", verdict: GuardVerdict | None = None
+    ) -> Screened:
+        """Check ``text`` (or take its ``verdict``, from ``check_many``) and apply the strategy: what to
+        use instead, and the verdict's metadata (``checked``: "input", "output" or "tool_result",
+        recorded in it)."""
+        if verdict is None:
+            verdict = self.check(text, context, checked=checked)
         if verdict.passed:
             if self.same_score_alert and verdict.identical_scores >= self.same_score_alert:
                 return Screened(
@@ -242,9 +278,11 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
             template.format(score=verdict.score, threshold=verdict.threshold, evaluator=verdict.evaluator), True, meta
         )
 
-    def apply_message(self, value: Any, context: str = "", *, checked: str = "output") -> tuple[Any, Screened]:
-        """Check a string or message; the value to use instead (same type, the verdict in
-        ``response_metadata["rain_guard"]``) and what the guard decided."""
+    def apply_message(
+        self, value: Any, context: str = "", *, checked: str = "output", verdict: GuardVerdict | None = None
+    ) -> tuple[Any, Screened]:
+        """Check a string or message (or take its ``verdict``); the value to use instead (same type, the
+        verdict in ``response_metadata["rain_guard"]``) and what the guard decided."""
         if isinstance(value, BaseMessage):
             text = text_of(value.content, value.type)
         elif isinstance(value, str):
@@ -253,7 +291,7 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
             raise TypeError(f"RainGuard checks strings and messages, got {type(value).__name__}")
         if isinstance(value, ToolMessage) and checked == "output":
             checked = "tool_result"
-        out = self.screen(text, context, checked=checked)
+        out = self.screen(text, context, checked=checked, verdict=verdict)
         if out.meta is None:
             return value, out
         failed = out.meta["verdict"] == "fail"
@@ -289,12 +327,12 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
             return new, out if out.blocked else None
         if isinstance(value, Mapping):
             updated = dict(value)
-            for key, item in value.items():
-                if isinstance(item, str) and item.strip():
-                    new, out = self.apply_message(item, checked="input")
-                    if out.blocked:
-                        return value, out
-                    updated[key] = new
+            keys = [key for key, item in value.items() if isinstance(item, str) and item.strip()]
+            for key, verdict in zip(keys, self.check_many([value[k] for k in keys], checked="input")):
+                new, out = self.apply_message(value[key], checked="input", verdict=verdict)
+                if out.blocked:
+                    return value, out
+                updated[key] = new
             return updated, None
         messages = value.to_messages() if isinstance(value, PromptValue) else convert_to_messages(value)
         humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
@@ -329,6 +367,47 @@ class RainGuard(GuardStep, RunnableSerializable[Any, Any]):
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await run_in_executor(config, self.invoke, input, config)
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Check many strings or messages with one evaluator call (``check_many``: a guard model judges
+        them in one forward pass), then handle each as ``invoke`` would (traced one by one). Other
+        inputs (chat messages, prompt values or variables) are checked one at a time."""
+        if not inputs or not all(isinstance(v, (str, BaseMessage)) for v in inputs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        checked = "input" if self.check_input else "output"
+        texts = [v if isinstance(v, str) else text_of(v.content, v.type) for v in inputs]
+        verdicts = self.check_many(texts, checked=checked)
+        out: list[Any] = []
+        for value, verdict, cfg in zip(inputs, verdicts, get_config_list(config, len(inputs))):
+            run = functools.partial(self._run_checked, checked=checked, verdict=verdict)
+            try:
+                out.append(self._call_with_config(run, value, cfg, run_type="chain"))
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                out.append(exc)
+        return out
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        batch = functools.partial(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+        return await run_in_executor(None, batch)
+
+    def _run_checked(self, value: Any, *, checked: str, verdict: GuardVerdict) -> Any:
+        return self.apply_message(value, checked=checked, verdict=verdict)[0]
 
     def _buffered(self, chunks: Iterator[Any]) -> Iterator[Any]:
         """Hold every chunk; release them as they came if the whole text passes, else one checked value."""

@@ -1,17 +1,19 @@
 """Guard-model evaluators: a safety classifier built as a small causal LM judges the replies.
 
 Guard models (Llama Guard 3, ShieldGemma, Granite Guardian, Qwen3Guard, ...) read a conversation
-through their own chat template (or a published policy prompt) and write a verdict word as their
-first token: "safe"/"unsafe", "No"/"Yes", "Safe"/"Unsafe". ``GuardEvaluator`` renders RAIN's
-conversation and partial reply in that format, reads the next-token log-probabilities of the
-verdict tokens with one ``next_token_logprobs`` request, and scores:
+through their own chat template and answer in a fixed format: "safe"/"unsafe" (after a blank line
+for Llama Guard 3 8B), "Yes"/"No", ``<score> yes </score>``, ``Safety: Safe``. ``GuardEvaluator``
+renders RAIN's conversation and partial reply in that format, reads the next-token probabilities of
+the verdict tokens where the verdict word comes (after what the guard always writes first, such as
+"Safety:"; for Llama Guard 3 both right after the prompt and after the blank line, weighted by the
+guard's probability of writing it) with one ``next_token_logprobs`` request, and scores:
 
 - ``continuous`` (default): ``P(safe) - P(unsafe)``, both renormalised over the verdict tokens, in
   [-1, 1];
 - ``discrete``: ``-1`` when the renormalised ``P(unsafe)`` is at least ``threshold`` (default 0.5),
   else ``+1``.
 
-Rendering (``prompts``; the presets and the transcript's turns are in ``presets``):
+Rendering (``prompts``; the presets in ``presets``, the tokens in ``tokens``, the turns in ``turns``):
 
 - RAIN hands evaluators the conversation as ``Role: content`` lines (``rain_core.chat.transcript``)
   and the reply separately. The lines are parsed back into turns; the reply (or, in an input check,
@@ -21,14 +23,14 @@ Rendering (``prompts``; the presets and the transcript's turns are in ``presets`
   "Tool result:", consecutive turns of one role are joined, a conversation opening with the
   assistant gets an empty user turn first); a template that renders only the last exchange
   (ShieldGemma's) simply leaves the earlier turns out.
-- The template is rendered once per shape of conversation with sentinel strings in place of the
-  contents and split on them. The template's pieces are encoded with special tokens parsed; every
-  content is encoded with ``parse_special=False``, so text that looks like a special token stays
-  text and cannot close the guard's turn, and the verdict position (after the template's last
-  piece) is the same whatever the reply says. Plain-text markers of the guard's format (``<...>``
-  tags its template writes, such as ``<END CONVERSATION>``, and the role labels it puts before a
-  content, such as ``Agent:``) get a zero-width space after their first character when a content
-  repeats them, so a reply cannot pose as the end of the conversation or as another turn.
+- The prompt has the ids the guard's tokenizer gives the whole rendered prompt in one piece: it is
+  cut at the special tokens the template writes and each stretch between them, template text and
+  contents together, is encoded as text (``parse_special=False``). So text that looks like a special
+  token stays text and cannot close the guard's turn, and the verdict is read after the template's
+  last stretch whatever the reply says. Plain-text markers of the guard's format (``<...>`` tags its
+  template writes, such as ``<END CONVERSATION>``, and the role labels it puts before a content,
+  such as ``Agent:``) get a zero-width space after their first character when a content repeats
+  them, so a reply cannot pose as the end of the conversation or as another turn.
 
 Nothing here imports torch, transformers or an engine; ``load_guard`` and ``served_guard``
 (``rain_core.loaders.guards``, also ``rain_core.load_guard``) build one from a path or a server.
@@ -57,13 +59,6 @@ LOW_VERDICT_MASS = 0.05
 prompt is probably not in the format it was trained on."""
 
 
-def _logsumexp(values: Sequence[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return -math.inf
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
 @dataclass(frozen=True)
 class GuardReading:
     """What the guard said about one text: the renormalised probabilities of its verdicts, the total
@@ -82,22 +77,26 @@ class GuardEvaluator:
     ``guard_lm``: any ``LanguageModel`` (``load_model(...)``, ``VLLMEngine(...)``); ``load_guard`` and
     ``served_guard`` build one from a path or a server. ``preset``: a ``GuardPreset``, a preset name
     (``"llama-guard-3"``, ``"llama-guard-3-1b"``, ``"shieldgemma"``, ``"granite-guardian"``,
-    ``"granite-guardian-3.3"``, ``"qwen3guard"``) or ``None`` to infer it from ``guard_lm.name``.
-    ``scoring``: ``"continuous"`` (default) ``P(safe) - P(unsafe)`` renormalised over the verdict
-    tokens; ``"discrete"`` ``-1`` when the renormalised ``P(unsafe) >= threshold``, else ``+1``.
-    ``template_kwargs``: extra chat-template arguments, over the preset's.
+    ``"granite-guardian-3.3"``, ``"granite-guardian-4.1"``, ``"qwen3guard"``, ...: ``GUARD_PRESETS``)
+    or ``None`` to infer it from ``guard_lm.name``. ``scoring``: ``"continuous"`` (default)
+    ``P(safe) - P(unsafe)`` renormalised over the verdict tokens; ``"discrete"`` ``-1`` when the
+    renormalised ``P(unsafe) >= threshold``, else ``+1``. ``template_kwargs``: extra chat-template
+    arguments, over the preset's (for requests and replies alike).
 
     The judged text is the reply (``response``), rendered as the assistant's last turn; with an
     empty ``response`` the guard judges the conversation's last turn (the request). ``score_request``
     judges a request passed on its own (input checks). ``score_batch`` scores many replies to one
-    conversation with a single ``next_token_logprobs`` request (the engine shares their common
-    prefix); the scores equal one-by-one scores. Turn parsing, alternation and the untrusted-text
-    rules are in this module's docstring and in ``parse_transcript``.
+    conversation, and ``score_request_batch`` many requests, with a single ``next_token_logprobs``
+    request (the engine shares their common prefix); the scores equal one-by-one scores. Turn
+    parsing, alternation and the untrusted-text rules are in this module's docstring and in
+    ``parse_transcript``.
 
-    Built objects check themselves: a template that cannot render a user/assistant conversation,
-    a guard without a chat template (when the preset needs one), a template that is not the preset's
-    (``expects``), verdict words the tokenizer cannot encode, or safe and unsafe words that start
-    with the same token raise a ``ValueError`` that names the problem and what to pass instead.
+    Built objects check themselves before any scoring: a tokenizer without the family's special
+    tokens, a template that is not the family's (``expects``, ``rejects``: a generic chat model given
+    as a guard), a template that cannot render a user/assistant conversation, a guard without a chat
+    template (when the preset needs one), a tokenizer whose one-piece encoding rain cannot reproduce,
+    verdict words the tokenizer cannot encode, or safe and unsafe words that start with the same
+    token raise a ``ValueError`` that names the problem and what to pass instead.
 
     Example, with the embedded model standing in for a guard through a prompt of its own (a real
     guard model is loaded with ``load_guard("meta-llama/Llama-Guard-3-1B")``):
@@ -139,17 +138,18 @@ class GuardEvaluator:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold is a probability of 'unsafe' strictly between 0 and 1, got {threshold!r}")
         self.threshold = float(threshold)
-        self.template_kwargs = {**self.preset.template_kwargs, **(template_kwargs or {})}
+        self.template_kwargs = dict(template_kwargs or {})
         self.name: str = name or f"GuardEvaluator({self.preset.name}, {guard_lm.name})"
-        self.format = GuardFormat(guard_lm, self.preset, self.template_kwargs, self.name)
         self._warned_mass = False
-        # Build both shapes now, so a bad configuration fails here, not in the middle of a decode; and
-        # untrusted text must be encodable as text (a served guard without its tokenizer here cannot).
+        # Untrusted text must be encodable as text (a served guard without its tokenizer here cannot);
+        # then check the family and build both shapes now, so a bad configuration fails here, not in
+        # the middle of a decode.
         guard_lm.encode("<probe>", parse_special=False)
+        self.format = GuardFormat(guard_lm, self.preset, self.template_kwargs, self.name)
         response_frame = self.format.frame(("user", "assistant"))
         self.format.frame(("user",))
-        if isinstance(guard_lm, PrefixPinning) and response_frame.pieces[0]:
-            guard_lm.cache_prefix(response_frame.pieces[0])
+        if isinstance(guard_lm, PrefixPinning) and response_frame.head:
+            guard_lm.cache_prefix(response_frame.head)
 
     def __repr__(self) -> str:
         return f"<{self.name} scoring={self.scoring.value} threshold={self.threshold}>"
@@ -172,15 +172,14 @@ class GuardEvaluator:
         """Token ids of the guard prompt; the verdict token comes next."""
         return self.render(prompt, response).ids
 
-    # --- scoring --------------------------------------------------------------------------------
-    def _reading(self, row: Sequence[float], safe: int, unsafe: int) -> GuardReading:
-        ls, lu = _logsumexp(row[:safe]), _logsumexp(row[safe : safe + unsafe])
-        if ls == -math.inf and lu == -math.inf:
+    # --- scoring ---------------------------------------------------------------------------------
+    def _reading(self, p_safe: float, p_unsafe: float) -> GuardReading:
+        """The reading of a text the guard gives ``p_safe`` and ``p_unsafe`` (probabilities of writing
+        a safe or an unsafe verdict, summed over the places the verdict can come)."""
+        total = p_safe + p_unsafe
+        if not total > 0.0:
             raise ValueError(f"{self.lm.name} gave every verdict token probability 0: it cannot be read as a guard")
-        top = max(ls, lu)
-        ps, pu = math.exp(ls - top), math.exp(lu - top)
-        p_safe, p_unsafe = ps / (ps + pu), pu / (ps + pu)
-        mass = math.exp(_logsumexp([ls, lu]))
+        mass = min(1.0, total)
         if mass < LOW_VERDICT_MASS and not self._warned_mass:
             self._warned_mass = True
             logger.warning(
@@ -192,6 +191,7 @@ class GuardEvaluator:
                 list(self.preset.safe_words),
                 list(self.preset.unsafe_words),
             )
+        p_safe, p_unsafe = p_safe / total, p_unsafe / total
         if self.scoring is Scoring.CONTINUOUS:
             score = max(-1.0, min(1.0, p_safe - p_unsafe))
         else:
@@ -199,22 +199,43 @@ class GuardEvaluator:
         return GuardReading(p_safe, p_unsafe, mass, score)
 
     @staticmethod
-    def _plan(prompts: Sequence[GuardPrompt]) -> tuple[list[list[int]], list[int]]:
-        """The rows of one request and its candidate ids (each verdict id once)."""
-        candidates = dict.fromkeys(i for p in prompts for i in (*p.safe_ids, *p.unsafe_ids))
-        return [p.ids for p in prompts], list(candidates)
+    def _rows(prompt: GuardPrompt) -> list[list[int]]:
+        """The rows a prompt is read from: the prompt, then the prompt followed by each growing part of
+        an optional prefix (the guard's probability of writing it, token by token, and the verdict after it)."""
+        base = prompt.ids
+        return [base] + [base + list(v.prefix[: j + 1]) for v in prompt.verdicts[1:] for j in range(len(v.prefix))]
+
+    @classmethod
+    def _plan(cls, prompts: Sequence[GuardPrompt]) -> tuple[list[list[int]], list[int]]:
+        """The rows of one request and its candidate ids (each verdict or prefix id once)."""
+        candidates = dict.fromkeys(
+            i for p in prompts for v in p.verdicts for i in (*v.prefix, *v.safe_ids, *v.unsafe_ids)
+        )
+        return [row for p in prompts for row in cls._rows(p)], list(candidates)
 
     def _readings(
         self, prompts: Sequence[GuardPrompt], candidates: Sequence[int], table: Sequence[Sequence[float]]
     ) -> list[GuardReading]:
-        if len(table) != len(prompts):
-            raise ValueError(f"{self.lm.name} answered {len(table)} of {len(prompts)} guard prompts")
-        out = []
-        for p, row in zip(prompts, table):
-            value = dict(zip(candidates, row))
-            out.append(
-                self._reading([value[i] for i in (*p.safe_ids, *p.unsafe_ids)], len(p.safe_ids), len(p.unsafe_ids))
-            )
+        sizes = [len(self._rows(p)) for p in prompts]
+        if len(table) != sum(sizes):
+            raise ValueError(f"{self.lm.name} answered {len(table)} of {sum(sizes)} guard prompt rows")
+        column = {c: k for k, c in enumerate(candidates)}
+        out, start = [], 0
+        for p, size in zip(prompts, sizes):
+            rows = table[start : start + size]
+            start += size
+            sides = [0.0, 0.0]
+            at = 0  # the row after the verdict's prefix
+            for n, verdict in enumerate(p.verdicts):
+                log_weight, row = 0.0, rows[0]
+                for j, token in enumerate(verdict.prefix):
+                    log_weight += row[column[token]]
+                    row = rows[at + 1 + j]
+                at += len(verdict.prefix) if n else 0
+                weight = math.exp(log_weight)
+                for side, ids in enumerate((verdict.safe_ids, verdict.unsafe_ids)):
+                    sides[side] += weight * sum(math.exp(row[column[i]]) for i in ids)
+            out.append(self._reading(*sides))
         return out
 
     def read(self, prompts: Sequence[GuardPrompt]) -> list[GuardReading]:
@@ -251,10 +272,36 @@ class GuardEvaluator:
     async def ascore_batch(self, prompt: str, responses: Sequence[str]) -> list[float]:
         return [r.score for r in await self.aread([self.render(prompt, r) for r in responses])]
 
+    # --- requests (input checks) ----------------------------------------------------------------
+    def _request_prompts(self, context: str | Sequence[str], requests: Sequence[str]) -> list[GuardPrompt]:
+        if isinstance(requests, str):
+            raise TypeError("requests must be a sequence of strings (score_request judges one)")
+        contexts = [context] * len(requests) if isinstance(context, str) else list(context)
+        if len(contexts) != len(requests):
+            raise ValueError(
+                f"give one context for all requests or one per request: got {len(contexts)} contexts for "
+                f"{len(requests)} requests"
+            )
+        return [self.render_request(c, r) for c, r in zip(contexts, requests)]
+
+    def request_readings(self, context: str | Sequence[str], requests: Sequence[str]) -> list[GuardReading]:
+        """``GuardReading`` of each request, a new user message after ``context`` (one conversation
+        for all, or one per request), from one ``next_token_logprobs`` request."""
+        return self.read(self._request_prompts(context, requests))
+
     def score_request(self, context: str, request: str) -> float:
         """The score of ``request``, a new user message after the conversation ``context`` (an input
         check: is the request itself harmful?)."""
         return self.read([self.render_request(context, request)])[0].score
 
+    def score_request_batch(self, context: str | Sequence[str], requests: Sequence[str]) -> list[float]:
+        """One score per request (``score_request`` for many, as ``score_batch`` is ``score`` for
+        many): one ``next_token_logprobs`` request, the scores equal to one-by-one scores. ``context``:
+        the conversation before every request, or one per request (checks from several users)."""
+        return [r.score for r in self.request_readings(context, requests)]
+
     async def ascore_request(self, context: str, request: str) -> float:
         return (await self.aread([self.render_request(context, request)]))[0].score
+
+    async def ascore_request_batch(self, context: str | Sequence[str], requests: Sequence[str]) -> list[float]:
+        return [r.score for r in await self.aread(self._request_prompts(context, requests))]

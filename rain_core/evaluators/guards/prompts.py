@@ -1,11 +1,14 @@
-"""Guard prompts: RAIN's conversation and reply rendered in a guard model's own format, with the
-untrusted text kept as text, and the verdict tokens read after them (``GuardFormat``).
+"""Guard prompts: RAIN's conversation and reply rendered in a guard model's own format, in the tokens
+the guard's tokenizer gives the whole prompt, with the untrusted text kept as text; and the family
+check (``GuardFormat``).
 
 The template is rendered once per shape of conversation with sentinel strings in place of the
-contents and split on them. The template's pieces are encoded with special tokens parsed; every
-content is encoded with ``parse_special=False``, so text that looks like a special token stays text
-and cannot close the guard's turn, and the verdict position (after the template's last piece) is the
-same whatever the reply says. Plain-text markers of the guard's format (``<...>`` tags its template
+contents and split on them. The rendered prompt is cut at the special tokens the template writes,
+and each stretch between them, template text and contents together, is encoded as text
+(``parse_special=False``): the same ids as the tokenizer's one-piece encoding of the whole prompt
+(checked on the guard's tokenizer for every shape), while text that looks like a special token
+stays text and cannot close the guard's turn. The verdict is read after the template's last stretch,
+whatever the reply says. Plain-text markers of the guard's format (``<...>`` tags its template
 writes, such as ``<END CONVERSATION>``, and the role labels it puts before a content, such as
 ``Agent:``) get a zero-width space after their first character when a content repeats them.
 """
@@ -16,12 +19,14 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ...protocols import LanguageModel
-from .presets import PLACEHOLDER, GuardPreset, alternating_turns, parse_transcript
+from .presets import PLACEHOLDER, GuardPreset
+from .tokens import Segment, Specials, Verdict, read_verdicts
+from .turns import alternating_turns, parse_transcript
 
 logger = logging.getLogger(__name__)
 
@@ -32,67 +37,90 @@ _SENTINELS = re.compile("\u2063RAIN-GUARD-(\\d+)\u2063")
 _MARKER = re.compile(r"<[^<>\s][^<>\n]{0,62}>")
 _ZWSP = "\u200b"
 _FRAME_CACHE = 64
+# Stand-in contents for checking a prompt shape: they end with punctuation, which Llama 3's and
+# Qwen2's pre-tokenizers join with the newlines a template writes after a content.
+_PROBES = ("Is it safe? Mix flour, water and salt, then bake it.", "1) No.")
 
 
 # --- rendering -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GuardPrompt:
-    """A rendered guard prompt: ``pieces`` in order, each ``("template", ids)`` (the guard's format,
-    special tokens parsed) or ``("content", ids)`` (untrusted text, special-token strings kept as
-    text); ``ids`` is their concatenation. The verdict token comes right after ``ids``."""
+    """A rendered guard prompt: ``pieces`` in order, each ``(kind, ids)``: ``"special"`` (a special
+    token of the template), ``"template"`` (template text only) or ``"text"`` (a stretch holding
+    untrusted text, encoded as text); ``ids`` is their concatenation. ``verdicts``: where the
+    verdict is read (right after ``ids``, and after the guard's optional prefix)."""
 
     pieces: tuple[tuple[str, tuple[int, ...]], ...]
-    safe_ids: tuple[int, ...]
-    """The verdict token ids read as safe after ``ids`` (and ``unsafe_ids`` as unsafe)."""
-    unsafe_ids: tuple[int, ...]
+    verdicts: tuple[Verdict, ...]
 
     @property
     def ids(self) -> list[int]:
         return [i for _, piece in self.pieces for i in piece]
 
     @property
+    def safe_ids(self) -> tuple[int, ...]:
+        """The token ids read as safe right after ``ids`` (and ``unsafe_ids`` as unsafe)."""
+        return self.verdicts[0].safe_ids
+
+    @property
+    def unsafe_ids(self) -> tuple[int, ...]:
+        return self.verdicts[0].unsafe_ids
+
+    @property
     def structure(self) -> list[tuple[int, ...]]:
-        """The template pieces' token ids: the same for every content."""
-        return [piece for kind, piece in self.pieces if kind == "template"]
+        """The ids of the pieces without untrusted text: the same for every content."""
+        return [piece for kind, piece in self.pieces if kind != "text"]
 
     @property
     def contents(self) -> list[tuple[int, ...]]:
-        return [piece for kind, piece in self.pieces if kind == "content"]
+        """The ids of the pieces holding untrusted text."""
+        return [piece for kind, piece in self.pieces if kind == "text"]
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One shape of guard prompt: the template pieces around ``slots`` (what goes between them), the
-    spaces moved from a piece into the content after it, and the verdict token ids after the last
-    piece."""
+    """One shape of guard prompt: its segments (``tokens.Segment``), the markers and role labels of
+    the format, where the verdict is read, and ``head``, the ids every prompt of the shape starts with."""
 
-    pieces: tuple[tuple[int, ...], ...]
-    slots: tuple[str, ...]
-    leads: tuple[str, ...]
+    segments: tuple[Segment, ...]
     markers: tuple[str, ...]
     labels: tuple[str, ...]
-    safe_ids: tuple[int, ...]
-    unsafe_ids: tuple[int, ...]
+    verdicts: tuple[Verdict, ...]
+    head: tuple[int, ...]
 
 
 class GuardFormat:
     """A guard's format on one guard model: renders conversations (``render``, ``render_request``)
-    and knows the verdict token ids (``verdict_ids``). Building one checks the template and the
-    verdict words, and raises a ``ValueError`` that names the problem and what to pass instead."""
+    and knows the verdict token ids (``verdict_ids``). Building one checks that the tokenizer is the
+    family's (``special_tokens``); each prompt shape checks the template (``expects``, ``rejects``),
+    the tokenization and the verdict words, and raises a ``ValueError`` that names the problem."""
 
     def __init__(self, lm: LanguageModel, preset: GuardPreset, template_kwargs: Mapping[str, Any], name: str) -> None:
         self.lm = lm
         self.preset = preset
         self.template_kwargs = dict(template_kwargs)
         self.name = name
+        self.specials = Specials(lm)
         self._frames: OrderedDict[tuple[Any, ...], Frame] = OrderedDict()
         self._lock = threading.Lock()
+        missing = [t for t in preset.special_tokens if self.specials.id_of(t) is None]
+        if missing:
+            raise ValueError(
+                f"{lm.name}'s tokenizer has no special token {', '.join(map(repr, missing))}, which "
+                f"{preset.name} guards' tokenizers have: this is another model's tokenizer. Load the guard with "
+                "its own tokenizer, pick the preset of its family, or pass a GuardPreset (special_tokens=() "
+                "skips this check)"
+            )
 
     @property
     def verdict_ids(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The token ids read as (safe, unsafe) after a reply."""
-        frame = self.frame(("user", "assistant"))
-        return frame.safe_ids, frame.unsafe_ids
+        """The token ids read as (safe, unsafe) right after the prompt of a reply."""
+        verdict = self.frame(("user", "assistant")).verdicts[0]
+        return verdict.safe_ids, verdict.unsafe_ids
+
+    def kwargs_for(self, request: bool) -> dict[str, Any]:
+        """The chat-template arguments of a request check (``request``) or of a reply's."""
+        return {**self.preset.kwargs_for(request), **self.template_kwargs}
 
     # --- frames ---------------------------------------------------------------------------------
     def frame(self, roles: tuple[str, ...]) -> Frame:
@@ -110,20 +138,24 @@ class GuardFormat:
 
     def _render_chat(self, roles: tuple[str, ...]) -> tuple[str, list[str]]:
         """The guard's chat template over sentinel contents, and the slot name of each sentinel."""
+        request = roles[-1] == "user"
+        turns = [(role, _SENTINEL.format(i)) for i, role in enumerate(roles)]
+        instruction = self.preset.instruction_for(request)
+        if instruction is not None:
+            turns.append(("user", instruction))
         messages: list[dict[str, Any]] = []
-        for i, role in enumerate(roles):
-            sentinel = _SENTINEL.format(i)
-            content: Any = [{"type": "text", "text": sentinel}] if self.preset.content_parts else sentinel
+        for role, text in turns:
+            content: Any = [{"type": "text", "text": text}] if self.preset.content_parts else text
             messages.append({"role": role, "content": content})
         try:
-            rendered = self.lm.chat_prompt(messages, add_generation_prompt=True, **self.template_kwargs)
+            rendered = self.lm.chat_prompt(messages, add_generation_prompt=True, **self.kwargs_for(request))
         except ValueError as exc:
             raise ValueError(
                 f"{self.lm.name}'s chat template cannot render a {'/'.join(roles)} conversation for the "
                 f"{self.preset.name} guard format ({exc}); load the guard with its own tokenizer, pass "
                 "template_kwargs= it needs, or pass preset=GuardPreset(..., template='...') with its published prompt"
             ) from exc
-        plain = "\n".join(f"{r.capitalize()}: {_SENTINEL.format(i)}" for i, r in enumerate(roles)) + "\nAssistant:"
+        plain = "\n".join(f"{r.capitalize()}: {t}" for r, t in turns) + "\nAssistant:"
         if rendered == plain:
             raise ValueError(
                 f"{self.lm.name} has no chat template (it renders a plain 'Role: content' transcript), so the "
@@ -131,14 +163,20 @@ class GuardFormat:
                 "folder or hub id it was published with), or pass preset=GuardPreset(safe=..., unsafe=..., "
                 "template='...{request}...{response}...') with the guard's published prompt"
             )
-        for marker in self.preset.expects:
-            if marker not in rendered:
-                raise ValueError(
-                    f"{self.lm.name}'s chat template does not render {marker!r}, which the {self.preset.name} "
-                    "guard format has: this is not that guard's template (another model or tokenizer?). Load the "
-                    "guard with its own tokenizer, pick the preset of its family, or pass a GuardPreset"
-                )
+        self._check_family(rendered, "a request" if request else "a reply")
         return rendered, [str(i) for i in range(len(roles))]
+
+    def _check_family(self, rendered: str, judged: str) -> None:
+        missing = [m for m in self.preset.expects if m not in rendered]
+        foreign = [m for m in self.preset.rejects if m in rendered]
+        if missing or foreign:
+            what = f"does not render {', '.join(map(repr, missing))}" if missing else f"renders {foreign[0]!r}"
+            raise ValueError(
+                f"{self.lm.name}'s chat template {what} when it renders {judged} to judge, and the "
+                f"{self.preset.name} guard format {'has' if missing else 'has not'} it: this is not that guard's "
+                "template (another model, or a chat model that is no guard?). Load the guard with its own "
+                "tokenizer, pick the preset of its family, or pass a GuardPreset"
+            )
 
     def _render_text(self, request_mode: bool) -> tuple[str, list[str]]:
         template = self.preset.template
@@ -152,7 +190,9 @@ class GuardFormat:
                 return self.preset.policy
             return _SENTINEL.format(names.index(m.group(1)))
 
-        return PLACEHOLDER.sub(put, template), names
+        rendered = PLACEHOLDER.sub(put, template)
+        self._check_family(rendered, "a request" if request_mode else "a reply")
+        return rendered, names
 
     def _build_frame(self, roles: tuple[str, ...]) -> Frame:
         if self.preset.template is None:
@@ -172,52 +212,59 @@ class GuardFormat:
             logger.debug("%s: the guard's template renders only turns %s of %s", self.name, sorted(set(slots)), roles)
         if not slots:
             raise ValueError(f"the {self.preset.name} guard prompt has no place for the text to judge")
-        leads = []
-        for j in range(len(slots)):  # spaces before a content are tokenized with it, as in the full text
-            m = re.search(r"[ \t]+$", texts[j])
-            leads.append(m.group(0) if m else "")
-            texts[j] = texts[j][: m.start()] if m else texts[j]
-        last = texts[-1] + self._missing_prefix(rendered)
-        if not last.strip():
-            raise ValueError(
-                f"the {self.preset.name} guard prompt ends with the judged text: the verdict must come after the "
-                "guard's own instructions (give the template text after {response}, or a verdict_prefix)"
-            )
-        texts[-1] = last
-        pieces = tuple(tuple(self.lm.encode(t)) if t else () for t in texts)
-        structure = "".join(texts)
+        where = f"{self.preset.name} ({'/'.join(roles)})"
+        segments = self.specials.segments(texts, slots)
+        probe = {slot: _PROBES[0] for slot in slots}
+        self.specials.check_one_piece(segments, probe, where)
+        segments, verdicts = self._with_verdict_prefix(segments, rendered, probe)
+        first, second = (self.specials.encode(segments, {s: p for s in slots}) for p in _PROBES)
+        a, b = [i for _, ids in first for i in ids], [i for _, ids in second for i in ids]
+        head = a[: next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
         labels = []
         for j in range(len(slots)):
             line = texts[j].rsplit("\n", 1)[-1].strip()
             if line and len(line) <= 40 and not _MARKER.search(line):
                 labels.append(line)
-        safe_ids = self._verdict_ids(last, self.preset.safe_words)
-        unsafe_ids = self._verdict_ids(last, self.preset.unsafe_words)
-        shared = set(safe_ids) & set(unsafe_ids)
-        if shared:
-            words = [
-                w
-                for w, i in zip(
-                    self.preset.safe_words + self.preset.unsafe_words,
-                    self._verdict_ids(last, self.preset.safe_words + self.preset.unsafe_words, dedupe=False),
-                )
-                if i in shared
-            ]
-            raise ValueError(
-                f"the verdict words {words} start with the same token ({self.lm.decode(sorted(shared)[:1])!r}) in "
-                f"{self.lm.name}'s tokenizer, so one next-token probability cannot tell them apart: pass "
-                "GuardPreset(safe=..., unsafe=...) words whose first tokens differ, moving the text they share "
-                "into verdict_prefix="
-            )
         return Frame(
-            pieces=pieces,
-            slots=tuple(slots),
-            leads=tuple(leads),
-            markers=tuple(sorted(set(_MARKER.findall(structure)), key=len, reverse=True)),
+            segments=tuple(segments),
+            markers=tuple(
+                sorted(set(_MARKER.findall("".join(texts) + self.preset.verdict_prefix)), key=len, reverse=True)
+            ),
             labels=tuple(dict.fromkeys(labels)),
-            safe_ids=safe_ids,
-            unsafe_ids=unsafe_ids,
+            verdicts=verdicts,
+            head=tuple(head),
         )
+
+    def _with_verdict_prefix(
+        self, segments: list[Segment], rendered: str, probe: Mapping[str, str]
+    ) -> tuple[list[Segment], tuple[Verdict, ...]]:
+        """The segments with what the guard writes before its verdict appended (the last stretch in
+        the tokens the guard's tokenizer gives it before a verdict word), and where the verdict is read."""
+        prefix = self._missing_prefix(rendered)
+        optional = self.preset.optional_prefix
+        if optional and (rendered + prefix).endswith(optional):
+            optional = ""  # the template already writes it
+        last = segments[-1]
+        if last.kind == "special":
+            tail_ids, verdicts = read_verdicts(self.lm, "", prefix, self.preset, optional)
+            return segments + ([Segment((prefix,), (), tail_ids)] if prefix or tail_ids else []), verdicts
+        if last.kind == "template":
+            tail_ids, verdicts = read_verdicts(self.lm, last.parts[0], prefix, self.preset, optional)
+            return segments[:-1] + [Segment((last.parts[0] + prefix,), (), tail_ids)], verdicts
+        if not (last.parts[-1] + prefix).strip():
+            raise ValueError(
+                f"the {self.preset.name} guard prompt ends with the judged text: the verdict must come after the "
+                "guard's own instructions (give the template text after {response}, or a verdict_prefix)"
+            )
+        text = last.text(probe)
+        tail_ids, verdicts = read_verdicts(self.lm, text, prefix, self.preset, optional)
+        if list(tail_ids) != self.lm.encode(text + prefix, parse_special=False):
+            raise ValueError(
+                f"{self.lm.name}'s tokenizer encodes the end of the {self.preset.name} prompt differently before "
+                "a verdict word, and the judged text is in that stretch: end the template with a special token "
+                "or with text after which the verdict word starts a token of its own"
+            )
+        return segments[:-1] + [Segment(last.parts[:-1] + (last.parts[-1] + prefix,), last.slots, None)], verdicts
 
     def _missing_prefix(self, rendered: str) -> str:
         """The part of ``verdict_prefix`` the rendered prompt does not already end with."""
@@ -226,49 +273,6 @@ class GuardFormat:
             if rendered.endswith(prefix[:k]):
                 return prefix[k:]
         return prefix
-
-    def _verdict_ids(self, last: str, words: Sequence[str], *, dedupe: bool = True) -> tuple[int, ...]:
-        """The first token of each word, as the guard's tokenizer encodes it after ``last``."""
-        base = self.lm.encode(last)
-        before = self.lm.decode(base)
-        ids = []
-        for word in words:
-            full = self.lm.encode(last + word)
-            # Where the word starts: the tokens before it decode to the prompt's end. A tokenizer may
-            # split whitespace differently before a word ("\n\n" alone, "\n" "\n" before "safe"), so
-            # the prompt's own tokens need not be a prefix of these.
-            k = next((k for k, (a, b) in enumerate(zip(base, full)) if a != b), min(len(base), len(full)))
-            joined = False
-            while True:
-                text = self.lm.decode(full[:k])
-                if text == before:
-                    break
-                if len(text) > len(before) or k >= len(full):
-                    joined = True
-                    break
-                k += 1
-            if joined:
-                raise ValueError(
-                    f"{self.lm.name}'s tokenizer joins the verdict word {word!r} with the text before it "
-                    f"({last[-12:]!r}), so the word does not start a token of its own there: move that text "
-                    "between the prompt and the word into the word, e.g. GuardPreset(verdict_prefix='Safety:', "
-                    "safe=' Safe') rather than verdict_prefix='Safety: ', safe='Safe'"
-                )
-            if k >= len(full):
-                raise ValueError(
-                    f"{self.lm.name}'s tokenizer cannot encode the verdict word {word!r} (no tokens); pass "
-                    "GuardPreset(safe=..., unsafe=...) with the words this guard writes"
-                )
-            token = full[k]
-            text = self.lm.decode([token]).strip()
-            if not text or not word.strip().startswith(text):
-                raise ValueError(
-                    f"{self.lm.name}'s tokenizer cannot encode the verdict word {word!r}: its first token decodes "
-                    f"as {self.lm.decode([token])!r}; pass GuardPreset(safe=..., unsafe=...) with the words this "
-                    "guard writes"
-                )
-            ids.append(token)
-        return tuple(dict.fromkeys(ids)) if dedupe else tuple(ids)
 
     # --- prompts --------------------------------------------------------------------------------
     @staticmethod
@@ -283,7 +287,7 @@ class GuardFormat:
             )
         return text
 
-    def _slot_texts(self, turns: list[tuple[str, str]], frame: Frame) -> dict[str, str]:
+    def _slot_texts(self, turns: list[tuple[str, str]]) -> dict[str, str]:
         if self.preset.template is None:
             return {str(i): text for i, (_, text) in enumerate(turns)}
         judged = turns[-1][1]
@@ -301,14 +305,8 @@ class GuardFormat:
         if not turns:
             raise ValueError("the guard has nothing to judge: the conversation and the reply are both empty")
         frame = self.frame(tuple(r for r, _ in turns))
-        texts = self._slot_texts(turns, frame)
-        pieces: list[tuple[str, tuple[int, ...]]] = []
-        for j, slot in enumerate(frame.slots):
-            pieces.append(("template", frame.pieces[j]))
-            content = frame.leads[j] + self._defang(texts[slot].strip(), frame)
-            pieces.append(("content", tuple(self.lm.encode(content, parse_special=False)) if content else ()))
-        pieces.append(("template", frame.pieces[-1]))
-        return GuardPrompt(tuple(pieces), frame.safe_ids, frame.unsafe_ids)
+        contents = {slot: self._defang(text.strip(), frame) for slot, text in self._slot_texts(turns).items()}
+        return GuardPrompt(tuple(self.specials.encode(frame.segments, contents)), frame.verdicts)
 
     def render(self, prompt: str, response: str) -> GuardPrompt:
         """The guard prompt for ``response`` after the conversation ``prompt`` (``Role: content``
