@@ -259,7 +259,7 @@ def render_markdown(report: dict[str, Any], table: str) -> str:
 Seconds for {report["workload"]} in a fresh interpreter, model loading included; median of
 {report["repeats"]} repeat(s) with the range, the variants in alternating order. "before":
 {report["before"]}; "after": this checkout's default (the engine's thread choice: the cores this
-process may use, OpenMP's passive wait policy). "beside one CPU-bound job": a Python loop on one core
+process may use, fewer while other work keeps some of them busy). "beside one CPU-bound job": a Python loop on one core
 runs for the whole run. Target: beside the job, at most {TARGET:g}x the idle time: **{report["verdict"]}**.
 Every run printed the same text: {outputs}.
 

@@ -1,5 +1,5 @@
 """The in-process engine's CPU threads: the count comes from the cores the process may use (CPU
-affinity, the cgroup quota, physical cores), OpenMP waits passively, and what the user set wins
+affinity, the cgroup quota, physical cores), follows the cores other work leaves free, and what the user set wins
 (``OMP_NUM_THREADS``, ``torch.set_num_threads``, ``RAIN_THREADS``). The pure parts on made-up
 machines; the whole path in fresh interpreters, where torch starts after rain's engine is imported."""
 
@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from rain_core.engines.transformers.threads import cgroup_cpu_limit, physical_cores, plan, usable_cores
+from rain_core.engines.transformers.threads import (
+    ThreadGovernor,
+    cgroup_cpu_limit,
+    cpu_busy_seconds,
+    physical_cores,
+    plan,
+    usable_cores,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -76,20 +83,86 @@ def test_usable_cores_is_affinity_capped_by_the_quota():
 def test_the_plan_and_what_the_user_set():
     four = lambda: 4  # noqa: E731
     chosen = plan({}, torch_imported=False, cores=four)
-    assert chosen.threads == 4
-    assert chosen.environment == {"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert chosen.threads == 4 and chosen.adapts
+    assert chosen.environment == {"OMP_NUM_THREADS": "4"}  # OpenMP's own (spinning) waits: fastest when idle
     kept = plan({"OMP_NUM_THREADS": "3"}, torch_imported=False, cores=four)
-    assert kept.threads is None and kept.environment == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert kept.threads is None and kept.environment == {} and not kept.adapts
     assert "OMP_NUM_THREADS=3 set by the user" in kept.reason
     assert plan({"MKL_NUM_THREADS": "2"}, torch_imported=False, cores=four).threads is None
-    active = plan({"OMP_WAIT_POLICY": "ACTIVE"}, torch_imported=False, cores=four)
-    assert active.environment == {"OMP_NUM_THREADS": "4"}
-    assert plan({"GOMP_SPINCOUNT": "1000"}, torch_imported=False, cores=four).environment == {"OMP_NUM_THREADS": "4"}
+    passive = plan({"OMP_WAIT_POLICY": "PASSIVE"}, torch_imported=False, cores=four)
+    assert (
+        passive.environment == {"OMP_NUM_THREADS": "4"} and "OMP_WAIT_POLICY=PASSIVE set by the user" in passive.reason
+    )
+    assert not plan({"RAIN_THREADS": "3"}, torch_imported=False, cores=four).adapts  # a count asked for is fixed
+    assert not plan({}, torch_imported=False, cores=lambda: 1).adapts  # nothing to give back
     assert plan({}, torch_imported=True, cores=four).environment == {}  # too late to set anything
     assert plan({"RAIN_THREADS": "off"}, torch_imported=False, cores=four).environment == {}
     assert plan({"RAIN_THREADS": "2"}, torch_imported=False, cores=four).environment["OMP_NUM_THREADS"] == "2"
     with pytest.raises(ValueError, match="RAIN_THREADS must be auto, off or a number of threads >= 1, got 'many'"):
         plan({"RAIN_THREADS": "many"}, torch_imported=False, cores=four)
+
+
+class Machine:
+    """A made-up machine for the governor: CPU seconds of the other work and of this process, a clock."""
+
+    def __init__(self, cores: int = 2) -> None:
+        self.now, self.others, self.own, self.count = 0.0, 0.0, 0.0, cores
+
+    def run(self, seconds: float, others_cores: float, own_cores: float) -> None:
+        self.now += seconds
+        self.others += seconds * others_cores
+        self.own += seconds * own_cores
+
+    def governor(self, cores: int = 2) -> ThreadGovernor:
+        def set_threads(n: int) -> None:
+            self.count = n
+
+        return ThreadGovernor(
+            cores, lambda: self.others + self.own, lambda: self.own, set_threads, lambda: self.count, lambda: self.now
+        )
+
+
+def test_the_governor_gives_back_the_cores_other_work_takes_and_takes_them_again():
+    m = Machine()
+    g = m.governor()
+    g.check()  # the first look starts the measurement
+    m.run(1.0, others_cores=0.0, own_cores=2.0)
+    g.check()
+    assert m.count == 2  # idle machine: every usable core
+    m.run(1.0, others_cores=1.0, own_cores=1.0)  # one CPU-bound job beside rain
+    g.check()
+    assert m.count == 1
+    m.run(0.2, others_cores=0.0, own_cores=1.0)
+    g.check()
+    assert m.count == 1  # looked at most every interval
+    m.run(1.0, others_cores=0.1, own_cores=1.0)  # the job ended: a little noise is not work
+    g.check()
+    assert m.count == 2
+
+
+def test_the_governor_stops_when_someone_else_sets_the_count_or_the_cpus_cannot_be_read():
+    m = Machine()
+    g = m.governor()
+    g.check()
+    m.count = 1  # torch.set_num_threads by the user
+    m.run(1.0, others_cores=0.0, own_cores=1.0)
+    g.check()
+    m.run(1.0, others_cores=0.0, own_cores=1.0)
+    g.check()
+    assert not g.active and m.count == 1
+    blind = ThreadGovernor(2, lambda: None, lambda: 0.0, lambda n: None, lambda: 2, lambda: 0.0)
+    blind.check()
+    assert not blind.active
+
+
+def test_cpu_busy_seconds_reads_the_cpus_of_the_mask(tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal
+    stat.write_text("cpu  30 0 10 500 5 0 0 0\ncpu0 20 0 5 200 5 0 0 0\ncpu1 10 0 5 300 0 0 0 0\nintr 1\n")
+    tick = os.sysconf("SC_CLK_TCK")
+    assert cpu_busy_seconds({0, 1}, stat) == 40 / tick
+    assert cpu_busy_seconds({1}, stat) == 15 / tick
+    assert cpu_busy_seconds(None, tmp_path / "missing") is None
 
 
 # --- in a fresh interpreter ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ layers (``cpu_linear``), its loader (``loading``) and GGUF dequantisation (``ggu
 
 Names are imported on first use, so importing this package does not import torch. Importing it
 chooses the CPU threads before torch starts its thread pool (``threads``: the cores this process may
-use, OpenMP's passive wait policy; ``RAIN_THREADS=off`` leaves PyTorch's defaults).
+use, fewer while other work keeps some of them busy; ``RAIN_THREADS=off`` leaves PyTorch's defaults).
 """
 
 from __future__ import annotations

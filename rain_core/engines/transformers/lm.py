@@ -26,6 +26,7 @@ from ...protocols import (
 )
 from ..common import EngineStats, is_out_of_memory, serialised, tail_tokens
 from ..hf_text import LocalText
+from . import threads
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
 from .packed import MAX_CHUNK, PackedTree, supports_packing
@@ -206,6 +207,7 @@ class TransformersLM(PackedRequests, RowSampling):
         from transformers import DynamicCache
 
         torch = self._torch
+        threads.check()  # the CPU threads follow the cores other work leaves free
         t0 = time.perf_counter()
         bsz = input_ids.shape[0]
         past_len = layers[0][0].shape[-2] if layers else 0

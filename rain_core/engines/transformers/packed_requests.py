@@ -10,6 +10,7 @@ from typing import Any, Union
 
 from ...protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
 from ..common import EngineStats, is_out_of_memory, serialised, tail_tokens
+from . import threads
 from .cpu_linear import small_batch_matmul
 from .kv_cache import PrefixKVCache
 from .packed import KEPT_TREES, MAX_TREE_TOKENS, ROOT, PackedTree
@@ -53,6 +54,7 @@ class PackedRequests:
     def _run_packed(self, ids: Any, cache: Any, mask: Any, positions: Any, keep: Any) -> Any:
         """The forward pass of a packed tree: ``ids`` (1, q) new tokens with their 4D mask and positions;
         ``keep``: the positions whose logits are read (a 1D index tensor)."""
+        threads.check()  # the CPU threads follow the cores other work leaves free
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = {self._cache_arg: cache, "attention_mask": mask, "position_ids": positions}
         if self._keeps_logits:

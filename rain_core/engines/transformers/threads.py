@@ -1,25 +1,29 @@
 """CPU threads that fit the machine the in-process engine runs on.
 
 PyTorch's CPU thread pool (OpenMP) starts one thread per CPU the process may be scheduled on, and
-between parallel regions its threads spin, waiting for the next one. On a machine where other work
-keeps the cores busy, spinning threads take the CPU from the thread that has work to do, and every
-small forward pass waits for a time slice: on a 2-core machine beside one other job, RAIN's small
-forward passes ran 10-15 times slower than with one thread. So, before torch starts its pool, this
-module:
+every parallel region waits for all of them. On a machine where other work keeps a core busy, a
+thread of the pool is often descheduled, and every small forward pass waits at the region's barrier
+for its time slice, while its partner spins: on a 2-core machine beside one CPU-bound job, RAIN's
+small forward passes ran 3-15 times slower than alone. So:
 
-- picks the thread count from the cores the process may really use: the physical cores of its CPU
-  affinity mask (``os.sched_getaffinity``), capped by the cgroup's CPU quota (cgroup v2
-  ``cpu.max``, v1 ``cpu.cfs_quota_us``), never ``os.cpu_count()``;
-- sets OpenMP's passive wait policy (``OMP_WAIT_POLICY=PASSIVE``): a thread without work sleeps
-  instead of spinning, so it leaves the core to whoever needs it.
+- before torch starts its pool, the thread count is chosen from the cores the process may really
+  use: the physical cores of its CPU affinity mask (``os.sched_getaffinity``), capped by the cgroup's
+  CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), never ``os.cpu_count()``;
+- while the engine runs, ``ThreadGovernor`` keeps the pool at the cores that other work leaves free:
+  at most twice a second, between forward passes, it reads how busy those CPUs were (``/proc/stat``)
+  apart from this process (``time.process_time``) and sets ``torch.set_num_threads`` to the usable
+  cores minus the ones others kept busy (at least 1). An idle machine keeps every usable core and
+  OpenMP's default (spinning) waits, which are the fastest there; a passive wait policy was measured
+  slower idle (the README's quick start: 7.8 s against 5.2 s).
 
 What the user set always wins: ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` in the environment keeps
-the thread count, ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` keeps the wait policy, and
-``torch.set_num_threads`` called before the first model loads keeps its count. When torch was
-imported before rain's engine, rain leaves threads alone (it cannot tell what was set).
-``RAIN_THREADS=off`` switches all of this off (PyTorch's own defaults), ``RAIN_THREADS=N`` asks for N
-threads. ``prepare`` runs when the engine package is imported, ``settle`` when ``load_model`` first
-imports torch; ``plan`` and ``usable_cores`` are the pure parts.
+the thread count, and ``torch.set_num_threads`` called before the first model loads (or later, by
+anyone) keeps its count; in either case nothing adapts it. When torch was imported before rain's
+engine, rain leaves threads alone (it cannot tell what was set). ``RAIN_THREADS=off`` switches all of
+this off (PyTorch's own defaults), ``RAIN_THREADS=N`` asks for N threads (fixed). ``prepare`` runs
+when the engine package is imported, ``settle`` when ``load_model`` first imports torch, ``check``
+before forward passes; ``plan``, ``usable_cores`` and ``ThreadGovernor`` (given its readers) are the
+pure parts.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class ThreadPlan:
     threads: int | None
     environment: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    adapts: bool = False  # the count follows the cores other work leaves free (ThreadGovernor)
 
 
 def plan(env: Mapping[str, str], torch_imported: bool, cores: Callable[[], int] = usable_cores) -> ThreadPlan:
@@ -163,13 +168,88 @@ def plan(env: Mapping[str, str], torch_imported: bool, cores: Callable[[], int] 
     user_wait = [name for name in _WAIT_VARIABLES if env.get(name, "").strip()]
     if user_wait:
         reason += f"; {user_wait[0]}={env[user_wait[0]]} set by the user: kept"
-    else:
-        environment["OMP_WAIT_POLICY"] = "PASSIVE"
-        reason += "; OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE)"
-    return ThreadPlan(threads, environment, reason)
+    adapts = threads is not None and wanted is None and threads > 1
+    if adapts:
+        reason += "; fewer while other work keeps some of those cores busy"
+    return ThreadPlan(threads, environment, reason, adapts)
+
+
+class ThreadGovernor:
+    """Keeps torch's thread count at the usable cores other work leaves free (see the module).
+
+    ``read_busy()``: the busy seconds of the CPUs the process may run on, so far (all processes);
+    ``own_seconds()``: this process's CPU seconds so far; ``set_threads(n)``/``get_threads()``: the
+    pool's count; ``clock()``: monotonic seconds. ``check()`` looks at most every ``interval``
+    seconds; the first look only starts the measurement. Someone else changing the count ends it."""
+
+    def __init__(
+        self,
+        cores: int,
+        read_busy: Callable[[], float | None],
+        own_seconds: Callable[[], float],
+        set_threads: Callable[[int], None],
+        get_threads: Callable[[], int],
+        clock: Callable[[], float],
+        interval: float = 0.5,
+    ) -> None:
+        self.cores = cores
+        self.read_busy, self.own_seconds = read_busy, own_seconds
+        self.set_threads, self.get_threads, self.clock = set_threads, get_threads, clock
+        self.interval = interval
+        self.threads = cores
+        self.active = True
+        self._last: tuple[float, float, float] | None = None
+
+    def check(self) -> None:
+        if not self.active:
+            return
+        now = self.clock()
+        if self._last is not None and now - self._last[0] < self.interval:
+            return
+        busy, own = self.read_busy(), self.own_seconds()
+        if busy is None or self.get_threads() != self.threads:
+            self.active = False  # no way to see the CPUs, or the count was set by someone else
+            return
+        if self._last is not None:
+            wall = now - self._last[0]
+            others = max(0.0, (busy - self._last[1]) - (own - self._last[2])) / wall
+            wanted = max(1, min(self.cores, math.floor(self.cores - others + 0.5)))
+            if wanted != self.threads:
+                logger.debug("CPU threads: %d -> %d (other work kept %.1f cores busy)", self.threads, wanted, others)
+                self.set_threads(wanted)
+                self.threads = wanted
+        self._last = (now, busy, own)
+
+
+def cpu_busy_seconds(cpus: set[int] | None, stat: Path = Path("/proc/stat")) -> float | None:
+    """Busy seconds so far of the logical CPUs ``cpus`` (all: None), from ``/proc/stat``: every state
+    but idle and iowait; None where that file cannot be read."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in rest.split()]
+        total += sum(values) - values[3] - (values[4] if len(values) > 4 else 0)
+    return total / tick
 
 
 _state: dict[str, ThreadPlan | None] = {"plan": None, "settled": None}
+_governor: list[ThreadGovernor] = []
+
+
+def check() -> None:
+    """Between forward passes: let the governor follow the machine's load (a clock read when it has
+    nothing to do)."""
+    if _governor:
+        _governor[0].check()
 
 
 def prepare() -> ThreadPlan:
@@ -204,6 +284,23 @@ def settle() -> None:
             torch.set_num_threads(chosen.threads)
         else:
             chosen = ThreadPlan(None, chosen.environment, f"torch.set_num_threads({now}) by the user: kept")
+    if chosen.adapts and chosen.threads is not None:
+        import time
+
+        cpus = _affinity()
+        # only where the process has these CPUs to itself to share: a quota below the affinity mask
+        # means the mask's CPUs are shared with work the quota already keeps out
+        if cpus is None or len(cpus) == chosen.threads:
+            _governor.append(
+                ThreadGovernor(
+                    chosen.threads,
+                    lambda: cpu_busy_seconds(cpus),
+                    time.process_time,
+                    torch.set_num_threads,
+                    torch.get_num_threads,
+                    time.monotonic,
+                )
+            )
     for name, value in chosen.environment.items():
         if os.environ.get(name) == value:
             del os.environ[name]
