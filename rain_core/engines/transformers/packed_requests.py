@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 from ...protocols import Continuation, GenerateRequest, SampleRequest, TopTokensRequest
-from ..common import EngineStats, is_out_of_memory, serialised, tail_tokens
+from ..common import EngineStats, is_out_of_memory, serialised
 from . import threads
 from .cpu_linear import small_batch_matmul
 from .kv_cache import PrefixKVCache
 from .packed import KEPT_TREES, MAX_TREE_TOKENS, ROOT, PackedTree
-from .row_sampling import pick, row_generators
+from .row_flow import RowFlow, answers_in_order
 
 ModelRequest = Union[TopTokensRequest, SampleRequest, GenerateRequest]  # noqa: UP007
 
@@ -221,77 +221,7 @@ class PackedRequests:
 
     def _answer_packed(self, requests: Sequence[ModelRequest]) -> list[Any]:
         """Every row of every request steps together over one packed tree, one forward pass per token
-        position: a top-tokens request is read from the first pass; a sample request's rows draw
-        ``length`` tokens each (top-k renormalised, row r from its own generator, greedy row first);
-        a generate request's one row draws until EOS, a stop id, a stop string or its limit. A row
-        that ends leaves; rows that drew the same tokens so far share their trie nodes."""
+        position (``RowFlow``): a row that ends leaves."""
         tree, lasts = self._packed_tree([r.prefix for r in requests])
-        logits = tree.feed(lasts)
-        rows: list[_Row] = []
-        answers: list[Any] = [None] * len(requests)
-        for i, (r, last) in enumerate(zip(requests, lasts)):
-            if isinstance(r, TopTokensRequest):
-                answers[i] = self._top(logits[last], r.k, r.temperature, r.exclude)
-            elif isinstance(r, SampleRequest):
-                gens = row_generators(self._torch, r.seed, range(r.n))
-                rows += [_Row(i, last, gens[j], r.greedy_first and j == 0, r.length) for j in range(r.n)]
-            else:
-                limit = min(r.max_tokens, self.context_length - len(r.prefix))
-                gen = self._torch.Generator(device="cpu").manual_seed(int(r.seed))
-                rows.append(_Row(i, last, gen, False, limit))
-        live = [row for row in rows if row.limit > 0]
-        while live:
-            grown: list[int] = []
-            for (top_k, temperature), group in _by_sampling(requests, live).items():
-                logp = self._torch.stack([self._logprobs(logits[row.node], temperature) for row in group])
-                picks = pick(self._torch, logp.cpu(), top_k, [row.gen for row in group], [row.greedy for row in group])
-                for row, (tok, lp) in zip(group, picks):
-                    row.tokens.append(tok)
-                    row.logprob += lp
-                    if self._row_ends(requests[row.request], row, tok):
-                        row.done = True
-                    else:
-                        row.node = tree.add(row.node, tok)
-                        grown.append(row.node)
-            live = [row for row in live if not row.done]
-            if grown:
-                logits.update(tree.feed(list(dict.fromkeys(grown))))
-        for i, r in enumerate(requests):
-            mine = [row for row in rows if row.request == i]
-            if isinstance(r, SampleRequest):
-                answers[i] = [Continuation(tuple(row.tokens), row.logprob) for row in mine]
-            elif isinstance(r, GenerateRequest):
-                answers[i] = mine[0].tokens
-        return answers
-
-    def _row_ends(self, r: ModelRequest, row: _Row, tok: int) -> bool:
-        if tok in self.eos_token_ids or len(row.tokens) >= row.limit:
-            return True
-        if isinstance(r, GenerateRequest):
-            if tok in r.stop_token_ids:
-                return True
-            if r.stop:  # only the new token can complete a stop string: decode the tail that may hold it
-                return any(s in self.decode(row.tokens[-tail_tokens(r.stop) :]) for s in r.stop)
-        return False
-
-
-class _Row:
-    """One row of a packed call: the request it answers, its current trie node, its generator."""
-
-    __slots__ = ("request", "node", "gen", "greedy", "limit", "tokens", "logprob", "done")
-
-    def __init__(self, request: int, node: int, gen: Any, greedy: bool, limit: int) -> None:
-        self.request, self.node, self.gen, self.greedy, self.limit = request, node, gen, greedy, limit
-        self.tokens: list[int] = []
-        self.logprob = 0.0
-        self.done = False
-
-
-def _by_sampling(requests: Sequence[ModelRequest], rows: list[_Row]) -> dict[tuple[int | None, float], list[_Row]]:
-    """Rows grouped by how they draw (top-k and temperature), in order: each group picks in one call."""
-    out: dict[tuple[int | None, float], list[_Row]] = {}
-    for row in rows:
-        r = requests[row.request]
-        assert not isinstance(r, TopTokensRequest)
-        out.setdefault((r.top_k, r.temperature), []).append(row)
-    return out
+        flow = RowFlow(self, tree)
+        return answers_in_order(flow, [flow.add(r, node) for r, node in zip(requests, lasts)])
