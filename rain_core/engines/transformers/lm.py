@@ -23,13 +23,15 @@ from ...protocols import (
     ContextTooLongError,
     Continuation,
     EngineError,
+    GenerateRequest,
+    SampleRequest,
 )
 from ..common import EngineStats, is_out_of_memory, serialised, tail_tokens
 from ..hf_text import LocalText
 from . import threads
 from .cpu_linear import small_batch_matmul, use_small_batch_linear
 from .kv_cache import MIN_CACHE_BYTES, CacheEntry, PrefixKVCache
-from .packed import MAX_CHUNK, PackedTree, supports_packing
+from .packed import MAX_CHUNK, ROOT, PackedTree, supports_packing
 from .packed_requests import PackedRequests
 from .row_sampling import RowSampling, pick, row_generators
 
@@ -299,12 +301,36 @@ class TransformersLM(PackedRequests, RowSampling):
                 "a shorter prompt, or lower cache_bytes"
             ) from exc
 
+    def _alone(self, request: SampleRequest | GenerateRequest) -> Any:
+        """One request's rows over a packed tree, as a batch's are (its KV state grows in place, with no
+        copy of the context per token), where the model packs; None where it does not, or where that
+        ran out of memory (the rows then go one batch at a time, halved as memory allows)."""
+        if not (self.batch and self._packing and self.reuse_cache):
+            return None
+        failed: BaseException | None = None
+        try:
+            answer = self._answer_packed([request])[0]
+            self._account_trees()
+            return answer
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            failed = exc
+        self._free_after_oom(failed, "sampling" if isinstance(request, SampleRequest) else "simulating", 2)
+        return None
+
     # --- protocol requests ------------------------------------------------------------------------
     @serialised
     def top_tokens(
         self, prefix: Sequence[int], k: int, temperature: float = 1.0, exclude: Sequence[int] = ()
     ) -> list[Continuation]:
-        _, logits = self._state(prefix)
+        tree = next((t for t in self._trees if t.continues(prefix)), None) if self._packing else None
+        if tree is not None:  # a kept packed tree holds the rows drawn so far: only what is missing runs
+            node = tree.add_path(ROOT, prefix[tree.base_length :])
+            logits = tree.feed([node])[node]
+            self._account_trees()
+        else:
+            _, logits = self._state(prefix)
         return self._top(logits, k, temperature, exclude)
 
     def _top(self, logits: Any, k: int, temperature: float, exclude: Sequence[int]) -> list[Continuation]:
@@ -328,6 +354,10 @@ class TransformersLM(PackedRequests, RowSampling):
         greedy_first: bool = True,
     ) -> list[Continuation]:
         self._check_length(len(prefix) + length)
+        alone = self._alone(SampleRequest(tuple(prefix), n, length, top_k, temperature, seed, greedy_first))
+        if alone is not None:
+            answer: list[Continuation] = alone
+            return answer
         greedy_rows = [greedy_first and row == 0 for row in range(n)]
         chunk = n if self.batch else 1  # engine off: the same draws, one candidate at a time
         out: list[Continuation] = []
@@ -372,10 +402,17 @@ class TransformersLM(PackedRequests, RowSampling):
         stop_token_ids: Collection[int] = (),
     ) -> list[int]:
         torch = self._torch
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
         max_tokens = min(max_tokens, self.context_length - len(prefix))
         if max_tokens <= 0:
             return []
+        request = GenerateRequest(
+            tuple(prefix), max_tokens, top_k, temperature, seed, tuple(stop), frozenset(stop_token_ids)
+        )
+        alone = self._alone(request)
+        if alone is not None:
+            ids: list[int] = alone
+            return ids
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
         enders = self.eos_token_ids | frozenset(stop_token_ids)
         layers, logits = self._state(prefix)
         out_ids: list[int] = []
