@@ -20,6 +20,7 @@ from typing import Any, Union
 
 from rain_core import Decoder, RainResult
 from rain_core.decoder import Cancel
+from rain_core.results import Commit as SearchCommit
 
 __all__ = [
     "MIN_TEMPERATURE",
@@ -96,7 +97,7 @@ class Done:
 Event = Union[Commit, Text, Done]  # noqa: UP007 (a runtime alias)
 
 
-def _events(commits: Iterable[Commit], on_commit: Callable[[dict[str, Any]], None] | None) -> Iterator[Event]:
+def _events(commits: Iterable[SearchCommit], on_commit: Callable[[dict[str, Any]], None] | None) -> Iterator[Event]:
     """The events of one commit after another: its ``Commit`` event (``on_commit`` told first), then its
     text as ``Text``, or, on the last commit, ``Done`` with the last text and the result."""
     count = 0

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from rain_bench import harness, output
+from rain_bench.speed.plan import PARALLEL_WIDTHS
 
 pytestmark = pytest.mark.model
 
@@ -68,16 +69,17 @@ def test_report_files_exist_and_are_complete(report):
             "parallel_worst_case_official",
             "parallel_worst_case_fast",
             "parallel_memory",
+            "round_forward",
         }
         # section 7: every preset, evaluator and width, each with its cost per commit
         p = dev["parallel"]
         keys = {(r["preset"], r["evaluator"], r["width"]) for r in p["rows"]}
         presets, evaluators = ("official", "fast"), ("nothing", "self", "mixed")
-        assert keys == {(a, b, w) for a in presets for b in evaluators for w in (1, 4, 8)}
+        assert keys == {(a, b, w) for a in presets for b in evaluators for w in PARALLEL_WIDTHS}
         for r in p["rows"]:
             assert _finite(r["per_token_ratio"]) and _finite(r["versus_one"]) and r["model_calls_per_commit"] > 0
             assert r["width"] != 1 or r["versus_one"] == 1.0
-        assert p["memory"]["width"] == 8 and p["memory"]["vanilla_peak_bytes"] > 0
+        assert p["memory"]["width"] == max(PARALLEL_WIDTHS) and p["memory"]["vanilla_peak_bytes"] > 0
         for target in dev["targets"].values():
             assert _finite(target["value"]) and isinstance(target["met"], bool)
             assert ("met" in md) and target["target"] in md

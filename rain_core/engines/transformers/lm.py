@@ -301,24 +301,6 @@ class TransformersLM(PackedRequests, RowSampling):
                 "a shorter prompt, or lower cache_bytes"
             ) from exc
 
-    def _alone(self, request: SampleRequest | GenerateRequest) -> Any:
-        """One request's rows over a packed tree, as a batch's are (its KV state grows in place, with no
-        copy of the context per token), where the model packs; None where it does not, or where that
-        ran out of memory (the rows then go one batch at a time, halved as memory allows)."""
-        if not (self.batch and self._packing and self.reuse_cache):
-            return None
-        failed: BaseException | None = None
-        try:
-            answer = self._answer_packed([request])[0]
-            self._account_trees()
-            return answer
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            failed = exc
-        self._free_after_oom(failed, "sampling" if isinstance(request, SampleRequest) else "simulating", 2)
-        return None
-
     # --- protocol requests ------------------------------------------------------------------------
     @serialised
     def top_tokens(

@@ -103,6 +103,24 @@ class PackedRequests:
             self._trees = [tree] + self._trees[: KEPT_TREES - 1]
         return tree, [tree.add_path(ROOT, p[common:]) for p in prefixes]
 
+    def _alone(self, request: SampleRequest | GenerateRequest) -> Any:
+        """One request's rows over a packed tree, as a batch's are (its KV state grows in place, with no
+        copy of the context per token), where the model packs; None where it does not, or where that
+        ran out of memory (the rows then go one batch at a time, halved as memory allows)."""
+        if not (self.batch and self._packing and self.reuse_cache):
+            return None
+        failed: BaseException | None = None
+        try:
+            answer = self._answer_packed([request])[0]
+            self._account_trees()
+            return answer
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            failed = exc
+        self._free_after_oom(failed, "sampling" if isinstance(request, SampleRequest) else "simulating", 2)
+        return None
+
     def _account_trees(self) -> None:
         """The packed trees share the cache's byte budget: prefix-cache entries make room for them."""
         self.cache.share(sum(t.nbytes for t in self._trees))
