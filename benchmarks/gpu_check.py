@@ -16,7 +16,9 @@ It needs only PyTorch, transformers, the carried wheels (gpu_prep.sh) and the ca
    case: searches stop early), the fast preset, one that approves nothing (the worst case: every
    commit spends its whole budget), self-evaluation (``SelfEvaluator``, the default) and a judge
    (``JudgeEvaluator`` on a second engine over the same weights); the approve-all, approve-nothing and
-   self-evaluation rows again with ``parallel_searches=8`` where ``RainConfig`` has that field;
+   self-evaluation rows again with ``parallel_searches=8``, and the approve-nothing row with
+   ``parallel_searches=32``, where ``RainConfig`` has that field; every RAIN row gives its forward
+   passes and seconds per round (a round: the searches run side by side, one search at B=1);
 4. per model, the cached and batched log-probabilities against a recomputation without cache or
    batching (``lm.variant(reuse_cache=False, batch=False)``), within a tolerance for the dtype;
 5. one LangChain and one LlamaIndex call through the adapters (skipped when those are not installed);
@@ -293,14 +295,14 @@ def render(report: dict[str, Any]) -> str:
         "up first and starts with an empty prefix cache.",
         "",
         "| model | decoding | B | status | tokens | tokens/s | RAIN/plain per token | peak GPU memory "
-        "| searches/commit | simulated/search | finish |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| searches/commit | simulated/search | forward passes/round | s/round | finish |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     errors = []
     for r in report["rows"]:
         if r["status"] != "ok":
             lines.append(
-                f"| {r['model']} | {r['decoding']} | {r.get('B', '')} | {r['status']} | | | | | | | "
+                f"| {r['model']} | {r['decoding']} | {r.get('B', '')} | {r['status']} | | | | | | | | | "
                 f"{r.get('reason', '')} |"
             )
             if r.get("error"):
@@ -309,7 +311,7 @@ def render(report: dict[str, Any]) -> str:
         peak_bytes = r.get("peak_bytes")
         lines.append(
             "| {model} | {decoding} | {B} | ok | {tokens} | {tps} | {ratio} | {peak} | {spc} | {sps} "
-            "| {finish} |".format(
+            "| {fpr} | {spr} | {finish} |".format(
                 model=r["model"],
                 decoding=r["decoding"],
                 B=r.get("B", ""),
@@ -319,6 +321,8 @@ def render(report: dict[str, Any]) -> str:
                 peak=f"{peak_bytes / 2**30:.2f} GiB" if peak_bytes else "n/a",
                 spc=f"{r['searches_per_commit']:.1f}" if "searches_per_commit" in r else "",
                 sps=f"{r['simulated_per_search']:.1f}" if "simulated_per_search" in r else "",
+                fpr=f"{r['forward_per_round']:.1f}" if r.get("forward_per_round") is not None else "",
+                spr=f"{r['seconds_per_round']:.3f}" if r.get("seconds_per_round") is not None else "",
                 finish=r.get("finish", r.get("note", "")),
             )
         )
@@ -498,9 +502,12 @@ def rain_row(
     dec.generate(WARM_PROMPT, max_new_tokens=2, max_seconds=min(3.0, config.max_seconds or 3.0))
     peak_reset(device)
     t0, tokens, searches, simulated, commits, finish = time.perf_counter(), 0, 0, 0, 0, []
+    rounds, forward = 0, 0
     for prompt in prompts:
         res = dec.generate(prompt)
         tokens += len(res.token_ids)
+        rounds += int(res.stats.get("rounds", 0))
+        forward += int(res.stats.get("forward_calls", 0))
         searches += int(res.stats.get("searches", 0))
         simulated += int(res.stats.get("simulated_tokens", 0))
         commits += int(res.stats.get("commits", 0))
@@ -515,6 +522,10 @@ def rain_row(
         "peak_bytes": peak(device),
         "searches_per_commit": searches / max(commits, 1),
         "simulated_per_search": simulated / max(searches, 1),
+        # a round is the searches run side by side (one search at B=1); forward passes of the engine
+        "rounds": rounds,
+        "forward_per_round": forward / rounds if rounds else None,
+        "seconds_per_round": seconds / rounds if rounds else None,
         "finish": ", ".join(finish),
     }
 
@@ -762,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
             ("RAIN official, approve-all", approve_all, official, 8),
             ("RAIN official, self-evaluation", "self", official, 8),
             ("RAIN official, approve-nothing", approve_nothing, official, 8),
+            ("RAIN official, approve-nothing", approve_nothing, official, 32),
         ]
         for name, evaluator, cfg, b in kinds:
             for label, lm in models:
@@ -771,8 +783,8 @@ def main(argv: list[str] | None = None) -> int:
                     rain(label, lm, name, evaluator, cfg, b)
         if not parallel:
             for label, _ in models:
-                for name in ("approve-all", "self-evaluation", "approve-nothing"):
-                    check.row(label, f"RAIN official, {name}", _not_available, B=8)
+                for name, b in (("approve-all", 8), ("self-evaluation", 8), ("approve-nothing", 8), ("approve-nothing", 32)):
+                    check.row(label, f"RAIN official, {name}", _not_available, B=b)
         for level in method_levels(args):  # last: the comparison of decoding methods, short
             for label, lm in models:
                 check.row(label, f"methods: {level.label}", lambda lm=lm, lv=level: methods_row(lm, lv, encoder, args))

@@ -91,7 +91,7 @@ __all__ = [
     "template_support",
     "transcript",
 ]
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def __getattr__(name: str) -> Any:
