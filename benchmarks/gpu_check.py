@@ -783,7 +783,12 @@ def main(argv: list[str] | None = None) -> int:
                     rain(label, lm, name, evaluator, cfg, b)
         if not parallel:
             for label, _ in models:
-                for name, b in (("approve-all", 8), ("self-evaluation", 8), ("approve-nothing", 8), ("approve-nothing", 32)):
+                for name, b in (
+                    ("approve-all", 8),
+                    ("self-evaluation", 8),
+                    ("approve-nothing", 8),
+                    ("approve-nothing", 32),
+                ):
                     check.row(label, f"RAIN official, {name}", _not_available, B=b)
         for level in method_levels(args):  # last: the comparison of decoding methods, short
             for label, lm in models:

@@ -426,7 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--encoder-url", default=None, help="a served sentence encoder (/v1/embeddings) for the similarity update"
     )
-    parser.add_argument("--out", default=None, help="report folder (default: ~/.local/share/rain/results, or $RAIN_RESULTS_DIR; rain's committed reports: --out benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="report folder (default: ~/.local/share/rain/results, or $RAIN_RESULTS_DIR; "
+        "rain's committed reports: --out benchmarks/results)",
+    )
     parser.add_argument(
         "--name", default=None, help="report file name without extension (default vllm-replicas-cpu; quick: -quick)"
     )
