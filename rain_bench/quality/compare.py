@@ -133,12 +133,18 @@ def run_methods(
     answers: list[Decoded] = []
     results = []
     figures = {s.name: _figure(s) for s in scenarios}
+    # every decode starts from an emptied prefix cache: the levels share seeds and prompts, and a
+    # level's decode must not be answered from the cache an earlier level filled (its seconds and
+    # forward tokens would be another level's savings)
+    clear = getattr(lm, "clear_cache", None)
     for s in scenarios:
         mine = [level for level in levels if runs_on is None or runs_on(level, s)]
         rows: dict[str, list[Decoded]] = {level.label: [] for level in mine}
         for index, item in enumerate(s.prompts.items):
             for level in mine:  # the levels of one prompt back to back, so they share the machine's load
                 progress(f"{s.name} {item.id} {level.label}")
+                if callable(clear):
+                    clear()
                 rows[level.label].append(decode_one(s, index, level, counter, limits, grader, encoder))
         for level in mine:
             answers += rows[level.label]
@@ -180,6 +186,19 @@ def _figure(s: Scenario) -> str:
     return figure_of(s.kind, sum(1 for item in s.prompts.items if item.harmful), len(s.prompts.items))
 
 
+def _source(path: str) -> str:
+    """A data file as the report names it: rain's own files relative to the checkout (``rain_bench/data/...``),
+    so that a committed report carries no path of the machine that wrote it; a user's file as given."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
 def _info(s: Scenario) -> ScenarioInfo:
     described = dict.fromkeys(f"{e.name}: {e.description}" for e in s.evaluators)
-    return ScenarioInfo(s.name, s.kind, len(s.prompts.items), s.prompts.source, tuple(described), s.note, _figure(s))
+    source = _source(s.prompts.source)
+    return ScenarioInfo(s.name, s.kind, len(s.prompts.items), source, tuple(described), s.note, _figure(s))
