@@ -54,7 +54,55 @@ __all__ = [
 Prompt = Union[str, Sequence[Message]]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
 
 
-class RainDecoder:
+class DecoderParts:
+    """What every decoder (``RainDecoder`` and the baselines) holds alike: the model, the evaluator
+    (the given one, else a ``SelfEvaluator`` per scoring mode, made when first asked for), the model's
+    name and chat template, and the lock that makes decodes on one local model take turns."""
+
+    lm: LanguageModel
+    config: RainConfig
+
+    def _init_parts(self, lm: LanguageModel, evaluator: Evaluator | None, config: RainConfig | None) -> None:
+        if not isinstance(lm, LanguageModel):
+            raise TypeError(
+                f"lm must be a LanguageModel (load_default_model(), load_model(...), VLLMEngine(...)), "
+                f"got {type(lm).__name__}"
+            )
+        if config is not None and not isinstance(config, RainConfig):
+            raise TypeError(f"config must be a RainConfig, got {type(config).__name__}")
+        self.lm = lm
+        self._evaluator = evaluator
+        self._default_evaluators: dict[Scoring, Evaluator] = {}
+        self._parts_lock = threading.Lock()
+        self._lock = model_lock(lm)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.lm.name)
+
+    @property
+    def template_support(self) -> TemplateSupport:
+        """What the model's chat template renders by itself (tools, tool calls, tool messages)."""
+        return template_support(self.lm)
+
+    def chat_prompt(self, messages: Sequence[Message], **chat_kwargs: Any) -> str:
+        """``messages`` rendered as the model sees them (for inspection)."""
+        return self.lm.chat_prompt(validate_messages(messages), add_generation_prompt=True, **chat_kwargs)
+
+    def evaluator_for(self, cfg: RainConfig) -> Evaluator:
+        if self._evaluator is not None:
+            return self._evaluator
+        with self._parts_lock:
+            if cfg.scoring not in self._default_evaluators:
+                self._default_evaluators[cfg.scoring] = SelfEvaluator(self.lm, "harmless", scoring=cfg.scoring)
+            return self._default_evaluators[cfg.scoring]
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.evaluator_for(self.config)
+
+
+class RainDecoder(DecoderParts):
     """Decode with RAIN.
 
     ``lm``: a ``LanguageModel`` (``load_default_model()``, ``load_model(...)``, ``VLLMEngine(...)``).
@@ -90,16 +138,6 @@ class RainDecoder:
         config: RainConfig | None = None,
         **overrides: Any,
     ) -> None:
-        if not isinstance(lm, LanguageModel):
-            raise TypeError(
-                f"lm must be a LanguageModel (load_default_model(), load_model(...), VLLMEngine(...)), "
-                f"got {type(lm).__name__}"
-            )
-        if config is not None and not isinstance(config, RainConfig):
-            raise TypeError(f"config must be a RainConfig, got {type(config).__name__}")
-        self.lm = lm
-        base = config or RainConfig()
-        self.config = base.merged(**overrides) if overrides else base
         judge: Evaluator | None
         if evaluator is None or isinstance(evaluator, Evaluator):
             judge = evaluator
@@ -109,37 +147,12 @@ class RainDecoder:
             raise TypeError(f"evaluator must be an Evaluator or a callable, got {type(evaluator).__name__}")
         if isinstance(encoder, str) and encoder != "default":
             raise ValueError(f'encoder must be an Encoder, "default" or None, got {encoder!r}')
-        self._evaluator = judge
-        self._default_evaluators: dict[Scoring, Evaluator] = {}
+        self._init_parts(lm, judge, config)
+        base = config or RainConfig()
+        self.config = base.merged(**overrides) if overrides else base
         self._encoder = encoder
-        self._parts_lock = threading.Lock()
-        self._lock = model_lock(lm)
 
     # --- parts ----------------------------------------------------------------------------------
-    @property
-    def model_name(self) -> str:
-        return str(self.lm.name)
-
-    @property
-    def template_support(self) -> TemplateSupport:
-        """What the model's chat template renders by itself (tools, tool calls, tool messages)."""
-        return template_support(self.lm)
-
-    def chat_prompt(self, messages: Sequence[Message], **chat_kwargs: Any) -> str:
-        """``messages`` rendered as the model sees them (for inspection)."""
-        return self.lm.chat_prompt(validate_messages(messages), add_generation_prompt=True, **chat_kwargs)
-
-    def evaluator_for(self, cfg: RainConfig) -> Evaluator:
-        if self._evaluator is not None:
-            return self._evaluator
-        with self._parts_lock:
-            if cfg.scoring not in self._default_evaluators:
-                self._default_evaluators[cfg.scoring] = SelfEvaluator(self.lm, "harmless", scoring=cfg.scoring)
-            return self._default_evaluators[cfg.scoring]
-
-    @property
-    def evaluator(self) -> Evaluator:
-        return self.evaluator_for(self.config)
 
     def encoder_for(self, cfg: RainConfig) -> Encoder | None:
         if not (cfg.similarity_update or cfg.dynamic_node_addition):

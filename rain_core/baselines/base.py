@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..chat import Message, TemplateSupport, check_room, render_prompt, template_support, validate_messages
-from ..config import RainConfig, Scoring
-from ..control import Cancel, model_lock, resolve_seed, stop_test
+from ..chat import check_room, render_prompt
+from ..config import RainConfig
+from ..control import Cancel, resolve_seed, stop_test
+from ..decoder import DecoderParts
 from ..decoding import Prompt
-from ..evaluators import CallableEvaluator, SelfEvaluator
+from ..evaluators import CallableEvaluator
 from ..protocols import AsyncLanguageModel, Evaluator, LanguageModel, is_concurrent
 from ..results import RainResult
 from ..streams import AsyncRainStream, OnCommit, RainStream, in_threads
@@ -69,7 +70,7 @@ def check_threshold(value: Any) -> float:
     return float(value)
 
 
-class BaselineDecoder:
+class BaselineDecoder(DecoderParts):
     """The parts of a baseline decoder that do not depend on its method (``_steps``).
 
     ``lm``: a ``LanguageModel``; ``evaluator``: an ``Evaluator`` or ``fn(prompt, response) ->
@@ -87,18 +88,7 @@ class BaselineDecoder:
         config: RainConfig | None = None,
         **overrides: Any,
     ) -> None:
-        if not isinstance(lm, LanguageModel):
-            raise TypeError(
-                f"lm must be a LanguageModel (load_default_model(), load_model(...), VLLMEngine(...)), "
-                f"got {type(lm).__name__}"
-            )
-        if config is not None and not isinstance(config, RainConfig):
-            raise TypeError(f"config must be a RainConfig, got {type(config).__name__}")
-        self.lm = lm
-        self._evaluator = as_evaluator(evaluator)
-        self._default_evaluators: dict[Scoring, Evaluator] = {}
-        self._parts_lock = threading.Lock()
-        self._lock = model_lock(lm)
+        self._init_parts(lm, as_evaluator(evaluator), config)
         self.config = self._checked(RainConfig(), config, overrides)
 
     # --- options ---------------------------------------------------------------------------------
@@ -120,32 +110,7 @@ class BaselineDecoder:
             return self.config
         return self._checked(self.config, config, overrides)
 
-    # --- parts -----------------------------------------------------------------------------------
-    @property
-    def model_name(self) -> str:
-        return str(self.lm.name)
-
-    @property
-    def template_support(self) -> TemplateSupport:
-        """What the model's chat template renders by itself (tools, tool calls, tool messages)."""
-        return template_support(self.lm)
-
-    def chat_prompt(self, messages: Sequence[Message], **chat_kwargs: Any) -> str:
-        """``messages`` rendered as the model sees them (for inspection)."""
-        return self.lm.chat_prompt(validate_messages(messages), add_generation_prompt=True, **chat_kwargs)
-
-    def evaluator_for(self, cfg: RainConfig) -> Evaluator:
-        if self._evaluator is not None:
-            return self._evaluator
-        with self._parts_lock:
-            if cfg.scoring not in self._default_evaluators:
-                self._default_evaluators[cfg.scoring] = SelfEvaluator(self.lm, "harmless", scoring=cfg.scoring)
-            return self._default_evaluators[cfg.scoring]
-
-    @property
-    def evaluator(self) -> Evaluator:
-        return self.evaluator_for(self.config)
-
+    # --- parts ----------------------------------------------------------------------------------
     def prepare(
         self, prompt: Prompt, *, chat: bool = True, chat_kwargs: Mapping[str, Any] | None = None
     ) -> tuple[list[int], str]:
